@@ -1,0 +1,1 @@
+"""Gaussian-mixture experiment: exact ELBO with a factorized or a consistent encoder."""

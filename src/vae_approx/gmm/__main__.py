@@ -1,0 +1,208 @@
+"""Stages of the Gaussian-mixture experiment, each a file-to-file step called by a rule.
+
+    python -m vae_approx.gmm sample   --out data.npz ...
+    python -m vae_approx.gmm train    --phase pretrain|joint --data data.npz --out model.pt ...
+    python -m vae_approx.gmm plot     --data data.npz --pretrained a.pt --joint b.pt ...
+    python -m vae_approx.gmm tabulate --metrics pre.csv joint.csv --published ref.csv ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..common import (InputError, NonFiniteLossError, Progress, atomic_path, load_torch, resume_path,
+                      save_csv, save_torch, seed_everything, set_threads)
+from ..tables import bound_claim, claims_frame, direction_claim, load_published, published_columns, write_table
+from .model import ENCODERS, TRUE_CENTRES, MixtureDecoder, make_encoder, sample_mixture
+from .train import PHASES, TrainSettings, train
+
+EXPERIMENT = "gmm"
+SETTINGS = {"factorized": "factorized encoder", "consistent": "consistent encoder"}
+
+
+def load_data(path) -> tuple[torch.Tensor, float]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"GMM data: file not found: {path}")
+    try:
+        with np.load(path) as f:
+            x, variance = f["x"], float(f["variance"])
+    except Exception as exc:
+        raise InputError(f"GMM data {path}: not a valid data file ({type(exc).__name__}: {exc})") from exc
+    if x.ndim != 2 or x.shape[1] != 2 or not np.isfinite(x).all():
+        raise InputError(f"GMM data {path}: expected finite points of shape [N, 2], got {x.shape}")
+    return torch.from_numpy(x), variance
+
+
+def load_model(path, what: str) -> dict:
+    model = load_torch(path, what)
+    if not isinstance(model, dict) or {"encoder_name", "encoder", "decoder"} - set(model):
+        raise InputError(f"{what} {path}: not a GMM model file")
+    return model
+
+
+def build(model: dict) -> tuple[torch.nn.Module, MixtureDecoder]:
+    encoder = make_encoder(model["encoder_name"], model["hidden"])
+    encoder.load_state_dict(model["encoder"])
+    decoder = MixtureDecoder(TRUE_CENTRES, model["variance"])
+    decoder.load_state_dict(model["decoder"])
+    return encoder, decoder
+
+
+# ---------------------------------------------------------------- stages
+
+
+def cmd_sample(args) -> None:
+    x, component = sample_mixture(args.n_per_component, args.variance, args.seed)
+    with atomic_path(args.out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, x=x, component=component, centres=np.asarray(TRUE_CENTRES), variance=args.variance)
+    print(f"[gmm sample] {len(x)} points, variance {args.variance}, seed {args.seed} -> {args.out}", file=sys.stderr)
+
+
+def cmd_train(args) -> None:
+    set_threads(args.threads)
+    seed_everything(args.seed)
+    x, variance = load_data(args.data)
+    if args.phase == "pretrain":
+        if args.init:
+            raise InputError("gmm train: --init is for the joint phase; pretraining starts from the ground truth")
+        encoder, decoder = make_encoder(args.encoder, args.hidden), MixtureDecoder(TRUE_CENTRES, variance)
+    else:
+        if not args.init:
+            raise InputError("gmm train: the joint phase needs --init (the pretrained model)")
+        init = load_model(args.init, "pretrained GMM model")
+        if init["encoder_name"] != args.encoder:
+            raise InputError(f"pretrained GMM model {args.init} has encoder '{init['encoder_name']}', not '{args.encoder}'")
+        encoder, decoder = build(init)
+    settings = TrainSettings(args.phase, args.steps, args.lr, args.eval_every, args.checkpoint_every, args.seed)
+    progress = Progress(f"gmm {args.phase} {args.encoder}", args.steps, args.eval_every)
+    progress.message(f"{len(x)} points, {args.steps} steps, lr {args.lr}, {torch.get_num_threads()} threads")
+    resume = resume_path(args.out)
+    rows = train(x, encoder, decoder, torch.tensor(TRUE_CENTRES), variance, settings, resume, progress)
+    save_csv(pd.DataFrame(rows), args.metrics)
+    save_torch({"encoder_name": args.encoder, "hidden": args.hidden, "variance": variance, "phase": args.phase,
+                "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "steps": args.steps}, args.out)
+    resume.unlink(missing_ok=True)
+    progress.message(f"done: ELBO {rows[-1]['elbo']:.4f}, log-likelihood {rows[-1]['log_likelihood']:.4f}")
+
+
+def cmd_plot(args) -> None:
+    from .plots import plot_curves, plot_regions
+
+    x, _ = load_data(args.data)
+    models = {"after encoder pretraining": build(load_model(args.pretrained, "pretrained GMM model")),
+              "after joint training": build(load_model(args.joint, "jointly trained GMM model"))}
+    plot_regions(x, models, torch.tensor(TRUE_CENTRES), args.encoder, args.regions)
+    metrics = pd.concat([pd.read_csv(p) for p in args.metrics], ignore_index=True)
+    plot_curves(metrics, args.encoder, args.curves)
+
+
+def final_row(path, phase: str) -> pd.Series:
+    df = pd.read_csv(path)
+    if df.empty or set(df.phase) != {phase}:
+        raise InputError(f"GMM metrics {path}: expected rows of phase '{phase}'")
+    return df.iloc[-1]
+
+
+def cmd_tabulate(args) -> None:
+    pub = load_published(args.published)
+    pre, joint = final_row(args.metrics[0], "pretrain"), final_row(args.metrics[1], "joint")
+    setting = SETTINGS[args.encoder]
+    rows = []
+    for phase, row in (("pretrain", pre), ("joint", joint)):
+        stage = PHASES[phase]
+        entry = {"encoder": args.encoder, "stage": stage, "step": int(row.step), "elbo": row.elbo,
+                 "log_likelihood": row.log_likelihood, "kl_to_posterior": row.kl_to_posterior,
+                 "kl_to_true_posterior": row.kl_to_true_posterior,
+                 "mean_centre_distance": row.mean_centre_distance,
+                 "max_centre_distance": max(row[f"centre_{k}_distance"] for k in range(len(TRUE_CENTRES)))}
+        entry.update(published_columns(pub, EXPERIMENT, "elbo", stage, setting))
+        rows.append(entry)
+    note = ("ELBO and log-likelihood are averages per data point (nats); centre distances are Euclidean, "
+            "in data units, from the ground-truth centres. Published ELBOs use the reproduction's setting "
+            "(variance 1, 2000 points per component, 10,000 + 10,000 steps); Shekhovtsov et al. 2022 is "
+            "quoted by Kyrylov et al. 2023.")
+    write_table(pd.DataFrame(rows), args.csv, args.md, title=f"Gaussian mixture, {setting}", note=note)
+
+    tol = args.centre_tolerance
+    claims = []
+    if args.encoder == "factorized":
+        claims.append(direction_claim(EXPERIMENT, setting, "joint training raises the ELBO", "elbo",
+                                      pre.elbo, joint.elbo, "increase"))
+        claims.append(direction_claim(EXPERIMENT, setting, "joint training lowers the true log-likelihood",
+                                      "log_likelihood", pre.log_likelihood, joint.log_likelihood, "decrease"))
+        claims.append(bound_claim(EXPERIMENT, setting, "joint training moves the centres away from the ground truth",
+                                  "mean_centre_distance", joint.mean_centre_distance, "above", tol))
+    else:
+        claims.append(bound_claim(EXPERIMENT, setting, "joint training keeps the centres at the ground truth",
+                                  "mean_centre_distance", joint.mean_centre_distance, "below", tol))
+    frame = claims_frame(claims)
+    save_csv(frame, args.claims)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vae_approx.gmm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="draw the ground-truth data set")
+    p.add_argument("--n-per-component", type=int, required=True)
+    p.add_argument("--variance", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train", help="train by exact ELBO: encoder alone (pretrain) or jointly")
+    p.add_argument("--phase", choices=sorted(PHASES), required=True)
+    p.add_argument("--encoder", choices=ENCODERS, required=True)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--data", required=True)
+    p.add_argument("--init", help="model to start from (joint phase)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--eval-every", type=int, required=True)
+    p.add_argument("--checkpoint-every", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="decision regions and training curves")
+    p.add_argument("--encoder", choices=ENCODERS, required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--pretrained", required=True)
+    p.add_argument("--joint", required=True)
+    p.add_argument("--metrics", nargs=2, required=True)
+    p.add_argument("--regions", required=True)
+    p.add_argument("--curves", required=True)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("tabulate", help="results table and claims of one encoder family")
+    p.add_argument("--encoder", choices=ENCODERS, required=True)
+    p.add_argument("--metrics", nargs=2, required=True, metavar=("PRETRAIN_CSV", "JOINT_CSV"))
+    p.add_argument("--published", required=True)
+    p.add_argument("--centre-tolerance", type=float, required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.add_argument("--claims", required=True)
+    p.set_defaults(func=cmd_tabulate)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, NonFiniteLossError) as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The Gaussian-mixture VAE with a 2-bit latent code, where every expectation is exact.
+
+Shekhovtsov, Schlesinger, Flach, "VAE Approximation Error: ELBO and Exponential Families",
+ICLR 2022, Sec. 5 (toy example): a mixture of four isotropic 2-D Gaussians is a decoder
+p(x|z) = N(x; mu_z, s^2 I) with a uniform prior over the four codes z. Its exact posterior is
+a softmax of a linear function of x, so a linear-softmax encoder ("consistent") can match it,
+while an encoder that is a product of two Bernoulli bits ("factorized", q(z|x) proportional
+to exp(<g(x), z_b>)) in general cannot. Joint ELBO training then moves the decoder towards
+models whose posteriors the encoder can represent, away from the data's true likelihood.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Ground-truth centres of the reproduction (Kyrylov et al., ReScience C 9(2) 2023).
+TRUE_CENTRES = ((-1.0, 0.0), (0.0, 0.0), (1.0, 1.0), (1.0, -1.0))
+# The 2-bit code z_b of each component, in the order of TRUE_CENTRES, as +-1 spins.
+CODES = ((-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0))
+ENCODERS = ("factorized", "consistent")
+
+
+def sample_mixture(n_per_component: int, variance: float, seed: int,
+                   centres=TRUE_CENTRES) -> tuple[np.ndarray, np.ndarray]:
+    """n_per_component points from each isotropic component; returns (x [N,2], component [N])."""
+    rng = np.random.default_rng(seed)
+    centres = np.asarray(centres, dtype=np.float64)
+    component = np.repeat(np.arange(len(centres)), n_per_component)
+    x = centres[component] + math.sqrt(variance) * rng.standard_normal((len(component), centres.shape[1]))
+    return x.astype(np.float32), component
+
+
+class MixtureDecoder(nn.Module):
+    """p(z) = 1/K, p(x|z) = N(x; mu_z, variance I); the centres mu are the learned parameters."""
+
+    def __init__(self, centres, variance: float):
+        super().__init__()
+        self.centres = nn.Parameter(torch.as_tensor(centres, dtype=torch.float32).clone())  # [K, D]
+        self.variance = float(variance)
+
+    def log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x, z) for every code: [N, D] -> [N, K]."""
+        k, d = self.centres.shape
+        sq_dist = torch.cdist(x, self.centres).pow(2)  # [N, K]
+        log_norm = 0.5 * d * math.log(2 * math.pi * self.variance)
+        return -0.5 * sq_dist / self.variance - log_norm - math.log(k)
+
+
+class FactorizedEncoder(nn.Module):
+    """MLP 2-64-64-2 giving g(x); q(z|x) proportional to exp(<g(x), z_b>) over the 2-bit codes.
+
+    The exponential family of two independent bits: it cannot express correlations between
+    the bits, which the true posterior of the mixture has.
+    """
+
+    def __init__(self, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2, hidden), nn.ReLU(),       # [N, 2] -> [N, H]
+            nn.Linear(hidden, hidden), nn.ReLU(),  # [N, H] -> [N, H]
+            nn.Linear(hidden, 2),                  # [N, H] -> [N, 2] natural parameters g(x)
+        )
+        self.register_buffer("codes", torch.tensor(CODES))  # [K, 2]
+
+    def log_q(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.net(x) @ self.codes.T, dim=1)  # [N, K]
+
+
+class ConsistentEncoder(nn.Module):
+    """Linear 2-4 + softmax: the family that contains the mixture's exact posterior."""
+
+    def __init__(self, n_codes: int = len(CODES)):
+        super().__init__()
+        self.linear = nn.Linear(2, n_codes)  # [N, 2] -> [N, K]
+
+    def log_q(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.linear(x), dim=1)  # [N, K]
+
+
+def make_encoder(name: str, hidden: int = 64) -> nn.Module:
+    if name == "factorized":
+        return FactorizedEncoder(hidden)
+    if name == "consistent":
+        return ConsistentEncoder()
+    raise ValueError(f"unknown GMM encoder '{name}'; expected one of {ENCODERS}")
+
+
+# ---- exact quantities, per data point; all take log-probability tables [N, K]
+
+def exact_elbo(log_q: torch.Tensor, log_joint: torch.Tensor) -> torch.Tensor:
+    """ELBO(x) = sum_z q(z|x) [log p(x, z) - log q(z|x)]   (Kingma & Welling 2014, eq. 3)."""
+    return (log_q.exp() * (log_joint - log_q)).sum(dim=1)
+
+
+def log_likelihood(log_joint: torch.Tensor) -> torch.Tensor:
+    """log p(x) = log sum_z p(x, z)."""
+    return torch.logsumexp(log_joint, dim=1)
+
+
+def log_posterior(log_joint: torch.Tensor) -> torch.Tensor:
+    """log p(z|x) = log p(x, z) - log p(x)."""
+    return log_joint - log_likelihood(log_joint)[:, None]
+
+
+def kl_divergence(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) over the codes; log p(x) - ELBO(x) = KL(q(z|x) || p(z|x))."""
+    return (log_q.exp() * (log_q - log_p)).sum(dim=1)

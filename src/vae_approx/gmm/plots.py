@@ -1,0 +1,68 @@
+"""Figures of the Gaussian-mixture experiment, made from saved models and metrics CSV files."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a cluster node
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.colors import ListedColormap
+
+from ..common import save_figure
+
+COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+
+
+@torch.no_grad()
+def plot_regions(x: torch.Tensor, models: dict, true_centres: torch.Tensor, encoder_name: str, path) -> None:
+    """The data, the ground-truth and learned centres, and the encoder's most probable code."""
+    lo, hi = x.min(0).values - 0.5, x.max(0).values + 0.5
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing="xy")
+    grid = torch.stack([gx.flatten(), gy.flatten()], dim=1)  # [G, 2]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 5), sharex=True, sharey=True)
+    for ax, (title, (encoder, decoder)) in zip(np.atleast_1d(axes), models.items()):
+        encoder.eval()
+        region = encoder.log_q(grid).argmax(1).reshape(gx.shape)
+        ax.contourf(gx, gy, region, levels=np.arange(-0.5, 4.5), cmap=ListedColormap(COLOURS), alpha=0.25)
+        ax.scatter(x[:, 0], x[:, 1], s=1, c="0.4", alpha=0.3, rasterized=True)
+        ax.scatter(*true_centres.T, marker="x", s=120, c="k", label="ground-truth centres")
+        learned = decoder.centres.detach()
+        ax.scatter(*learned.T, marker="o", s=80, facecolors="none", edgecolors=COLOURS, linewidths=2,
+                   label="decoder centres")
+        for t, l in zip(true_centres, learned):
+            ax.annotate("", xy=tuple(l.tolist()), xytext=tuple(t.tolist()), arrowprops={"arrowstyle": "->"})
+        ax.set_title(f"{encoder_name} encoder, {title}")
+        ax.set_xlabel("x1")
+        ax.set_aspect("equal")
+    np.atleast_1d(axes)[0].set_ylabel("x2")
+    np.atleast_1d(axes)[0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(metrics: pd.DataFrame, encoder_name: str, path) -> None:
+    """ELBO and true log-likelihood over both phases (the joint phase's steps follow on)."""
+    pre = metrics[metrics.phase == "pretrain"]
+    offset = pre.step.max() if len(pre) else 0
+    step = np.where(metrics.phase == "joint", metrics.step + offset, metrics.step)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(step, metrics.elbo, label="ELBO")
+    axes[0].plot(step, metrics.log_likelihood, label="log-likelihood")
+    axes[0].set_ylabel("nats per point")
+    axes[1].plot(step, metrics.mean_centre_distance, c="tab:red")
+    axes[1].set_ylabel("mean distance of the centres from the ground truth")
+    for ax in axes:
+        ax.axvline(offset, c="0.5", ls="--", lw=1)
+        ax.set_xlabel("step (pretraining, then joint training after the dashed line)")
+    axes[0].legend()
+    # The pretraining's first steps span a range that hides the joint phase's change.
+    tail = metrics.elbo[len(metrics) // 5:]
+    axes[0].set_ylim(min(tail.min(), metrics.log_likelihood.min()) - 0.02, max(tail.max(), metrics.log_likelihood.max()) + 0.02)
+    fig.suptitle(f"Gaussian mixture, {encoder_name} encoder")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,159 @@
+"""Result tables, published numbers and the claims table, shared by every experiment.
+
+An experiment writes its own results tables with `write_table` and its claims as rows made by
+`direction_claim` / `bound_claim` / `count_claim` (one CSV per experiment); `collect_claims`
+stacks those files into the run's claims table. Nothing here knows an experiment by name.
+
+    python -m vae_approx.tables claims --inputs a.csv b.csv --csv claims.csv --md claims.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .common import InputError, save_csv, save_text
+
+CLAIM_COLUMNS = ["experiment", "setting", "claim", "metric", "expected", "measured", "tolerance", "verdict"]
+PUBLISHED_COLUMNS = ["experiment", "setting", "metric", "stage", "value", "source"]
+HOLDS, FAILS = "holds", "fails"
+
+
+def markdown(df: pd.DataFrame, title: str | None = None, note: str | None = None, floatfmt: str = ".4g") -> str:
+    parts = [f"## {title}\n"] if title else []
+    parts.append(df.to_markdown(index=False, floatfmt=floatfmt))
+    if note:
+        parts.append(f"\n{note}")
+    return "\n".join(parts) + "\n"
+
+
+def write_table(df: pd.DataFrame, csv_path, md_path, title: str | None = None, note: str | None = None) -> None:
+    """The same table as tidy CSV (for code) and Markdown (for people), both written atomically."""
+    save_csv(df, csv_path)
+    save_text(markdown(df, title, note), md_path)
+
+
+def load_published(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"published results: file not found: {path}")
+    df = pd.read_csv(path)
+    missing = set(PUBLISHED_COLUMNS) - set(df.columns)
+    if missing:
+        raise InputError(f"published results {path}: missing columns {sorted(missing)}")
+    return df
+
+
+def published(df: pd.DataFrame, experiment: str, metric: str, stage: str, setting: str | None = None) -> list[tuple[float, str]]:
+    """Every published (value, source) for this experiment, metric and stage."""
+    sel = (df.experiment == experiment) & (df.metric == metric) & (df.stage == stage)
+    if setting is not None:
+        sel &= df.setting == setting
+    return [(float(v), s) for v, s in zip(df.value[sel], df.source[sel])]
+
+
+def short_source(source: str) -> str:
+    """'Kyrylov et al. ReScience C 9(2) 2023 (README ...)' -> 'Kyrylov et al. 2023'."""
+    author = re.match(r"\s*([A-Z][\w-]+ et al\.)", source)
+    year = re.search(r"\b(19|20)\d\d\b", source)
+    if author and year:
+        return f"{author.group(1)} {year.group(0)}"
+    return source
+
+
+def published_columns(df: pd.DataFrame, experiment: str, metric: str, stage: str,
+                      setting: str | None = None) -> dict[str, float]:
+    """One column per published source: {'elbo published (Kyrylov et al. 2023)': -3.31, ...}."""
+    return {f"{metric} published ({short_source(s)})": v for v, s in published(df, experiment, metric, stage, setting)}
+
+
+# ---------------------------------------------------------------- claims
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def direction_claim(experiment: str, setting: str, claim: str, metric: str,
+                    before: float, after: float, expected: str, tolerance: float = 0.0) -> dict:
+    """`metric` is expected to `increase` or `decrease` from before to after by more than tolerance."""
+    if expected not in ("increase", "decrease"):
+        raise ValueError(f"expected must be 'increase' or 'decrease', got {expected!r}")
+    change = after - before
+    ok = change > tolerance if expected == "increase" else change < -tolerance
+    if not (math.isfinite(before) and math.isfinite(after)):
+        ok = False
+    return {
+        "experiment": experiment, "setting": setting, "claim": claim, "metric": metric,
+        "expected": expected, "measured": f"{_fmt(before)} -> {_fmt(after)} (change {change:+.4g})",
+        "tolerance": tolerance, "verdict": HOLDS if ok else FAILS,
+    }
+
+
+def bound_claim(experiment: str, setting: str, claim: str, metric: str,
+                value: float, expected: str, threshold: float) -> dict:
+    """`metric` is expected to be `below` or `above` threshold."""
+    if expected not in ("below", "above"):
+        raise ValueError(f"expected must be 'below' or 'above', got {expected!r}")
+    ok = value < threshold if expected == "below" else value > threshold
+    ok = ok and math.isfinite(value)
+    return {
+        "experiment": experiment, "setting": setting, "claim": claim, "metric": metric,
+        "expected": f"{expected} {threshold:g}", "measured": _fmt(value),
+        "tolerance": threshold, "verdict": HOLDS if ok else FAILS,
+    }
+
+
+def count_claim(experiment: str, setting: str, claim: str, metric: str, held: int, total: int) -> dict:
+    """A claim that must hold in every one of `total` cells; reports how many do."""
+    return {
+        "experiment": experiment, "setting": setting, "claim": claim, "metric": metric,
+        "expected": f"all {total} cells", "measured": f"{held} of {total} cells",
+        "tolerance": 0.0, "verdict": HOLDS if total > 0 and held == total else FAILS,
+    }
+
+
+def claims_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def read_claims(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"claims: file not found: {path}")
+    df = pd.read_csv(path)
+    if list(df.columns) != CLAIM_COLUMNS:
+        raise InputError(f"claims {path}: columns {list(df.columns)}, expected {CLAIM_COLUMNS}")
+    bad = set(df.verdict) - {HOLDS, FAILS}
+    if bad:
+        raise InputError(f"claims {path}: unknown verdicts {sorted(bad)}")
+    return df
+
+
+def collect_claims(inputs: list, csv_path, md_path) -> pd.DataFrame:
+    df = pd.concat([read_claims(p) for p in inputs], ignore_index=True)
+    held = int((df.verdict == HOLDS).sum())
+    note = f"{held} of {len(df)} claims hold. Each row names its tolerance (0 = any change in the expected direction)."
+    write_table(df, csv_path, md_path, title="Claims of the paper, checked on this run", note=note)
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vae_approx.tables", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    claims = sub.add_parser("claims", help="stack per-experiment claims files into one table")
+    claims.add_argument("--inputs", nargs="+", required=True)
+    claims.add_argument("--csv", required=True)
+    claims.add_argument("--md", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "claims":
+        collect_claims(args.inputs, args.csv, args.md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+# Helpers shared by every experiment's rules: config validation, paths, targets.
+
+from vae_approx.config import validate_config
+
+
+# Reject a bad config before any job starts, naming the key and the allowed values.
+validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+
+RUN = config["run"]
+RESULTS = f"results/{RUN}"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+
+
+def all_targets():
+    """The final products of every experiment named in config['experiments']."""
+    targets = [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md"]
+    if "gmm" in config["experiments"]:
+        targets += gmm_targets()
+    return targets
+
+
+def experiment_claims():
+    """The claims file of every selected experiment, stacked by rule collect_claims."""
+    files = []
+    if "gmm" in config["experiments"]:
+        files += expand(f"{RESULTS}/gmm/{{encoder}}/claims.csv", encoder=config["gmm"]["encoders"])
+    return files
