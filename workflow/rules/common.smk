@@ -1,11 +1,22 @@
 # Helpers shared by every experiment's rules: config validation, paths, targets.
 
-from vae_approx.config import validate_config
+import sys
 
+# Jobs run `python -m vae_approx...` from this checkout's src/, also inside the conda
+# environment (envs/vae-approx.yaml) and on cluster nodes.
+SRC = f"{workflow.basedir}/src"
+sys.path.insert(0, SRC)
+shell.prefix(
+    # Snakemake formats the prefix too, hence the doubled braces of the f-string's ${...}.
+    f"set -euo pipefail; export PYTHONPATH='{SRC}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+
+from vae_approx.config import validate_config
 
 # Reject a bad config before any job starts, naming the key and the allowed values.
 validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
+ENV = "../../envs/vae-approx.yaml"
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 LOGS = f"{RESULTS}/logs"
@@ -20,9 +31,19 @@ def all_targets():
     return targets
 
 
+def gmm_targets():
+    return expand(
+        f"{RESULTS}/gmm/{{encoder}}/{{name}}",
+        encoder=config["gmm"]["encoders"],
+        name=["table.csv", "table.md", "regions.png", "curves.png"],
+    )
+
+
 def experiment_claims():
     """The claims file of every selected experiment, stacked by rule collect_claims."""
     files = []
     if "gmm" in config["experiments"]:
-        files += expand(f"{RESULTS}/gmm/{{encoder}}/claims.csv", encoder=config["gmm"]["encoders"])
+        files += expand(
+            f"{RESULTS}/gmm/{{encoder}}/claims.csv", encoder=config["gmm"]["encoders"]
+        )
     return files

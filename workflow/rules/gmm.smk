@@ -3,16 +3,6 @@
 GMM = f"{RESULTS}/gmm"
 
 
-def gmm_targets():
-    return expand(
-        [
-            f"{GMM}/{{encoder}}/{{name}}",
-        ],
-        encoder=config["gmm"]["encoders"],
-        name=["table.csv", "table.md", "regions.png", "curves.png"],
-    )
-
-
 rule sample_gmm:
     output:
         f"{GMM}/data.npz",
@@ -20,14 +10,16 @@ rule sample_gmm:
         f"{LOGS}/gmm/data.log",
     benchmark:
         f"{BENCHMARKS}/gmm/data.tsv"
-    params:
-        n=config["gmm"]["n_per_component"],
-        variance=config["gmm"]["variance"],
-        seed=config["gmm"]["data_seed"],
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        n=config["gmm"]["n_per_component"],
+        variance=config["gmm"]["variance"],
+        seed=config["gmm"]["data_seed"],
     shell:
         "python -m vae_approx.gmm sample --n-per-component {params.n} --variance {params.variance}"
         " --seed {params.seed} --out {output} 2> {log}"
@@ -43,6 +35,12 @@ rule pretrain_gmm_encoder:
         f"{LOGS}/gmm/{{encoder}}/pretrained.log",
     benchmark:
         f"{BENCHMARKS}/gmm/{{encoder}}/pretrained.tsv"
+    conda:
+        ENV
+    threads: config["gmm"]["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         hidden=config["gmm"]["hidden"],
         steps=config["gmm"]["pretrain"]["steps"],
@@ -50,10 +48,6 @@ rule pretrain_gmm_encoder:
         seed=config["gmm"]["seed"],
         eval_every=config["gmm"]["eval_every"],
         checkpoint_every=config["gmm"]["checkpoint_every"],
-    threads: config["gmm"]["threads"]
-    resources:
-        mem_mb=2000,
-        runtime=60,
     shell:
         "python -m vae_approx.gmm train --phase pretrain --encoder {wildcards.encoder}"
         " --hidden {params.hidden} --data {input.data} --steps {params.steps} --lr {params.lr}"
@@ -73,6 +67,12 @@ rule train_gmm_joint:
         f"{LOGS}/gmm/{{encoder}}/joint.log",
     benchmark:
         f"{BENCHMARKS}/gmm/{{encoder}}/joint.tsv"
+    conda:
+        ENV
+    threads: config["gmm"]["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         hidden=config["gmm"]["hidden"],
         steps=config["gmm"]["joint"]["steps"],
@@ -80,10 +80,6 @@ rule train_gmm_joint:
         seed=config["gmm"]["seed"],
         eval_every=config["gmm"]["eval_every"],
         checkpoint_every=config["gmm"]["checkpoint_every"],
-    threads: config["gmm"]["threads"]
-    resources:
-        mem_mb=2000,
-        runtime=60,
     shell:
         "python -m vae_approx.gmm train --phase joint --encoder {wildcards.encoder}"
         " --hidden {params.hidden} --data {input.data} --init {input.init}"
@@ -118,6 +114,8 @@ rule plot_gmm:
         f"{LOGS}/gmm/{{encoder}}/plots.log",
     benchmark:
         f"{BENCHMARKS}/gmm/{{encoder}}/plots.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -148,12 +146,14 @@ rule tabulate_gmm:
         f"{LOGS}/gmm/{{encoder}}/table.log",
     benchmark:
         f"{BENCHMARKS}/gmm/{{encoder}}/table.tsv"
-    params:
-        centre_tolerance=config["gmm"]["centre_tolerance"],
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        centre_tolerance=config["gmm"]["centre_tolerance"],
     shell:
         "python -m vae_approx.gmm tabulate --encoder {wildcards.encoder} --metrics {input.metrics}"
         " --published {input.published} --centre-tolerance {params.centre_tolerance}"

@@ -15,6 +15,8 @@ rule collect_claims:
         f"{LOGS}/claims.log",
     benchmark:
         f"{BENCHMARKS}/claims.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,

@@ -54,7 +54,7 @@ def plot_curves(metrics: pd.DataFrame, encoder_name: str, path) -> None:
     axes[0].plot(step, metrics.log_likelihood, label="log-likelihood")
     axes[0].set_ylabel("nats per point")
     axes[1].plot(step, metrics.mean_centre_distance, c="tab:red")
-    axes[1].set_ylabel("mean distance of the centres from the ground truth")
+    axes[1].set_ylabel("mean centre drift (data units)")
     for ax in axes:
         ax.axvline(offset, c="0.5", ls="--", lw=1)
         ax.set_xlabel("step (pretraining, then joint training after the dashed line)")

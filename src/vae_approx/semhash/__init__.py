@@ -1,0 +1,1 @@
+"""Semantic hashing experiment: 20 Newsgroups bag of words, Bernoulli VAE, DisARM/ARM gradients."""

@@ -1,0 +1,110 @@
+"""The contracts every stage keeps: atomic outputs, resume, non-finite losses, clear errors."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vae_approx.common import NonFiniteLossError, Progress, atomic_path, resume_path, save_resume
+from vae_approx.gmm.model import TRUE_CENTRES, MixtureDecoder, make_encoder, sample_mixture
+from vae_approx.gmm.train import TrainSettings, train
+
+
+def quiet():
+    return Progress("test", 1, 10**9, stream=io.StringIO())
+
+
+def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half a file")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
+
+
+class Interrupt(Exception):
+    pass
+
+
+def run(x, name, settings, resume, interrupt_at=None):
+    torch.manual_seed(settings.seed)
+    enc, dec = make_encoder(name), MixtureDecoder(TRUE_CENTRES, 1.0)
+
+    def on_step(step):
+        if step == interrupt_at:
+            raise Interrupt
+
+    rows = train(x, enc, dec, torch.tensor(TRUE_CENTRES), 1.0, settings, resume, quiet(), on_step)
+    return rows, enc, dec
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "joint"])
+def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, phase):
+    x = torch.from_numpy(sample_mixture(100, 1.0, 0)[0])
+    settings = TrainSettings(phase, 120, 1e-2, 10, 50, 0)
+    full_rows, full_enc, full_dec = run(x, "factorized", settings, None)
+
+    resume = resume_path(tmp_path / "model.pt")
+    with pytest.raises(Interrupt):
+        run(x, "factorized", settings, resume, interrupt_at=77)  # killed between checkpoints
+    assert torch.load(resume, weights_only=False)["step"] == 50
+    rows, enc, dec = run(x, "factorized", settings, resume)
+    assert pd.DataFrame(rows).equals(pd.DataFrame(full_rows))
+    for a, b in zip(enc.state_dict().values(), full_enc.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(dec.centres, full_dec.centres)
+
+
+def test_a_checkpoint_of_another_config_is_ignored(tmp_path):
+    x = torch.from_numpy(sample_mixture(50, 1.0, 0)[0])
+    resume = resume_path(tmp_path / "model.pt")
+    save_resume(resume, {"config": {"something": "else"}, "step": 10})
+    rows, _, _ = run(x, "consistent", TrainSettings("pretrain", 20, 1e-2, 10, 10**9, 0), resume)
+    assert [r["step"] for r in rows] == [0, 10, 20]
+
+
+def test_a_non_finite_loss_names_the_stage_and_step():
+    x = torch.from_numpy(sample_mixture(50, 1.0, 0)[0])
+    x[3, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"gmm pretrain: non-finite .* at step"):
+        run(x, "consistent", TrainSettings("pretrain", 20, 1e-2, 10, 10**9, 0), None)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "vae_approx.gmm", *args], capture_output=True, text=True)
+
+
+def train_args(tmp_path, data):
+    return ["train", "--phase", "pretrain", "--encoder", "consistent", "--data", str(data), "--steps", "5",
+            "--lr", "0.01", "--seed", "0", "--eval-every", "1", "--checkpoint-every", "2",
+            "--out", str(tmp_path / "m.pt"), "--metrics", str(tmp_path / "m.csv")]
+
+
+def test_cli_rejects_a_missing_or_corrupt_data_file(tmp_path):
+    missing = cli(*train_args(tmp_path, tmp_path / "nope.npz"))
+    assert missing.returncode != 0 and "file not found" in missing.stderr and "nope.npz" in missing.stderr
+    corrupt = tmp_path / "bad.npz"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a real archive")
+    bad = cli(*train_args(tmp_path, corrupt))
+    assert bad.returncode != 0 and "bad.npz" in bad.stderr and "not a valid data file" in bad.stderr
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.csv").exists()
+
+
+def test_cli_stage_writes_outputs_and_removes_its_resume_file(tmp_path):
+    data = tmp_path / "data.npz"
+    assert cli("sample", "--n-per-component", "20", "--variance", "1", "--seed", "0", "--out", str(data)).returncode == 0
+    with np.load(data) as f:
+        assert f["x"].shape == (80, 2)
+    done = cli(*train_args(tmp_path, data))
+    assert done.returncode == 0, done.stderr
+    assert "step 5/5" in done.stderr  # progress reaches the log
+    assert len(pd.read_csv(tmp_path / "m.csv")) == 6
+    assert not resume_path(tmp_path / "m.pt").exists()
