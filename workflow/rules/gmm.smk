@@ -48,11 +48,13 @@ rule pretrain_gmm_encoder:
         seed=config["gmm"]["seed"],
         eval_every=config["gmm"]["eval_every"],
         checkpoint_every=config["gmm"]["checkpoint_every"],
+        device=config["device"],
     shell:
         "python -m vae_approx.gmm train --phase pretrain --encoder {wildcards.encoder}"
         " --hidden {params.hidden} --data {input.data} --steps {params.steps} --lr {params.lr}"
         " --seed {params.seed} --eval-every {params.eval_every}"
         " --checkpoint-every {params.checkpoint_every} --threads {threads}"
+        " --device {params.device}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
@@ -80,12 +82,14 @@ rule train_gmm_joint:
         seed=config["gmm"]["seed"],
         eval_every=config["gmm"]["eval_every"],
         checkpoint_every=config["gmm"]["checkpoint_every"],
+        device=config["device"],
     shell:
         "python -m vae_approx.gmm train --phase joint --encoder {wildcards.encoder}"
         " --hidden {params.hidden} --data {input.data} --init {input.init}"
         " --steps {params.steps} --lr {params.lr} --seed {params.seed}"
         " --eval-every {params.eval_every} --checkpoint-every {params.checkpoint_every}"
-        " --threads {threads} --out {output.model} --metrics {output.metrics} 2> {log}"
+        " --threads {threads} --device {params.device}"
+        " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
 rule plot_gmm:

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ..common import (InputError, NonFiniteLossError, Progress, atomic_path, load_torch, resume_path,
-                      save_csv, save_torch, seed_everything, set_threads)
+                      save_csv, save_torch, seed_everything, select_device, set_threads)
 from ..tables import bound_claim, claims_frame, direction_claim, load_published, published_columns, write_table
 from .model import ENCODERS, TRUE_CENTRES, MixtureDecoder, make_encoder, sample_mixture
 from .train import PHASES, TrainSettings, train
@@ -80,11 +80,14 @@ def cmd_train(args) -> None:
         if init["encoder_name"] != args.encoder:
             raise InputError(f"pretrained GMM model {args.init} has encoder '{init['encoder_name']}', not '{args.encoder}'")
         encoder, decoder = build(init)
+    device = select_device(args.device)
+    encoder, decoder, x = encoder.to(device), decoder.to(device), x.to(device)
     settings = TrainSettings(args.phase, args.steps, args.lr, args.eval_every, args.checkpoint_every, args.seed)
     progress = Progress(f"gmm {args.phase} {args.encoder}", args.steps, args.eval_every)
-    progress.message(f"{len(x)} points, {args.steps} steps, lr {args.lr}, {torch.get_num_threads()} threads")
+    progress.message(f"{len(x)} points, {args.steps} steps, lr {args.lr}, on {device}, {torch.get_num_threads()} threads")
     resume = resume_path(args.out)
-    rows = train(x, encoder, decoder, torch.tensor(TRUE_CENTRES), variance, settings, resume, progress)
+    rows = train(x, encoder, decoder, torch.tensor(TRUE_CENTRES, device=device), variance, settings, resume, progress)
+    encoder, decoder = encoder.cpu(), decoder.cpu()
     save_csv(pd.DataFrame(rows), args.metrics)
     save_torch({"encoder_name": args.encoder, "hidden": args.hidden, "variance": variance, "phase": args.phase,
                 "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "steps": args.steps}, args.out)
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, required=True)
     p.add_argument("--checkpoint-every", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True)
     p.set_defaults(func=cmd_train)

@@ -72,7 +72,7 @@ def train(
     else:
         decoder.requires_grad_(False)
     optimizer = torch.optim.Adam(params, lr=settings.lr)
-    true_log_posterior = log_posterior(MixtureDecoder(true_centres, variance).log_joint(x)).detach()
+    true_log_posterior = log_posterior(MixtureDecoder(true_centres, variance).to(x.device).log_joint(x)).detach()
 
     config = asdict(settings)
     rows: list[dict] = []
