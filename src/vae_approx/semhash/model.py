@@ -17,6 +17,7 @@ Conventions
   indicator formulas. The decoder feeds them to its first layer as spins 2z - 1 in {-1, +1}:
   the same family of functions (a linear layer absorbs the affine map), but centred inputs.
 - Every loss is per document, shape [B] (or [samples, B]); callers average.
+- Random draws take an optional torch.Generator, which must live on the tensors' device.
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ class SparseCounts:
         total = int(lengths.sum())
         batch = torch.repeat_interleave(torch.arange(len(rows), device=self.device), lengths,
                                         output_size=total)                  # [nnz_B] row in batch
-        # position of every nonzero of the batch in the CSR arrays: row start + rank in row
-        first = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths, output_size=total)
-        pos = torch.repeat_interleave(starts, lengths, output_size=total) + torch.arange(total, device=self.device) - first
+        # position in the CSR arrays of the batch's j-th nonzero, which is in batch row r:
+        # starts[r] + (j - first nonzero of row r in the batch)
+        shift = starts - (torch.cumsum(lengths, 0) - lengths)                   # [B]
+        pos = torch.repeat_interleave(shift, lengths, output_size=total) + torch.arange(total, device=self.device)
         out = torch.zeros(len(rows), self.n_words, dtype=self.dtype, device=self.device)
         return out.index_put_((batch, self.col[pos]), self.val[pos], accumulate=True)
 
