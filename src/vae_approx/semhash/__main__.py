@@ -1,0 +1,233 @@
+"""Stages of the semantic-hashing experiment, each a file-to-file step called by a rule.
+
+    python -m vae_approx.semhash synthesize --out corpus.tgz ...     offline corpus, real format
+    python -m vae_approx.semhash fetch      --url URL --out resources/...tgz [--sha256 HEX]
+    python -m vae_approx.semhash prepare    --archive corpus.tgz --out corpus.npz ...
+    python -m vae_approx.semhash train      --corpus corpus.npz --encoder e1 --depth 0 --bits 8 ...
+    python -m vae_approx.semhash retrieval  --corpus corpus.npz --model model.pt --out retrieval.csv
+    python -m vae_approx.semhash tabulate   --runs DIR ... --published ref.csv ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import tempfile
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..common import (InputError, NonFiniteLossError, Progress, atomic_path, load_torch, parse_bool, resume_path,
+                      save_csv, save_torch, select_device, set_threads)
+from ..tables import claims_frame, count_claim, load_published, published_columns, write_table
+from .data import load_prepared, prepare, read_archive, save_prepared, synthetic_corpus, write_archive, write_raw_corpus
+from .model import ESTIMATORS, ENCODER_SPECS, SparseCounts
+from .train import TrainSettings, binary_codes, build_models, precision_at_k, train
+
+EXPERIMENT = "semhash"
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cmd_synthesize(args) -> None:
+    corpus = synthetic_corpus(args.n_train, args.n_test, args.raw_vocab_size, args.n_classes, args.n_topics,
+                              args.mean_length, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_raw_corpus(tmp, *corpus)
+        write_archive(tmp, args.out)  # atomic
+    print(f"[semhash synthesize] {args.n_train} + {args.n_test} documents -> {args.out}", file=sys.stderr)
+
+
+def cmd_fetch(args) -> None:
+    out = Path(args.out)
+    manual = (f"Download {args.url} by hand (any way you can reach it) and place it at {out}; "
+              "the workflow then uses it as is.")
+    try:
+        with atomic_path(out) as tmp:
+            print(f"[semhash fetch] {args.url} -> {out}", file=sys.stderr, flush=True)
+            with urllib.request.urlopen(args.url, timeout=60) as response, open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f)
+            if args.sha256 and sha256(tmp) != args.sha256.lower():
+                raise InputError(f"{args.url}: SHA-256 {sha256(tmp)} does not match the pinned {args.sha256}")
+            read_archive(tmp)  # members present and parseable, before the file takes its name
+    except InputError as exc:
+        raise InputError(f"{exc}. {manual}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot download {args.url} ({exc}). {manual}") from exc
+
+
+def cmd_prepare(args) -> None:
+    if args.sha256 and sha256(args.archive) != args.sha256.lower():
+        raise InputError(f"{args.archive}: SHA-256 {sha256(args.archive)} does not match the pinned {args.sha256}; "
+                         "remove the file and fetch it again")
+    raw = read_archive(args.archive)
+    for split, counts, expected in (("train", raw.train_counts, args.expect_train), ("test", raw.test_counts, args.expect_test)):
+        if expected and counts.shape[0] != expected:
+            raise InputError(f"{args.archive}: {counts.shape[0]} {split} documents, expected {expected}")
+    corpus = prepare(raw.train_counts, raw.test_counts, args.vocab_size,
+                     train_labels=raw.train_labels, test_labels=raw.test_labels)
+    save_prepared(corpus, args.out)
+    print(f"[semhash prepare] {corpus.train.shape[0]} train, {corpus.test.shape[0]} test documents, "
+          f"{corpus.n_words} words -> {args.out}", file=sys.stderr)
+
+
+def settings_from(args) -> TrainSettings:
+    return TrainSettings(args.encoder, args.depth, args.bits, args.width, args.estimator, args.epochs_one_pair,
+                         args.epochs_many_pairs, args.many_pairs, args.batch_size, args.lr, args.seed,
+                         args.eval_batch_size, args.reference_protocol, args.checkpoint_every)
+
+
+def cmd_train(args) -> None:
+    set_threads(args.threads)
+    device = select_device(args.device)
+    corpus = load_prepared(args.corpus)
+    settings = settings_from(args)
+    name = f"semhash {args.encoder} depth {args.depth} {args.bits} bits"
+    progress = Progress(name, settings.epochs, 1)
+    progress.message(f"{corpus.train.shape[0]} documents, {corpus.n_words} words, {settings.epochs} epochs, "
+                     f"{args.estimator}, on {device}, {torch.get_num_threads()} threads")
+    resume = resume_path(args.out)
+    history, encoder, decoder = train(corpus, settings, device, resume, progress)
+    save_csv(pd.DataFrame(history), args.history)
+    save_torch({"settings": asdict(settings), "n_words": corpus.n_words,
+                "encoder": encoder.cpu().state_dict(), "decoder": decoder.cpu().state_dict()}, args.out)
+    resume.unlink(missing_ok=True)
+
+
+def cmd_retrieval(args) -> None:
+    set_threads(args.threads)
+    corpus = load_prepared(args.corpus)
+    model = load_torch(args.model, "semantic-hashing model")
+    settings = TrainSettings(**model["settings"])
+    encoder, _ = build_models(settings, model["n_words"])
+    encoder.load_state_dict(model["encoder"])
+    smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32)
+    database = binary_codes(encoder, SparseCounts(corpus.train), smoothing, 1024)
+    queries = binary_codes(encoder, SparseCounts(corpus.test), smoothing, 1024)
+    if corpus.train_labels is None or corpus.test_labels is None:
+        raise InputError(f"{args.corpus}: has no labels; retrieval needs them")
+    precision = precision_at_k(queries, corpus.test_labels, database, corpus.train_labels, args.k)
+    save_csv(pd.DataFrame([{"encoder": settings.encoder, "depth": settings.depth, "bits": settings.bits,
+                            f"precision_at_{args.k}": precision}]), args.out)
+
+
+def grid_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Rows encoder x decoder depth, columns bits, as the papers lay them out."""
+    table = df.pivot_table(index=["encoder", "depth"], columns="bits", values=value)
+    table.columns = [f"{b} bits" for b in table.columns]
+    return table.reset_index()
+
+
+def cmd_tabulate(args) -> None:
+    rows = []
+    for run_dir in map(Path, args.runs):
+        history = pd.read_csv(run_dir / "history.csv")
+        retrieval = pd.read_csv(run_dir / "retrieval.csv").iloc[0]
+        best = history.loc[history.test_nelbo.idxmin()]
+        rows.append({"encoder": retrieval.encoder, "depth": int(retrieval.depth), "bits": int(retrieval.bits),
+                     "test_nelbo_best": best.test_nelbo, "best_epoch": int(best.epoch),
+                     "test_nelbo_last": history.test_nelbo.iloc[-1], "train_nelbo_last": history.train_nelbo.iloc[-1],
+                     "precision_at_100": retrieval.filter(like="precision_at").iloc[0]})
+    results = pd.DataFrame(rows).sort_values(["encoder", "depth", "bits"])
+    out = Path(args.out_dir)
+    save_csv(results, out / "results.csv")
+    pub = load_published(args.published)
+    notes = {"test_nelbo_best": "test NELBO (nats per document, relative to its empirical distribution) at the best epoch",
+             "test_nelbo_last": "test NELBO at the last epoch", "train_nelbo_last": "train NELBO at the last epoch",
+             "precision_at_100": "precision@100 of Hamming ranking (train set as database, test set as queries)"}
+    for value, note in notes.items():
+        table = grid_table(results, value)
+        if value == "test_nelbo_best":
+            published = published_columns(pub, EXPERIMENT, "test_nelbo", "best epoch")
+            note += "; published: " + ", ".join(f"{k.split('(')[-1].rstrip(')')}: {v:g}" for k, v in published.items()) + \
+                " (e1, decoder depth 0, 64 bits, real 20 Newsgroups)"
+        write_table(table, out / f"{value}.csv", out / f"{value}.md", title=f"Semantic hashing: {value}", note=note)
+
+    # Claim: e1 has a lower test NELBO than e2 and e3 in every (depth, bits) cell of the grid.
+    best = results.pivot_table(index=["depth", "bits"], columns="encoder", values="test_nelbo_best")
+    others = [e for e in ("e2", "e3") if e in best.columns]
+    cells = best.dropna(subset=["e1", *others]) if "e1" in best.columns and others else best.iloc[0:0]
+    held = int(sum(all(r["e1"] < r[o] for o in others) for _, r in cells.iterrows()))
+    claim = count_claim(EXPERIMENT, f"encoders e1 vs {', '.join(others) or 'none'}",
+                        "a linear encoder on word counts (e1) reaches a lower test NELBO than the frequency encoders",
+                        "test_nelbo_best", held, len(cells))
+    save_csv(claims_frame([claim]), args.claims)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vae_approx.semhash", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synthesize", help="a seeded topic-model corpus in the 20news-bydate-matlab format")
+    for name in ("n-train", "n-test", "raw-vocab-size", "n-classes", "n-topics", "seed"):
+        p.add_argument(f"--{name}", type=int, required=True)
+    p.add_argument("--mean-length", type=float, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("fetch", help="download the real archive (verified before it takes its name)")
+    p.add_argument("--url", required=True)
+    p.add_argument("--sha256", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("prepare", help="parse, choose the vocabulary, smooth; one compact file")
+    p.add_argument("--archive", required=True)
+    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--expect-train", type=int, default=0)
+    p.add_argument("--expect-test", type=int, default=0)
+    p.add_argument("--sha256", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train one grid point")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--encoder", choices=sorted(ENCODER_SPECS), required=True)
+    p.add_argument("--estimator", choices=ESTIMATORS, default="disarm")
+    for name in ("depth", "bits", "width", "epochs-one-pair", "epochs-many-pairs", "many-pairs", "batch-size",
+                 "seed", "eval-batch-size", "checkpoint-every"):
+        p.add_argument(f"--{name}", type=int, required=True)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--reference-protocol", type=parse_bool, default=False)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--history", required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("retrieval", help="precision@k of Hamming ranking")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_retrieval)
+
+    p = sub.add_parser("tabulate", help="grid tables and the claim")
+    p.add_argument("--runs", nargs="+", required=True, help="one folder per grid point")
+    p.add_argument("--published", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--claims", required=True)
+    p.set_defaults(func=cmd_tabulate)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, NonFiniteLossError) as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

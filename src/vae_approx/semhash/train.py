@@ -1,0 +1,149 @@
+"""Training of one semantic-hashing grid point: the protocol's two-phase epoch schedule.
+
+Kyrylov et al. (ReScience C 9(2) 2023): Adam, batch 256, 1,000 epochs with one antithetic
+DisARM pair per document, then 500 epochs averaging 10 pairs; the test NELBO is tracked every
+epoch and the best epoch is reported. Both epoch counts come from the config.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..common import Progress, check_finite, load_resume, rng_state, save_resume, set_rng_state
+from .data import PreparedCorpus
+from .model import Decoder, Encoder, SparseCounts, encoder_spec, evaluate_nelbo, surrogate_loss
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    encoder: str                # e1 (counts, linear), e2 (frequencies, one hidden layer), e3 (frequencies, linear)
+    depth: int                  # decoder hidden layers
+    bits: int                   # latent bits b
+    width: int                  # units of every hidden layer (encoder e2 and decoder)
+    estimator: str              # disarm or arm
+    epochs_one_pair: int        # phase 1: one antithetic pair per document
+    epochs_many_pairs: int      # phase 2: `many_pairs` pairs per document
+    many_pairs: int
+    batch_size: int
+    lr: float
+    seed: int
+    eval_batch_size: int
+    reference_protocol: bool    # evaluate frequency encoders on counts, as the reference code did
+    checkpoint_every: int       # epochs between resume checkpoints
+
+    @property
+    def epochs(self) -> int:
+        return self.epochs_one_pair + self.epochs_many_pairs
+
+    def pairs(self, epoch: int) -> int:
+        """Pairs per document in 1-based `epoch`."""
+        return 1 if epoch <= self.epochs_one_pair else self.many_pairs
+
+
+def build_models(settings: TrainSettings, n_words: int) -> tuple[Encoder, Decoder]:
+    representation, hidden = encoder_spec(settings.encoder, settings.width)
+    encoder = Encoder(n_words, settings.bits, hidden, representation)
+    decoder = Decoder(settings.bits, n_words, (settings.width,) * settings.depth)
+    return encoder, decoder
+
+
+def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
+          resume_file: Path | None, progress: Progress) -> tuple[list[dict], Encoder, Decoder]:
+    """Returns the per-epoch history (train and test NELBO) and the final models."""
+    torch.manual_seed(settings.seed)
+    encoder, decoder = build_models(settings, corpus.n_words)
+    encoder, decoder = encoder.to(device), decoder.to(device)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=settings.lr)
+    train_set, test_set = SparseCounts(corpus.train, device), SparseCounts(corpus.test, device)
+    smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32, device=device)
+    # One generator for shuffling and code sampling, on the device, saved in the checkpoint.
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    eval_representation = "counts" if settings.reference_protocol else None
+
+    config = asdict(settings)
+    history: list[dict] = []
+    start = 0
+    ckpt = load_resume(resume_file, config, progress) if resume_file else None
+    if ckpt is not None:
+        encoder.load_state_dict(ckpt["model"]["encoder"])
+        decoder.load_state_dict(ckpt["model"]["decoder"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        generator.set_state(ckpt["generator"].to(generator.get_state().device))
+        start, history = ckpt["step"], ckpt["history"]
+
+    n = len(train_set)
+    for epoch in range(start + 1, settings.epochs + 1):
+        pairs = settings.pairs(epoch)
+        tic = time.perf_counter()
+        encoder.train(), decoder.train()
+        order = torch.randperm(n, generator=generator, device=device)
+        total = torch.zeros((), device=device)
+        for b, first in enumerate(range(0, n, settings.batch_size)):
+            rows = order[first:first + settings.batch_size]
+            x = train_set.smoothed(rows, smoothing)                       # [B, V]
+            terms = surrogate_loss(x, encoder(x), decoder, settings.estimator, pairs, generator)
+            loss = terms.loss.mean()
+            check_finite(loss, f"semhash {settings.encoder} depth {settings.depth} {settings.bits} bits",
+                         epoch, f"loss (batch {b})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += terms.nelbo.sum()
+        encoder.eval(), decoder.eval()
+        test = evaluate_nelbo(encoder, decoder, test_set, smoothing, settings.eval_batch_size, generator,
+                              eval_representation)
+        row = {"epoch": epoch, "pairs": pairs, "train_nelbo": (total / n).item(),
+               "test_nelbo": test.nelbo.mean().item(), "test_reconstruction": test.reconstruction.mean().item(),
+               "test_kl": test.kl.mean().item(), "seconds": time.perf_counter() - tic}
+        check_finite(row["test_nelbo"], "semhash evaluation", epoch, "test NELBO")
+        history.append(row)
+        progress.log(epoch, train_nelbo=row["train_nelbo"], test_nelbo=row["test_nelbo"], pairs=pairs,
+                     epoch_seconds=row["seconds"])
+        if resume_file and epoch % settings.checkpoint_every == 0 and epoch < settings.epochs:
+            save_resume(resume_file, {
+                "model": {"encoder": encoder.state_dict(), "decoder": decoder.state_dict()},
+                "optimizer": optimizer.state_dict(), "step": epoch, "rng": rng_state(),
+                "generator": generator.get_state(), "config": config, "history": history,
+            })
+    return history, encoder, decoder
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+@torch.no_grad()
+def binary_codes(encoder: Encoder, counts: SparseCounts, smoothing: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Deterministic codes, bit = logit > 0: [N, b] bool."""
+    encoder.eval()
+    parts = []
+    for first in range(0, len(counts), batch_size):
+        rows = torch.arange(first, min(first + batch_size, len(counts)), device=counts.device)
+        parts.append(encoder(counts.smoothed(rows, smoothing)) > 0)
+    return torch.cat(parts)
+
+
+def precision_at_k(query_codes: torch.Tensor, query_labels: np.ndarray, database_codes: torch.Tensor,
+                   database_labels: np.ndarray, k: int, chunk: int = 512) -> float:
+    """Mean precision@k of Hamming ranking, relevance = same label.
+
+    Ties in Hamming distance are broken by database index (a stable sort), so the number is
+    deterministic.
+    """
+    k = min(k, len(database_codes))
+    db = database_codes.float()
+    db_labels = torch.as_tensor(database_labels, device=db.device)
+    hits = 0.0
+    for first in range(0, len(query_codes), chunk):
+        q = query_codes[first:first + chunk].float()
+        # Hamming distance of {0,1} vectors: |q| + |d| - 2 <q, d>
+        dist = q.sum(1, keepdim=True) + db.sum(1) - 2 * q @ db.T           # [Q, N]
+        nearest = torch.sort(dist, dim=1, stable=True).indices[:, :k]      # [Q, k]
+        labels = torch.as_tensor(query_labels[first:first + chunk], device=db.device)
+        hits += (db_labels[nearest] == labels[:, None]).float().mean(1).sum().item()
+    return hits / len(query_codes)

@@ -1,0 +1,87 @@
+"""Semantic-hashing stages: retrieval metric, the command-line chain, resume."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vae_approx.common import Progress, resume_path
+from vae_approx.semhash.data import load_prepared
+from vae_approx.semhash.train import TrainSettings, precision_at_k, train
+
+
+def test_precision_at_k_by_hand():
+    db = torch.tensor([[0, 0], [0, 1], [1, 1], [1, 0]], dtype=torch.bool)
+    db_labels = np.array([0, 1, 1, 0])
+    queries = torch.tensor([[0, 0], [1, 1]], dtype=torch.bool)
+    # query 0: distances 0,1,2,1 -> order 0,1,3 (tie 1 vs 3 broken by index) -> labels 0,1,0 -> 2/3
+    # query 1: distances 2,1,0,1 -> order 2,1,3 -> labels 1,1,0 -> relevant (label 1): 2/3
+    assert precision_at_k(queries, np.array([0, 1]), db, db_labels, k=3) == pytest.approx(2 / 3)
+    assert precision_at_k(queries, np.array([0, 1]), db, db_labels, k=1) == pytest.approx(1.0)
+
+
+def sh(*args):
+    proc = subprocess.run([sys.executable, "-m", "vae_approx.semhash", *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+TRAIN = ["--encoder", "e1", "--depth", "1", "--bits", "4", "--width", "16", "--epochs-one-pair", "2",
+         "--epochs-many-pairs", "1", "--many-pairs", "3", "--batch-size", "64", "--seed", "1",
+         "--eval-batch-size", "128", "--checkpoint-every", "1", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("semhash")
+    sh("synthesize", "--n-train", 200, "--n-test", 50, "--raw-vocab-size", 400, "--n-classes", 4, "--n-topics", 6,
+       "--seed", 0, "--mean-length", 40, "--out", d / "raw.tgz")
+    sh("prepare", "--archive", d / "raw.tgz", "--vocab-size", 200, "--expect-train", 200, "--expect-test", 50,
+       "--out", d / "corpus.npz")
+    return d
+
+
+def test_the_stage_chain_writes_history_and_retrieval(corpus):
+    proc = sh("train", "--corpus", corpus / "corpus.npz", *TRAIN, "--out", corpus / "m.pt", "--history", corpus / "h.csv")
+    assert "step 3/3" in proc.stderr
+    history = pd.read_csv(corpus / "h.csv")
+    assert list(history.epoch) == [1, 2, 3] and list(history.pairs) == [1, 1, 3]
+    assert np.isfinite(history[["train_nelbo", "test_nelbo"]]).all().all()
+    assert not resume_path(corpus / "m.pt").exists()
+    sh("retrieval", "--corpus", corpus / "corpus.npz", "--model", corpus / "m.pt", "--out", corpus / "r.csv")
+    assert 0 <= pd.read_csv(corpus / "r.csv").precision_at_100.iloc[0] <= 1
+
+
+def test_prepare_rejects_an_unexpected_document_count(corpus):
+    proc = subprocess.run([sys.executable, "-m", "vae_approx.semhash", "prepare", "--archive", str(corpus / "raw.tgz"),
+                           "--vocab-size", "200", "--expect-train", "11269", "--out", str(corpus / "x.npz")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "200 train documents, expected 11269" in proc.stderr
+    assert not (corpus / "x.npz").exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_training_resumes_to_the_same_history(corpus, tmp_path):
+    data = load_prepared(corpus / "corpus.npz")
+    settings = TrainSettings("e2", 0, 4, 8, "disarm", 2, 2, 3, 64, 1e-3, 1, 128, False, 1)
+    quiet = lambda: Progress("t", 4, 1, stream=io.StringIO())  # noqa: E731
+    full, _, _ = train(data, settings, torch.device("cpu"), None, quiet())
+    resume = resume_path(tmp_path / "m.pt")
+
+    class Stop(Progress):
+        def log(self, step, force=False, **values):
+            if step == 3:
+                raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(data, settings, torch.device("cpu"), resume, Stop("t", 4, 1, stream=io.StringIO()))
+    resumed, _, _ = train(data, settings, torch.device("cpu"), resume, quiet())
+    cols = ["epoch", "pairs", "train_nelbo", "test_nelbo"]
+    pd.testing.assert_frame_equal(pd.DataFrame(resumed)[cols], pd.DataFrame(full)[cols])
