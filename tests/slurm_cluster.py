@@ -144,12 +144,18 @@ class SlurmCluster:
         return self
 
     def stop(self) -> None:
-        """Cancel this cluster's jobs, then stop the daemons started here, by their process ids."""
-        if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
-            self._run(["scancel", "--partition", self.partition], check=False)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self._run(["squeue", "-h", "-t", "R,CG"], check=False).stdout.strip():
-                time.sleep(1)
+        """Cancel this cluster's jobs, then stop the daemons started here, by their process ids.
+
+        Safe to call twice, and after a failed start.
+        """
+        try:
+            if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
+                self._run(["scancel", "--partition", self.partition], check=False)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and self._run(["squeue", "-h", "-t", "R,CG"], check=False).stdout.strip():
+                    time.sleep(1)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.log(f"slurm_cluster: could not cancel the jobs ({exc}); stopping the daemons anyway")
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.processes.pop(name, None)
             if proc is None or proc.poll() is not None:
@@ -159,7 +165,7 @@ class SlurmCluster:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait(timeout=10)
+                proc.wait()
         if self.socket_dir is not None:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
             self.socket_dir = None

@@ -23,7 +23,9 @@ the checkpoint. Deterministic: the hang happens right after the checkpoint exist
 one process that wins the marker. GPU requests are turned off for this GPU-less node by a
 second profile layered on top of profiles/slurm, derived from it (gpu: 0, no GPU partition).
 
-The dry-run tests below need only the plugin, not a cluster, and run whenever it is installed.
+The first two tests need no cluster and run in every `pytest`: the profile's runtimes grow with
+the attempt, and a dry run of the paper preset (when the plugin is installed) asks for a GPU on
+training jobs only.
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ from test_workflow import COPY, planned_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
-GPU_RULES = {"pretrain_gmm_encoder", "train_gmm_joint"}
-CPU_RULES = {"sample_gmm", "plot_gmm", "tabulate_gmm", "collect_claims"}
+GPU_RULES = {"pretrain_gmm_encoder", "train_gmm_joint"}  # training: at least these ask for a GPU
+CPU_RULES = {"sample_gmm", "plot_gmm", "tabulate_gmm", "collect_claims"}  # never these
 REQUIRED = os.environ.get("VAE_APPROX_REQUIRE_SLURM") == "1"
 HUNG_JOB = ("train_gmm_joint", "factorized")  # the job whose first attempt hits its time limit
-SNAKEMAKE_TIMEOUT = 12 * 60  # seconds for the whole SLURM run (about 3 minutes measured on 2 cores)
+SNAKEMAKE_TIMEOUT = 12 * 60  # seconds for one Snakemake run (the SLURM run: 210-250 s measured on 2 cores)
 
 pytestmark = pytest.mark.slurm
 
@@ -104,6 +106,8 @@ def test_runtime_grows_with_the_attempt():
 
 def test_paper_dry_run_asks_gpus_for_training_only():
     require_plugin()
+    gpu_rules = {rule for rule, resources in profile_config()["set-resources"].items() if resources.get("gpu")}
+    assert gpu_rules >= GPU_RULES and not gpu_rules & CPU_RULES, gpu_rules
     proc = subprocess.run(["snakemake", "-n", "--profile", "profiles/slurm", "--configfile", "presets/paper.yaml"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
@@ -112,7 +116,7 @@ def test_paper_dry_run_asks_gpus_for_training_only():
     assert {rule for rule, _ in jobs} >= GPU_RULES | CPU_RULES, out
     for rule, resources in jobs:
         resources = dict(item.split("=", 1) for item in resources.split(", "))
-        if rule in GPU_RULES:
+        if rule in gpu_rules:
             assert resources.get("gpu") == "1" and int(resources["cpus_per_gpu"]) >= 1, (rule, resources)
         else:
             assert "gpu" not in resources and "gpu_model" not in resources, (rule, resources)
