@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vae_approx.common import NonFiniteLossError, Progress, atomic_path, resume_path, save_resume
+from vae_approx.common import NonFiniteLossError, Progress, atomic_path, resume_path, save_torch
 from vae_approx.gmm.model import TRUE_CENTRES, MixtureDecoder, make_encoder, sample_mixture
 from vae_approx.gmm.train import TrainSettings, train
 
@@ -66,7 +66,7 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, phase):
 def test_a_checkpoint_of_another_config_is_ignored(tmp_path):
     x = torch.from_numpy(sample_mixture(50, 1.0, 0)[0])
     resume = resume_path(tmp_path / "model.pt")
-    save_resume(resume, {"config": {"something": "else"}, "step": 10})
+    save_torch({"config": {"something": "else"}, "step": 10}, resume)
     rows, _, _ = run(x, "consistent", TrainSettings("pretrain", 20, 1e-2, 10, 10**9, 0), resume)
     assert [r["step"] for r in rows] == [0, 10, 20]
 

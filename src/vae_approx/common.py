@@ -182,12 +182,17 @@ def resume_path(output: str | os.PathLike) -> Path:
     return output.parent / f".{output.name}.resume.pt"
 
 
-def save_resume(path: Path, checkpoint: dict[str, Any]) -> None:
-    save_torch(checkpoint, path)
+def checkpoint(models: dict[str, torch.nn.Module], optimizer, step: int, config: dict[str, Any],
+               **extra: Any) -> dict[str, Any]:
+    """The one resume dict: {model, optimizer, step, rng, config} plus what the loop needs (history)."""
+    return {"model": {name: m.state_dict() for name, m in models.items()}, "optimizer": optimizer.state_dict(),
+            "step": step, "rng": rng_state(), "config": config, **extra}
 
 
-def load_resume(path: Path, config: dict[str, Any], progress: Progress | None = None) -> dict[str, Any] | None:
-    """Return the checkpoint at `path` if it was written for the same config, else None."""
+def load_resume(path: Path, config: dict[str, Any], models: dict[str, torch.nn.Module], optimizer,
+                progress: Progress | None = None) -> dict[str, Any] | None:
+    """Restore models, optimizer and RNG states from the checkpoint at `path` if it was written
+    for the same config; return it (for its step and extras), else None and touch nothing."""
     if not path.is_file():
         return None
     try:
@@ -200,9 +205,23 @@ def load_resume(path: Path, config: dict[str, Any], progress: Progress | None = 
         if progress:
             progress.message(f"ignoring resume checkpoint {path}: written for another configuration")
         return None
+    for name, module in models.items():
+        module.load_state_dict(ckpt["model"][name])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"])
     if progress:
         progress.message(f"resuming from {path} at step {ckpt['step']}")
     return ckpt
+
+
+def run_stage(parser, argv: list[str] | None = None) -> None:
+    """Parse a stage's command line and run it; a bad input or a non-finite loss exits with
+    its one-line message instead of a traceback."""
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, NonFiniteLossError) as exc:
+        sys.exit(f"error: {exc}")
 
 
 def parse_bool(text: str) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..common import (InputError, NonFiniteLossError, Progress, atomic_path, load_torch, resume_path,
+from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage,
                       save_csv, save_torch, seed_everything, select_device, set_threads)
 from ..tables import bound_claim, claims_frame, direction_claim, load_published, published_columns, write_table
 from .model import ENCODERS, TRUE_CENTRES, MixtureDecoder, make_encoder, sample_mixture
@@ -201,11 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--claims", required=True)
     p.set_defaults(func=cmd_tabulate)
 
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except (InputError, NonFiniteLossError) as exc:
-        sys.exit(f"error: {exc}")
+    run_stage(parser, argv)
 
 
 if __name__ == "__main__":

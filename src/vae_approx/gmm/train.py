@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from ..common import Progress, check_finite, load_resume, rng_state, save_resume, set_rng_state
+from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
 from .model import MixtureDecoder, exact_elbo, kl_divergence, log_likelihood, log_posterior
 
 PHASES = {
@@ -77,12 +77,9 @@ def train(
     config = asdict(settings)
     rows: list[dict] = []
     start = 0
-    ckpt = load_resume(resume_file, config, progress) if resume_file else None
+    models = {"encoder": encoder, "decoder": decoder}
+    ckpt = load_resume(resume_file, config, models, optimizer, progress) if resume_file else None
     if ckpt is not None:
-        encoder.load_state_dict(ckpt["model"]["encoder"])
-        decoder.load_state_dict(ckpt["model"]["decoder"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
         start, rows = ckpt["step"], ckpt["rows"]
 
     def record(step: int) -> None:
@@ -103,11 +100,7 @@ def train(
             record(step)
             progress.log(step, force=True, loss=loss.item(), log_likelihood=rows[-1]["log_likelihood"])
         if resume_file and step % settings.checkpoint_every == 0 and step < settings.steps:
-            save_resume(resume_file, {
-                "model": {"encoder": encoder.state_dict(), "decoder": decoder.state_dict()},
-                "optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(),
-                "config": config, "rows": rows,
-            })
+            save_torch(checkpoint(models, optimizer, step, config, rows=rows), resume_file)
         if on_step is not None:
             on_step(step)
     decoder.requires_grad_(True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..common import (InputError, NonFiniteLossError, Progress, atomic_path, load_torch, parse_bool, resume_path,
+from ..common import (InputError, Progress, atomic_path, load_torch, parse_bool, resume_path, run_stage,
                       save_csv, save_torch, select_device, set_threads)
 from ..tables import claims_frame, count_claim, load_published, published_columns, write_table
 from .data import load_prepared, prepare, read_archive, save_prepared, synthetic_corpus, write_archive, write_raw_corpus
@@ -38,6 +38,14 @@ def sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_sha256(path, pinned: str, what: str) -> None:
+    """No-op without a pinned digest; otherwise the file must match it."""
+    if pinned:
+        actual = sha256(path)
+        if actual != pinned.lower():
+            raise InputError(f"{what}: SHA-256 {actual} does not match the pinned {pinned}")
 
 
 def cmd_synthesize(args) -> None:
@@ -58,8 +66,7 @@ def cmd_fetch(args) -> None:
             print(f"[semhash fetch] {args.url} -> {out}", file=sys.stderr, flush=True)
             with urllib.request.urlopen(args.url, timeout=60) as response, open(tmp, "wb") as f:
                 shutil.copyfileobj(response, f)
-            if args.sha256 and sha256(tmp) != args.sha256.lower():
-                raise InputError(f"{args.url}: SHA-256 {sha256(tmp)} does not match the pinned {args.sha256}")
+            check_sha256(tmp, args.sha256, args.url)
             read_archive(tmp)  # members present and parseable, before the file takes its name
     except InputError as exc:
         raise InputError(f"{exc}. {manual}") from exc
@@ -68,9 +75,7 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_prepare(args) -> None:
-    if args.sha256 and sha256(args.archive) != args.sha256.lower():
-        raise InputError(f"{args.archive}: SHA-256 {sha256(args.archive)} does not match the pinned {args.sha256}; "
-                         "remove the file and fetch it again")
+    check_sha256(args.archive, args.sha256, f"{args.archive} (remove it and fetch it again)")
     raw = read_archive(args.archive)
     for split, counts, expected in (("train", raw.train_counts, args.expect_train), ("test", raw.test_counts, args.expect_test)):
         if expected and counts.shape[0] != expected:
@@ -222,11 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--claims", required=True)
     p.set_defaults(func=cmd_tabulate)
 
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except (InputError, NonFiniteLossError) as exc:
-        sys.exit(f"error: {exc}")
+    run_stage(parser, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common import Progress, check_finite, load_resume, rng_state, save_resume, set_rng_state
+from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
 from .data import PreparedCorpus
 from .model import Decoder, Encoder, SparseCounts, encoder_spec, evaluate_nelbo, surrogate_loss
 
@@ -68,12 +68,9 @@ def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
     config = asdict(settings)
     history: list[dict] = []
     start = 0
-    ckpt = load_resume(resume_file, config, progress) if resume_file else None
+    models = {"encoder": encoder, "decoder": decoder}
+    ckpt = load_resume(resume_file, config, models, optimizer, progress) if resume_file else None
     if ckpt is not None:
-        encoder.load_state_dict(ckpt["model"]["encoder"])
-        decoder.load_state_dict(ckpt["model"]["decoder"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
         generator.set_state(ckpt["generator"].to(generator.get_state().device))
         start, history = ckpt["step"], ckpt["history"]
 
@@ -106,11 +103,8 @@ def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
         progress.log(epoch, train_nelbo=row["train_nelbo"], test_nelbo=row["test_nelbo"], pairs=pairs,
                      epoch_seconds=row["seconds"])
         if resume_file and epoch % settings.checkpoint_every == 0 and epoch < settings.epochs:
-            save_resume(resume_file, {
-                "model": {"encoder": encoder.state_dict(), "decoder": decoder.state_dict()},
-                "optimizer": optimizer.state_dict(), "step": epoch, "rng": rng_state(),
-                "generator": generator.get_state(), "config": config, "history": history,
-            })
+            save_torch(checkpoint(models, optimizer, epoch, config, generator=generator.get_state(),
+                                  history=history), resume_file)
     return history, encoder, decoder
 
 
