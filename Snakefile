@@ -16,6 +16,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/gmm.smk"
+include: "workflow/rules/semhash.smk"
 include: "workflow/rules/tables.smk"
 
 

@@ -28,6 +28,8 @@ def all_targets():
     targets = [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md"]
     if "gmm" in config["experiments"]:
         targets += gmm_targets()
+    if "semhash" in config["experiments"]:
+        targets += [f"{RESULTS}/semhash/test_nelbo_best.md", f"{RESULTS}/semhash/curves.png"]
     return targets
 
 
@@ -46,4 +48,24 @@ def experiment_claims():
         files += expand(
             f"{RESULTS}/gmm/{{encoder}}/claims.csv", encoder=config["gmm"]["encoders"]
         )
+    if "semhash" in config["experiments"]:
+        files.append(f"{RESULTS}/semhash/claims.csv")
     return files
+
+
+def semhash_archive():
+    """The raw archive prepare_corpus reads: the real one (placed by hand or by
+    download_20newsgroups) or the synthetic one, in the same format."""
+    if config["semhash"]["source"] == "download":
+        return config["semhash"]["archive"]
+    return f"{RESULTS}/semhash/synthetic-20news-bydate-matlab.tgz"
+
+
+def semhash_grid(name):
+    """One file per training job of the grid (encoder x decoder depth x bits), in one fixed order."""
+    return expand(
+        f"{RESULTS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/{name}",
+        encoder=config["semhash"]["encoders"],
+        depth=config["semhash"]["depths"],
+        bits=config["semhash"]["bits"],
+    )

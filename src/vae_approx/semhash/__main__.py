@@ -5,7 +5,8 @@
     python -m vae_approx.semhash prepare    --archive corpus.tgz --out corpus.npz ...
     python -m vae_approx.semhash train      --corpus corpus.npz --encoder e1 --depth 0 --bits 8 ...
     python -m vae_approx.semhash retrieval  --corpus corpus.npz --model model.pt --out retrieval.csv
-    python -m vae_approx.semhash tabulate   --runs DIR ... --published ref.csv ...
+    python -m vae_approx.semhash tabulate   --histories H.csv ... --retrievals R.csv ... --published ref.csv ...
+    python -m vae_approx.semhash plot       --histories H.csv ... --out curves.png
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def check_sha256(path, pinned: str, what: str) -> None:
 
 def cmd_synthesize(args) -> None:
     corpus = synthetic_corpus(args.n_train, args.n_test, args.raw_vocab_size, args.n_classes, args.n_topics,
-                              args.mean_length, args.seed)
+                              args.mean_length, args.seed, length_spread=args.length_spread,
+                              topic_concentration=args.topic_concentration)
     with tempfile.TemporaryDirectory() as tmp:
         write_raw_corpus(tmp, *corpus)
         write_archive(tmp, args.out)  # atomic
@@ -134,40 +136,95 @@ def grid_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
     return table.reset_index()
 
 
-def cmd_tabulate(args) -> None:
+def read_csv(path, what: str, columns: list[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise InputError(f"{what} {path}: cannot read ({type(exc).__name__}: {exc})") from exc
+    missing = set(columns) - set(df.columns)
+    if missing or df.empty:
+        raise InputError(f"{what} {path}: expected rows with columns {columns}, missing {sorted(missing)}")
+    return df
+
+
+def grid_results(histories, retrievals, k: int) -> pd.DataFrame:
+    """One row per grid point: test NELBO at the best and last epoch, train NELBO, precision@k."""
+    if len(histories) != len(retrievals):
+        raise InputError(f"semhash tabulate: {len(histories)} histories but {len(retrievals)} retrieval files")
     rows = []
-    for run_dir in map(Path, args.runs):
-        history = pd.read_csv(run_dir / "history.csv")
-        retrieval = pd.read_csv(run_dir / "retrieval.csv").iloc[0]
+    for history_file, retrieval_file in zip(histories, retrievals):
+        history = read_csv(history_file, "training history", ["epoch", "train_nelbo", "test_nelbo"])
+        retrieval = read_csv(retrieval_file, "retrieval", ["encoder", "depth", "bits", f"precision_at_{k}"]).iloc[0]
         best = history.loc[history.test_nelbo.idxmin()]
         rows.append({"encoder": retrieval.encoder, "depth": int(retrieval.depth), "bits": int(retrieval.bits),
                      "test_nelbo_best": best.test_nelbo, "best_epoch": int(best.epoch),
-                     "test_nelbo_last": history.test_nelbo.iloc[-1], "train_nelbo_last": history.train_nelbo.iloc[-1],
-                     "precision_at_100": retrieval.filter(like="precision_at").iloc[0]})
-    results = pd.DataFrame(rows).sort_values(["encoder", "depth", "bits"])
-    out = Path(args.out_dir)
-    save_csv(results, out / "results.csv")
-    pub = load_published(args.published)
-    notes = {"test_nelbo_best": "test NELBO (nats per document, relative to its empirical distribution) at the best epoch",
-             "test_nelbo_last": "test NELBO at the last epoch", "train_nelbo_last": "train NELBO at the last epoch",
-             "precision_at_100": "precision@100 of Hamming ranking (train set as database, test set as queries)"}
-    for value, note in notes.items():
-        table = grid_table(results, value)
-        if value == "test_nelbo_best":
-            published = published_columns(pub, EXPERIMENT, "test_nelbo", "best epoch")
-            note += "; published: " + ", ".join(f"{k.split('(')[-1].rstrip(')')}: {v:g}" for k, v in published.items()) + \
-                " (e1, decoder depth 0, 64 bits, real 20 Newsgroups)"
-        write_table(table, out / f"{value}.csv", out / f"{value}.md", title=f"Semantic hashing: {value}", note=note)
+                     "test_nelbo_last": history.test_nelbo.iloc[-1],
+                     "train_nelbo_last": history.train_nelbo.iloc[-1], "epochs": int(history.epoch.iloc[-1]),
+                     "precision": retrieval[f"precision_at_{k}"]})
+    return pd.DataFrame(rows).sort_values(["encoder", "depth", "bits"], ignore_index=True)
 
-    # Claim: e1 has a lower test NELBO than e2 and e3 in every (depth, bits) cell of the grid.
+
+def e1_claim(results: pd.DataFrame) -> dict:
+    """e1 has a lower best test NELBO than e2 and e3 in every (depth, bits) cell of the grid."""
     best = results.pivot_table(index=["depth", "bits"], columns="encoder", values="test_nelbo_best")
     others = [e for e in ("e2", "e3") if e in best.columns]
     cells = best.dropna(subset=["e1", *others]) if "e1" in best.columns and others else best.iloc[0:0]
     held = int(sum(all(r["e1"] < r[o] for o in others) for _, r in cells.iterrows()))
-    claim = count_claim(EXPERIMENT, f"encoders e1 vs {', '.join(others) or 'none'}",
-                        "a linear encoder on word counts (e1) reaches a lower test NELBO than the frequency encoders",
-                        "test_nelbo_best", held, len(cells))
-    save_csv(claims_frame([claim]), args.claims)
+    return count_claim(EXPERIMENT, f"encoders e1 vs {', '.join(others) or 'none'}",
+                       "a linear encoder on word counts (e1) reaches a lower test NELBO than the frequency encoders",
+                       "test_nelbo_best", held, len(cells))
+
+
+def cmd_tabulate(args) -> None:
+    results = grid_results(args.histories, args.retrievals, args.k)
+    out = Path(args.out_dir)
+    save_csv(results, out / "results.csv")
+    pub = load_published(args.published)
+    notes = {
+        "test_nelbo_best": "test NELBO (nats per document, relative to the document's empirical distribution) "
+                           "at the best epoch, the protocol's number",
+        "test_nelbo_last": "test NELBO at the last epoch",
+        "train_nelbo_last": "train NELBO in the last epoch",
+        "precision": f"precision@{args.k} of Hamming ranking (codes: bit = logit > 0; the training set is the "
+                     "database, the test set the queries; relevant = same label)",
+    }
+    for value, note in notes.items():
+        table = grid_table(results, value)
+        if value == "test_nelbo_best":
+            published = published_columns(pub, EXPERIMENT, "test_nelbo", "best epoch")
+            if published:
+                note += "; published (e1, decoder depth 0, 64 bits, real 20 Newsgroups): " + ", ".join(
+                    f"{k.split('(')[-1].rstrip(')')}: {v:g}" for k, v in published.items())
+        write_table(table, out / f"{value}.csv", out / f"{value}.md", title=f"Semantic hashing: {value}", note=note)
+    save_csv(claims_frame([e1_claim(results)]), args.claims)
+
+
+def cmd_plot(args) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..common import save_figure
+    runs = []
+    for path in args.histories:
+        history = read_csv(path, "training history", ["epoch", "test_nelbo"])
+        parts = Path(path).parts  # .../<encoder>/depth<d>/<b>bits/history.csv
+        runs.append((parts[-4], parts[-3], parts[-2], history))
+    cells = sorted({(depth, bits) for _, depth, bits, _ in runs}, key=lambda c: (c[0], int(c[1].rstrip("bits"))))
+    fig, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.2), squeeze=False, sharey=False)
+    for ax, (depth, bits) in zip(axes[0], cells):
+        for encoder, d, b, history in runs:
+            if (d, b) == (depth, bits):
+                ax.plot(history.epoch, history.test_nelbo, label=encoder, lw=1)
+        low = min(h.test_nelbo.min() for _, d, b, h in runs if (d, b) == (depth, bits))
+        high = min(h.test_nelbo.quantile(0.9) for _, d, b, h in runs if (d, b) == (depth, bits))
+        ax.set_ylim(low - 0.05 * (high - low + 1), high + 0.1 * (high - low + 1))
+        ax.set_title(f"decoder {depth}, {bits}")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    axes[0][0].set_ylabel("test NELBO (nats per document)")
+    fig.tight_layout()
+    save_figure(fig, args.out, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,7 +235,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("synthesize", help="a seeded topic-model corpus in the 20news-bydate-matlab format")
     for name in ("n-train", "n-test", "raw-vocab-size", "n-classes", "n-topics", "seed"):
         p.add_argument(f"--{name}", type=int, required=True)
-    p.add_argument("--mean-length", type=float, required=True)
+    p.add_argument("--mean-length", type=float, required=True, help="mean words per document")
+    p.add_argument("--length-spread", type=float, default=1.0,
+                   help="standard deviation of log document length (0: Poisson lengths)")
+    p.add_argument("--topic-concentration", type=float, default=0.002,
+                   help="Dirichlet concentration per word of the topics (smaller: more distinct topics)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_synthesize)
 
@@ -221,11 +282,18 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_retrieval)
 
     p = sub.add_parser("tabulate", help="grid tables and the claim")
-    p.add_argument("--runs", nargs="+", required=True, help="one folder per grid point")
+    p.add_argument("--histories", nargs="+", required=True, help="history.csv of every grid point")
+    p.add_argument("--retrievals", nargs="+", required=True, help="retrieval.csv of every grid point, same order")
+    p.add_argument("--k", type=int, default=100, help="the k of precision@k in the retrieval files")
     p.add_argument("--published", required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--claims", required=True)
     p.set_defaults(func=cmd_tabulate)
+
+    p = sub.add_parser("plot", help="test NELBO per epoch, one panel per (depth, bits)")
+    p.add_argument("--histories", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plot)
 
     run_stage(parser, argv)
 

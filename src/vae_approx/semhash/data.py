@@ -78,6 +78,7 @@ def synthetic_corpus(
     topic_concentration: float = 0.1,
     class_concentration: float = 0.3,
     background_weight: float = 0.1,
+    length_spread: float = 1.0,
 ) -> RawCorpus:
     """A labelled topic-model corpus shaped like 20 Newsgroups; the same seed gives the same corpus.
 
@@ -90,7 +91,11 @@ def synthetic_corpus(
       shared background is the common words every document has;
     - class c: a topic preference pi_c ~ Dirichlet(class_concentration * 1_K), so each class
       favours a few topics; a document of class c has theta ~ Dirichlet(K * pi_c);
-    - a document has Poisson(mean_length) words (possibly none, as in the real data); each
+    - a document has Poisson(lambda) words, lambda = mean_length * exp(s g - s^2/2) with
+      g ~ N(0, 1) and s = length_spread: log-normal lengths with mean `mean_length`. With
+      s = 1 the middle 90% of lengths span a factor of about 27, as real newsgroup posts
+      (from one-liners to long threads) do, so counts and frequencies really differ; s = 0
+      gives plain Poisson lengths. A document may have no word, as in the real data. Each
       word picks a topic k ~ theta, then a word ~ phi_k (a multinomial with theta @ phi).
     Classes are drawn uniformly and documents are ordered by class, as in the real files.
     Returns a RawCorpus with vocab_size columns (some rare words may never occur).
@@ -101,6 +106,8 @@ def synthetic_corpus(
             raise InputError(f"synthetic corpus: {name} must be a positive integer, got {value!r}")
     if not mean_length > 0:
         raise InputError(f"synthetic corpus: mean_length must be positive, got {mean_length!r}")
+    if not length_spread >= 0:
+        raise InputError(f"synthetic corpus: length_spread must be >= 0, got {length_spread!r}")
     if not 0 <= background_weight < 1:
         raise InputError(f"synthetic corpus: background_weight must be in [0, 1), got {background_weight!r}")
 
@@ -120,7 +127,8 @@ def synthetic_corpus(
         alphas = np.maximum(n_topics * class_topics[labels], 1e-3)               # [N, K]
         gammas = rng.standard_gamma(alphas)
         theta = gammas / gammas.sum(axis=1, keepdims=True)                       # [N, K]
-        lengths = rng.poisson(mean_length, size=n_docs)                          # [N]
+        spread = length_spread * rng.standard_normal(n_docs) - length_spread ** 2 / 2
+        lengths = rng.poisson(mean_length * np.exp(spread))                       # [N]
         # Token by token rather than one multinomial over the vocabulary per document: the
         # same distribution, in time linear in the number of words (20k docs x 20k words:
         # under a second instead of about 20 s).

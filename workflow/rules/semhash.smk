@@ -1,0 +1,216 @@
+# Semantic hashing: corpus (real archive or synthetic, same raw format) -> prepared sparse
+# corpus -> one Bernoulli VAE per (encoder, decoder depth, bits) -> retrieval -> tables, claims.
+
+SEMHASH = f"{RESULTS}/semhash"
+SH = config["semhash"]
+# The other tables of tabulate_semhash, beside the two the report shows.
+SEMHASH_TABLES = [
+    "test_nelbo_best.md",
+    "precision.md",
+    "test_nelbo_last.csv",
+    "test_nelbo_last.md",
+    "train_nelbo_last.csv",
+    "train_nelbo_last.md",
+]
+
+
+wildcard_constraints:
+    encoder="[a-z0-9]+",
+    depth=r"\d+",
+    bits=r"\d+",
+
+
+rule download_20newsgroups:
+    output:
+        SH["archive"],
+    log:
+        f"{LOGS}/semhash/download.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/download.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        url=SH["url"],
+        sha256=SH["sha256"],
+    shell:
+        "python -m vae_approx.semhash fetch --url {params.url} --sha256 '{params.sha256}'"
+        " --out {output} 2> {log}"
+
+
+rule synthesize_corpus:
+    output:
+        f"{SEMHASH}/synthetic-20news-bydate-matlab.tgz",
+    log:
+        f"{LOGS}/semhash/synthetic-20news-bydate-matlab.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/synthetic-20news-bydate-matlab.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        **{k: v for k, v in SH["synthetic"].items()},
+    shell:
+        "python -m vae_approx.semhash synthesize --n-train {params.n_train} --n-test {params.n_test}"
+        " --raw-vocab-size {params.raw_vocab_size} --n-classes {params.n_classes}"
+        " --n-topics {params.n_topics} --mean-length {params.mean_length}"
+        " --length-spread {params.length_spread}"
+        " --topic-concentration {params.topic_concentration} --seed {params.seed}"
+        " --out {output} 2> {log}"
+
+
+rule prepare_corpus:
+    input:
+        semhash_archive(),
+    output:
+        f"{SEMHASH}/corpus.npz",
+    log:
+        f"{LOGS}/semhash/corpus.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/corpus.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        vocab_size=SH["vocab_size"],
+        expect_train=SH["expected_documents"]["train"],
+        expect_test=SH["expected_documents"]["test"],
+        sha256=SH["sha256"] if SH["source"] == "download" else "",
+    shell:
+        "python -m vae_approx.semhash prepare --archive {input} --vocab-size {params.vocab_size}"
+        " --expect-train {params.expect_train} --expect-test {params.expect_test}"
+        " --sha256 '{params.sha256}' --out {output} 2> {log}"
+
+
+rule train_semhash:
+    input:
+        corpus=f"{SEMHASH}/corpus.npz",
+    output:
+        model=f"{SEMHASH}/{{encoder}}/depth{{depth}}/{{bits}}bits/model.pt",
+        history=f"{SEMHASH}/{{encoder}}/depth{{depth}}/{{bits}}bits/history.csv",
+    log:
+        f"{LOGS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/model.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/model.tsv"
+    conda:
+        ENV
+    threads: SH["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=240,
+    params:
+        width=SH["width"],
+        estimator=SH["estimator"],
+        epochs_one_pair=SH["epochs_one_pair"],
+        epochs_many_pairs=SH["epochs_many_pairs"],
+        many_pairs=SH["many_pairs"],
+        batch_size=SH["batch_size"],
+        lr=SH["lr"],
+        seed=SH["seed"],
+        eval_batch_size=SH["eval_batch_size"],
+        reference_protocol=SH["reference_protocol"],
+        checkpoint_every=SH["checkpoint_every"],
+        device=config["device"],
+    shell:
+        "python -m vae_approx.semhash train --corpus {input.corpus} --encoder {wildcards.encoder}"
+        " --depth {wildcards.depth} --bits {wildcards.bits} --width {params.width}"
+        " --estimator {params.estimator} --epochs-one-pair {params.epochs_one_pair}"
+        " --epochs-many-pairs {params.epochs_many_pairs} --many-pairs {params.many_pairs}"
+        " --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed}"
+        " --eval-batch-size {params.eval_batch_size}"
+        " --reference-protocol {params.reference_protocol}"
+        " --checkpoint-every {params.checkpoint_every} --threads {threads}"
+        " --device {params.device} --out {output.model} --history {output.history} 2> {log}"
+
+
+rule evaluate_retrieval:
+    input:
+        corpus=f"{SEMHASH}/corpus.npz",
+        model=f"{SEMHASH}/{{encoder}}/depth{{depth}}/{{bits}}bits/model.pt",
+    output:
+        f"{SEMHASH}/{{encoder}}/depth{{depth}}/{{bits}}bits/retrieval.csv",
+    log:
+        f"{LOGS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/retrieval.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/retrieval.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        k=SH["precision_k"],
+    shell:
+        "python -m vae_approx.semhash retrieval --corpus {input.corpus} --model {input.model}"
+        " --k {params.k} --threads {threads} --out {output} 2> {log}"
+
+
+rule plot_semhash:
+    input:
+        semhash_grid("history.csv"),
+    output:
+        report(
+            f"{SEMHASH}/curves.png",
+            caption="../report/semhash_curves.rst",
+            category="Semantic hashing",
+        ),
+    log:
+        f"{LOGS}/semhash/curves.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/curves.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m vae_approx.semhash plot --histories {input} --out {output} 2> {log}"
+
+
+rule tabulate_semhash:
+    input:
+        histories=semhash_grid("history.csv"),
+        retrievals=semhash_grid("retrieval.csv"),
+        published=config["published_results"],
+    output:
+        test_nelbo=report(
+            f"{SEMHASH}/test_nelbo_best.csv",
+            caption="../report/semhash_nelbo.rst",
+            category="Semantic hashing",
+        ),
+        precision=report(
+            f"{SEMHASH}/precision.csv",
+            caption="../report/semhash_precision.rst",
+            category="Semantic hashing",
+        ),
+        tables=expand(f"{SEMHASH}/{{table}}", table=SEMHASH_TABLES),
+        results=f"{SEMHASH}/results.csv",
+        claims=f"{SEMHASH}/claims.csv",
+    log:
+        f"{LOGS}/semhash/tables.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/tables.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        out_dir=SEMHASH,
+        k=SH["precision_k"],
+    shell:
+        "python -m vae_approx.semhash tabulate --histories {input.histories}"
+        " --retrievals {input.retrievals} --published {input.published} --k {params.k}"
+        " --out-dir {params.out_dir} --claims {output.claims} 2> {log}"
