@@ -310,3 +310,34 @@ def test_evaluate_nelbo_is_reproducible_and_batch_independent():
     assert torch.all(one.reconstruction >= 0) and torch.allclose(one.nelbo, one.reconstruction + one.kl)
     x = counts.smoothed(torch.arange(10), smoothing)
     assert torch.allclose(one.kl, kl_to_uniform(encoder(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder_name", ["e1", "e2", "e3"])
+@pytest.mark.parametrize("depth", [0, 1])
+def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth):
+    """Training never forms x as [B, V]; its loss, NELBO and every gradient must equal the dense ones."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    dense = rng.poisson(0.7, size=(6, 30)) * (rng.random((6, 30)) < 0.3)
+    dense[2] = 0                                                   # a document with no kept word
+    counts = SparseCounts(sp.csr_matrix(dense), dtype=torch.float64)
+    smoothing = torch.as_tensor(rng.dirichlet(np.ones(30)), dtype=torch.float64)
+    rows = torch.tensor([4, 0, 2, 5])
+    batch, x = counts.batch(rows, smoothing), counts.smoothed(rows, smoothing)
+    assert torch.allclose(batch.dense(), x)
+    assert torch.allclose(batch.empirical, empirical_log_likelihood(x))
+    assert torch.allclose(batch.length, x.sum(1))
+
+    representation, hidden = encoder_spec(encoder_name, 7)
+    encoder = Encoder(30, 5, hidden, representation).double()
+    decoder = Decoder(5, 30, (9,) * depth).double()
+    params = [*encoder.parameters(), *decoder.parameters()]
+    results = []
+    for inputs in (x, batch):
+        terms = surrogate_loss(inputs, encoder(inputs), decoder, pairs=3, generator=torch.Generator().manual_seed(1))
+        grads = torch.autograd.grad(terms.loss.sum(), params)
+        results.append((terms.loss.detach(), terms.nelbo, grads))
+    (loss_d, nelbo_d, grads_d), (loss_s, nelbo_s, grads_s) = results
+    assert torch.allclose(loss_d, loss_s) and torch.allclose(nelbo_d, nelbo_s)
+    for gd, gs in zip(grads_d, grads_s):
+        assert torch.allclose(gd, gs, atol=1e-10)

@@ -91,6 +91,46 @@ class SparseCounts:
         """x = counts + smoothing vector, the model's input and target: [B] -> [B, V]."""
         return self.dense(rows) + smoothing
 
+    def batch(self, rows, smoothing: torch.Tensor) -> "SparseBatch":
+        """The same documents as `smoothed`, kept sparse: x = counts + smoothing, never [B, V]."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        starts = self.crow[rows]                                             # [B]
+        lengths = self.crow[rows + 1] - starts                               # [B]
+        total = int(lengths.sum())
+        offsets = torch.cumsum(lengths, 0) - lengths                         # [B] first nonzero of each row
+        row = torch.repeat_interleave(torch.arange(len(rows), device=self.device), lengths, output_size=total)
+        pos = torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total, device=self.device)
+        col, val = self.col[pos], self.val[pos]                              # [nnz_B]
+        # |x| = number of words + 1, since the smoothing vector sums to 1
+        total_words = torch.zeros(len(rows), dtype=self.dtype, device=self.device).index_add_(0, row, val)
+        length = total_words + smoothing.sum()
+        # sum_w x_w log x_w over all V words, from the nonzeros only: the smoothing's own
+        # sum_w s_w log s_w, corrected where a count is added to s_w.
+        s_nz = smoothing[col]
+        corr = torch.special.xlogy(val + s_nz, val + s_nz) - torch.special.xlogy(s_nz, s_nz)
+        x_log_x = torch.zeros_like(length).index_add_(0, row, corr) + torch.special.xlogy(smoothing, smoothing).sum()
+        empirical = x_log_x - length * torch.log(length)                     # sum_w x_w log(x_w / |x|)
+        return SparseBatch(row, col, val, offsets, smoothing, length, empirical)
+
+
+class SparseBatch(NamedTuple):
+    """Smoothed counts x = counts + smoothing of a batch of B documents, without a [B, V] tensor."""
+    row: torch.Tensor        # [nnz] document of each nonzero count, in 0..B-1, sorted
+    col: torch.Tensor        # [nnz] word of each nonzero count
+    val: torch.Tensor        # [nnz] the count
+    offsets: torch.Tensor    # [B] index of each document's first nonzero (embedding_bag's offsets)
+    smoothing: torch.Tensor  # [V] added to every document, sums to 1
+    length: torch.Tensor     # [B] |x|
+    empirical: torch.Tensor  # [B] sum_w x_w log(x_w / |x|), see empirical_log_likelihood
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    def dense(self) -> torch.Tensor:
+        """x as [B, V], for tests and small problems."""
+        out = self.smoothing.expand(len(self), -1).clone()
+        return out.index_put_((self.row, self.col), self.val, accumulate=True)
+
 
 def encoder_input(x: torch.Tensor, representation: str) -> torch.Tensor:
     """The encoder's view of smoothed counts x [B, V]: x itself, or x / |x| (rows sum to 1)."""
@@ -114,6 +154,24 @@ def _mlp(sizes: Sequence[int], negative_slope: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class WordLinear(nn.Module):
+    """nn.Linear over the vocabulary with its weight stored word-major, [V, H] (nn.Linear: [H, V]).
+
+    A sparse batch then reads whole contiguous rows of the weight per word (embedding_bag),
+    and the weight gradient is a scatter of rows; the transposed layout would copy the
+    10,000 x H weight and its gradient at every step. Initialised as nn.Linear.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-bound, bound))  # [V, H]
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))                # [H]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight) if x.dim() == 2 else x @ self.weight + self.bias
+
+
 class Encoder(nn.Module):
     """Smoothed counts [B, V] -> Bernoulli logits a(x) [B, b]; q(z_i = 1|x) = sigmoid(a_i(x)).
 
@@ -129,11 +187,27 @@ class Encoder(nn.Module):
         self.representation = representation
         self.bits = int(bits)
         self.net = _mlp([n_words, *hidden, bits], negative_slope)  # [B, V] -> [B, H...] -> [B, b]
+        self.net[0] = WordLinear(n_words, ([*hidden, bits])[0])
 
-    def forward(self, x: torch.Tensor, representation: str | None = None) -> torch.Tensor:
-        """Logits [B, b]. `representation` overrides the trained one; only for reproducing the
-        reference code's defect of evaluating frequency encoders on counts."""
-        return self.net(encoder_input(x, representation or self.representation))
+    def forward(self, x, representation: str | None = None) -> torch.Tensor:
+        """Logits [B, b] of smoothed counts x, dense [B, V] or a SparseBatch. `representation`
+        overrides the trained one; only for reproducing the reference code's defect of
+        evaluating frequency encoders on counts."""
+        representation = representation or self.representation
+        if not isinstance(x, SparseBatch):
+            return self.net(encoder_input(x, representation))
+        if representation not in REPRESENTATIONS:
+            raise ValueError(f"unknown input representation '{representation}'; expected one of {REPRESENTATIONS}")
+        # First layer without forming x: W x = W counts (a weighted sum of the columns of W at
+        # the document's words, embedding_bag) + W smoothing (one vector for every document).
+        first = self.net[0]
+        weights = x.val if representation == "counts" else x.val / x.length[x.row]
+        h = F.embedding_bag(x.col, first.weight, x.offsets, mode="sum", per_sample_weights=weights)  # [B, H]
+        shared = x.smoothing @ first.weight                                                       # [H]
+        if representation == "frequencies":
+            shared = shared / x.length[:, None]                                                     # [B, H]
+        h = h + shared + first.bias
+        return self.net[1:](h)
 
 
 class Decoder(nn.Module):
@@ -149,7 +223,82 @@ class Decoder(nn.Module):
         self.net = _mlp([bits, *hidden, n_words], negative_slope)  # [..., b] -> [..., H...] -> [..., V]
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.net(2 * codes - 1), dim=-1)
+        return F.log_softmax(self.logits(codes), dim=-1)
+
+    def logits(self, codes: torch.Tensor) -> torch.Tensor:
+        """Unnormalised scores h(z) [..., V]; log softmax(h) is the word distribution."""
+        return self.net(2 * codes - 1)
+
+
+class _LinearMultinomial(torch.autograd.Function):
+    """The decoder's last layer and the multinomial log-likelihood of sparse x, fused.
+
+    ll[m, d] = sum_w x_dw log softmax_w(h[m, d]), h = A W^T + bias, for x = counts + smoothing:
+             = sum_{nonzeros} c_dw h_w + <s, h> - |x_d| logsumexp(h)
+    A [M, B, k] (last hidden layer or spins of M codes for B documents) -> [M, B].
+
+    Why fused and chunked: the [M, B, V] scores are the only large tensors of training
+    (10 pairs x 256 documents x 10,000 words is 200 MB). Autograd's version makes about ten
+    passes over them (log-softmax, a gather's scatter, a broadcast outer product, ...), each
+    from main memory. Here the codes go in chunks of about CHUNK_ELEMENTS scores, which stay
+    in the CPU's cache while the GEMM, logsumexp and <s, h> run over them; only exp(h - max)
+    is kept for the backward, which turns it into g (c - |x| softmax(h)) in place and feeds it
+    straight to the weight-gradient GEMM. The smoothing's share, <s, h> forward and g s
+    backward, is the same for every word's row of W, so it enters as vectors and rank-one
+    updates instead of passes over the scores. Backward runs once (no retain_graph).
+    """
+
+    CHUNK_ELEMENTS = 2 * 2**20  # 8 MB of float32 scores per chunk
+
+    @staticmethod
+    def forward(ctx, A, weight, bias, row, col, val, smoothing, length):
+        M, B, k = A.shape
+        V = weight.shape[0]
+        step = max(1, _LinearMultinomial.CHUNK_ELEMENTS // (B * V))
+        exp_h = torch.empty(M, B, V, dtype=A.dtype, device=A.device)        # exp(h - max), kept
+        sums = torch.empty(M, B, dtype=A.dtype, device=A.device)            # sum_w exp(h - max)
+        out = torch.empty(M, B, dtype=A.dtype, device=A.device)
+        # <s, h> = A (W^T s) + <s, bias>: a [k] vector instead of a pass over the scores
+        s_weight, s_bias = smoothing @ weight, smoothing @ bias                 # [k], []
+        for first in range(0, M, step):
+            c = slice(first, min(first + step, M))
+            h = exp_h[c]                                                     # [m, B, V] view
+            torch.addmm(bias, A[c].reshape(-1, k), weight.T, out=h.view(-1, V))
+            linear = A[c] @ s_weight + s_bias                                # <s, h>, [m, B]
+            linear.index_add_(1, row, h[:, row, col] * val)                  # + <c, h>
+            top = h.amax(dim=-1, keepdim=True)                               # [m, B, 1]
+            h.sub_(top).exp_()
+            sums[c] = h.sum(dim=-1)
+            out[c] = linear - length * (top[..., 0] + sums[c].log())
+        ctx.save_for_backward(A, weight, row, col, val, smoothing, length, exp_h, sums)
+        ctx.step, ctx.done = step, False
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.done:
+            raise RuntimeError("the fused decoder likelihood cannot be differentiated twice (retain_graph)")
+        ctx.done = True
+        A, weight, row, col, val, smoothing, length, exp_h, sums = ctx.saved_tensors
+        M, B, k = A.shape
+        V = weight.shape[0]
+        grad_A = torch.empty_like(A) if ctx.needs_input_grad[0] else None
+        grad_W = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_b = torch.zeros(V, dtype=A.dtype, device=A.device) if ctx.needs_input_grad[2] else None
+        for first in range(0, M, ctx.step):
+            c = slice(first, min(first + ctx.step, M))
+            g = grad[c]                                                      # [m, B]
+            dh = exp_h[c].mul_((-(length * g) / sums[c])[..., None])         # -|x| g softmax(h)
+            dh[:, row, col] += g[:, row] * val                               # + g c, (row, col) unique
+            dh2, A2, g2 = dh.view(-1, V), A[c].reshape(-1, k), g.reshape(-1)  # [m B, V], [m B, k], [m B]
+            # the + g s part of dL/dh enters as rank-one terms, without a pass over dh
+            if grad_A is not None:
+                grad_A[c] = (dh2 @ weight + g2[:, None] * (smoothing @ weight)).view(-1, B, k)
+            if grad_W is not None:
+                grad_W.addmm_(dh2.T, A2).addr_(smoothing, A2.T @ g2)
+            if grad_b is not None:
+                grad_b += dh2.sum(dim=0) + smoothing * g2.sum()
+        return grad_A, grad_W, grad_b, None, None, None, None, None
 
 
 # ---------------------------------------------------------------- losses, per document
@@ -177,6 +326,16 @@ def log_likelihood(x: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
     return torch.matmul(log_probs.unsqueeze(-2), x.unsqueeze(-1))[..., 0, 0]
 
 
+def sparse_log_likelihood(x: "SparseBatch", decoder: "Decoder", codes: torch.Tensor) -> torch.Tensor:
+    """log_likelihood(x, decoder(codes)) for a SparseBatch x, without [..., B, V] log-probabilities:
+    codes [..., B, b] -> [..., B]."""
+    hidden = decoder.net[:-1](2 * codes - 1)                                 # [..., B, k]
+    A = hidden.reshape(-1, *hidden.shape[-2:])                               # [M, B, k]
+    last = decoder.net[-1]
+    out = _LinearMultinomial.apply(A, last.weight, last.bias, x.row, x.col, x.val, x.smoothing, x.length)
+    return out.reshape(hidden.shape[:-1])
+
+
 def empirical_log_likelihood(x: torch.Tensor) -> torch.Tensor:
     """sum_w x_w log(x_w / |x|): the largest log_likelihood any decoder can reach, [B, V] -> [B]."""
     return torch.special.xlogy(x, x / x.sum(dim=-1, keepdim=True)).sum(dim=-1)
@@ -193,6 +352,13 @@ def reconstruction(x: torch.Tensor, log_probs: torch.Tensor, empirical: torch.Te
     if empirical is None:
         empirical = empirical_log_likelihood(x)
     return empirical - log_likelihood(x, log_probs)
+
+
+def decoder_reconstruction(x, decoder: "Decoder", codes: torch.Tensor) -> torch.Tensor:
+    """reconstruction(x, decoder(codes)) for x dense [B, V] or a SparseBatch; codes [..., B, b] -> [..., B]."""
+    if isinstance(x, SparseBatch):
+        return x.empirical - sparse_log_likelihood(x, decoder, codes)
+    return reconstruction(x, decoder(codes))
 
 
 def sample_codes(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -212,9 +378,9 @@ def nelbo_estimate(x: torch.Tensor, logits: torch.Tensor, decoder: nn.Module,
     """The protocol's NELBO: one code sample for the reconstruction, the KL analytic.
 
     NELBO(x) = E_q[-log p(x|z)] + KL(q(z|x) || p(z)) + sum_w x_w log(x_w/|x|), per document,
-    an unbiased estimate of the exact value; x are smoothed counts [B, V], logits [B, b].
+    an unbiased estimate of the exact value; x are smoothed counts [B, V] or a SparseBatch, logits [B, b].
     """
-    rec = reconstruction(x, decoder(sample_codes(logits, generator)))  # [B]
+    rec = decoder_reconstruction(x, decoder, sample_codes(logits, generator))  # [B]
     kl = kl_to_uniform(logits)                                         # [B]
     return NelboTerms(rec + kl, rec, kl)
 
@@ -271,14 +437,14 @@ def surrogate_loss(x: torch.Tensor, logits: torch.Tensor, decoder: nn.Module, me
     All 2K codes go through the decoder in one batched pass ([2K, B, b] -> [2K, B, V]). The
     estimator enters as (g * (a - a.detach())).sum(), which is zero in value, so the loss's
     value is the 2K-sample NELBO estimate, usable for logging and non-finite checks.
-    x: smoothed counts [B, V]; logits: encoder output [B, b], attached to the encoder's graph.
+    x: smoothed counts [B, V] or a SparseBatch; logits: encoder output [B, b], attached to the encoder's graph.
     """
     if method not in ESTIMATORS:
         raise ValueError(f"unknown gradient estimator '{method}'; expected one of {ESTIMATORS}")
     if int(pairs) != pairs or pairs < 1:
         raise ValueError(f"pairs must be a positive integer, got {pairs!r}")
     u, b, b_anti = antithetic_codes(logits, int(pairs), generator)     # [K, B, b] each
-    rec = reconstruction(x, decoder(torch.cat([b, b_anti])))           # [2K, B], decoder's graph
+    rec = decoder_reconstruction(x, decoder, torch.cat([b, b_anti]))   # [2K, B], decoder's graph
     f = rec.detach()
     grad = pair_gradients(f[:pairs], f[pairs:], u, logits, method).mean(dim=0)  # [B, b]
     kl = kl_to_uniform(logits)                                          # [B], exact gradient
@@ -298,6 +464,6 @@ def evaluate_nelbo(encoder: Encoder, decoder: Decoder, counts: SparseCounts, smo
     parts = []
     for start in range(0, len(counts), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(counts)), device=counts.device)
-        x = counts.smoothed(rows, smoothing)
+        x = counts.batch(rows, smoothing)
         parts.append(nelbo_estimate(x, encoder(x, representation), decoder, generator))
     return NelboTerms(*(torch.cat(terms) for terms in zip(*parts)))

@@ -1,0 +1,172 @@
+"""Semantic hashing: our trainer against the reference formulation, in one process.
+
+Both train the same Bernoulli VAE (encoder e1, decoder depth 0, 64 bits, DisARM, Adam 1e-3,
+batch 256) on the same corpus with the same seed, at the paper's shape: 11,269 training and
+7,505 test documents over 10,000 words (a synthetic corpus written and parsed in the real
+archive's format, since the real one cannot be fetched here). Each side runs a few epochs of
+each phase of the protocol, with the test NELBO evaluated after every epoch as the protocol
+does, and the whole schedule (1,000 epochs with one pair + 500 with ten) is extrapolated
+from the measured epoch times.
+
+The reference formulation, as the reference scripts do it (and this pipeline does not):
+- the whole training set as a dense smoothed [N, V] float tensor, batches sliced from it;
+- the per-document normalisation sum_w x_w log(x_w/|x|) recomputed for every batch;
+- separate decoder passes for the two codes of a pair, each a full log-softmax [B, V];
+- an extra decoder pass on a fresh code sample for the logged NELBO estimate;
+- in the ten-pair phase, one backward per pair with retain_graph=True.
+
+    python benchmarks/semhash_bench.py                       # 2 + 1 epochs per side
+    python benchmarks/semhash_bench.py --epochs 3 1 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vae_approx.common import Progress, set_threads
+from vae_approx.semhash.data import prepare, synthetic_corpus
+from vae_approx.semhash.train import TrainSettings, build_models, train
+
+PROTOCOL_EPOCHS = (1000, 500)  # one-pair, ten-pair
+
+
+def corpus_at_paper_shape(seed: int):
+    raw = synthetic_corpus(11269, 7505, 61188, 20, 40, 150.0, seed)
+    return prepare(raw.train_counts, raw.test_counts, 10000, train_labels=raw.train_labels,
+                   test_labels=raw.test_labels)
+
+
+def reference_train(corpus, settings: TrainSettings) -> list[dict]:
+    """The reference formulation of TrainSettings' schedule; same initialisation as ours."""
+    torch.manual_seed(settings.seed)
+    enc, dec = build_models(settings, corpus.n_words)  # same layers and initial weights as ours
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=settings.lr)
+    s = torch.as_tensor(corpus.smoothing, dtype=torch.float32)
+    X = torch.as_tensor(corpus.train.toarray(), dtype=torch.float32) + s       # dense [N, V]
+    Xt = torch.as_tensor(corpus.test.toarray(), dtype=torch.float32) + s
+    gen = torch.Generator().manual_seed(settings.seed)
+
+    def f(x, norm, z):  # -log p(x|z) relative to the empirical distribution, [B]
+        return norm - (x * F.log_softmax(dec.net(2 * z - 1), dim=-1)).sum(1)
+
+    def kl(a):
+        p = torch.sigmoid(a)
+        return (p * torch.log(p + 1e-12) + (1 - p) * torch.log(1 - p + 1e-12)).sum(1) + a.shape[1] * math.log(2)
+
+    def pair_loss(x, norm, a):
+        p = torch.sigmoid(a)
+        u = torch.rand(a.shape, generator=gen)
+        b, bt = (u < p.detach()).float(), ((1 - u) < p.detach()).float()
+        fb, fbt = f(x, norm, b), f(x, norm, bt)                               # left and right passes
+        w = (1 - 2 * bt) * (b != bt).float() * torch.sigmoid(a.detach().abs())
+        g = 0.5 * (fb - fbt).detach()[:, None] * w
+        return ((fb + fbt) / 2 + (g * a).sum(1)).mean()
+
+    history, n = [], X.shape[0]
+    for epoch in range(1, settings.epochs + 1):
+        pairs, tic = settings.pairs(epoch), time.perf_counter()
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for first in range(0, n, settings.batch_size):
+            x = X[order[first:first + settings.batch_size]]
+            norm = (x * torch.log(x / x.sum(1, keepdim=True))).sum(1)        # every batch
+            a = enc(x)
+            opt.zero_grad()
+            klv = kl(a).mean()
+            if pairs == 1:
+                (pair_loss(x, norm, a) + klv).backward()
+            else:
+                for k in range(pairs):                                        # ten backward passes
+                    ((pair_loss(x, norm, a) + klv) / pairs).backward(retain_graph=True)
+            opt.step()
+            with torch.no_grad():                                             # extra pass for the log
+                z = (torch.rand(a.shape, generator=gen) < torch.sigmoid(a)).float()
+                total += (f(x, norm, z) + kl(a)).sum().item()
+        with torch.no_grad():
+            test = []
+            for first in range(0, Xt.shape[0], settings.eval_batch_size):
+                x = Xt[first:first + settings.eval_batch_size]
+                norm = (x * torch.log(x / x.sum(1, keepdim=True))).sum(1)
+                a = enc(x)
+                z = (torch.rand(a.shape, generator=gen) < torch.sigmoid(a)).float()
+                test.append(f(x, norm, z) + kl(a))
+        history.append({"epoch": epoch, "pairs": pairs, "train_nelbo": total / n,
+                        "test_nelbo": torch.cat(test).mean().item(), "seconds": time.perf_counter() - tic})
+        print(f"  reference epoch {epoch} ({pairs} pairs): {history[-1]['seconds']:.2f} s, "
+              f"test NELBO {history[-1]['test_nelbo']:.2f}", flush=True)
+    return history
+
+
+def ours_train(corpus, settings: TrainSettings) -> list[dict]:
+    history, _, _ = train(corpus, settings, torch.device("cpu"), None,
+                          Progress("ours", settings.epochs, 1, stream=io.StringIO()))
+    for row in history:
+        print(f"  ours epoch {row['epoch']} ({row['pairs']} pairs): {row['seconds']:.2f} s, "
+              f"test NELBO {row['test_nelbo']:.2f}", flush=True)
+    return history
+
+
+def phase_seconds(history: list[dict], pairs_one: bool) -> float:
+    """Median epoch time of a phase, leaving out the first epoch (warm-up)."""
+    rows = [r["seconds"] for r in history[1:] if (r["pairs"] == 1) == pairs_one] or \
+           [r["seconds"] for r in history if (r["pairs"] == 1) == pairs_one]
+    return float(np.median(rows))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, nargs=2, default=(3, 2), metavar=("ONE_PAIR", "TEN_PAIRS"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    # The reference runs first, with torch's defaults but for the thread count; ours then
+    # takes its own settings (vae_approx.common.set_threads: threads, allocator thresholds,
+    # denormals), which cannot be undone within a process.
+    torch.set_num_threads(args.threads)
+    tic = time.perf_counter()
+    corpus = corpus_at_paper_shape(0)
+    print(f"corpus: {corpus.train.shape[0]} train, {corpus.test.shape[0]} test documents, {corpus.n_words} words, "
+          f"{corpus.train.nnz / corpus.train.shape[0]:.0f} distinct words per document "
+          f"({time.perf_counter() - tic:.1f} s); {args.threads} threads", flush=True)
+    settings = TrainSettings("e1", 0, 64, 512, "disarm", args.epochs[0], args.epochs[1], 10, 256, 1e-3,
+                             args.seed, 1024, False, 10**9)
+    results = {}
+    for name, fn in (("reference", reference_train), ("ours", ours_train)):
+        print(f"{name}:", flush=True)
+        if name == "ours":
+            set_threads(args.threads)
+        results[name] = fn(corpus, settings)
+    print(f"peak resident memory of this process (both sides, dense reference corpus included): "
+          f"{peak_rss_mb():.0f} MB")
+    print()
+    print("| phase | ours (s/epoch) | reference (s/epoch) | speed-up |")
+    print("|---|---|---|---|")
+    totals = {}
+    for label, one in (("one pair", True), ("ten pairs", False)):
+        o, r = phase_seconds(results["ours"], one), phase_seconds(results["reference"], one)
+        epochs = PROTOCOL_EPOCHS[0] if one else PROTOCOL_EPOCHS[1]
+        totals[label] = (o * epochs, r * epochs)
+        print(f"| {label} | {o:.2f} | {r:.2f} | {r / o:.2f}x |")
+    o_all = sum(t[0] for t in totals.values())
+    r_all = sum(t[1] for t in totals.values())
+    print(f"| whole schedule (1,000 + 500 epochs, extrapolated) | {o_all / 3600:.2f} h | {r_all / 3600:.2f} h "
+          f"| {r_all / o_all:.2f}x |")
+    print()
+    for name, history in results.items():
+        print(f"{name:9s} test NELBO per epoch: " + ", ".join(f"{r['test_nelbo']:.2f}" for r in history))
+
+
+if __name__ == "__main__":
+    main()
