@@ -47,8 +47,9 @@ from test_workflow import COPY, planned_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
-GPU_RULES = {"pretrain_gmm_encoder", "train_gmm_joint"}  # training: at least these ask for a GPU
-CPU_RULES = {"sample_gmm", "plot_gmm", "tabulate_gmm", "collect_claims"}  # never these
+GPU_RULES = {"pretrain_gmm_encoder", "train_gmm_joint", "train_semhash"}  # training: at least these ask for a GPU
+CPU_RULES = {"sample_gmm", "plot_gmm", "tabulate_gmm", "collect_claims", "prepare_corpus", "evaluate_retrieval",
+             "tabulate_semhash"}  # never these
 REQUIRED = os.environ.get("VAE_APPROX_REQUIRE_SLURM") == "1"
 HUNG_JOB = ("train_gmm_joint", "factorized")  # the job whose first attempt hits its time limit
 SNAKEMAKE_TIMEOUT = 12 * 60  # seconds for one Snakemake run (the SLURM run: 210-250 s measured on 2 cores)

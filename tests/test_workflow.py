@@ -70,6 +70,40 @@ def test_outputs_exist_and_tables_parse(smoke):
     assert factorized.filter(like="published").notna().all().all()
 
 
+def test_semantic_hashing_tables_and_claim_follow_the_histories(smoke):
+    out = results(smoke) / "semhash"
+    preset = yaml.safe_load((smoke / "presets" / "smoke.yaml").read_text())["semhash"]
+    epochs = preset["epochs_one_pair"] + preset["epochs_many_pairs"]
+    best = {}
+    for encoder in preset["encoders"]:
+        run = out / encoder / "depth0" / "8bits"
+        history = pd.read_csv(run / "history.csv")
+        assert list(history.epoch) == list(range(1, epochs + 1))
+        assert list(history.pairs) == [1] * preset["epochs_one_pair"] + [preset["many_pairs"]] * preset["epochs_many_pairs"]
+        best[encoder] = history.test_nelbo.min()
+        precision = pd.read_csv(run / "retrieval.csv").precision_at_100.item()
+        assert 0 <= precision <= 1
+        assert (results(smoke) / "benchmarks" / "semhash" / encoder / "depth0" / "8bits" / "model.tsv").is_file()
+    table = pd.read_csv(out / "test_nelbo_best.csv").set_index("encoder")
+    for encoder, value in best.items():
+        assert table.loc[encoder, "8 bits"] == pytest.approx(value)
+    assert "8 bits" in (out / "precision.md").read_text()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    claim = pd.read_csv(out / "claims.csv").iloc[0]
+    holds = all(best["e1"] < v for e, v in best.items() if e != "e1")
+    assert (claim.verdict == HOLDS) == holds and claim.measured == f"{int(holds)} of 1 cells"
+
+
+def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
+    proc = subprocess.run(["snakemake", "-n", "--configfile", "presets/paper.yaml"], cwd=smoke,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["download_20newsgroups"] == 1 and jobs["prepare_corpus"] == 1
+    assert jobs["train_semhash"] == 36 and jobs["evaluate_retrieval"] == 36 and jobs["tabulate_semhash"] == 1
+    assert "synthesize_corpus" not in jobs
+
+
 def test_the_claims_table_says_what_the_data_say(smoke):
     out = results(smoke)
     claims = pd.read_csv(out / "claims.csv")
@@ -87,7 +121,9 @@ def test_the_claims_table_says_what_the_data_say(smoke):
         "joint training moves the centres away from the ground truth": f_joint.mean_centre_distance > tolerance,
         "joint training keeps the centres at the ground truth": c_joint.mean_centre_distance < tolerance,
     }
-    assert set(claims.claim) == set(expected)
+    gmm_claims = claims[claims.experiment == "gmm"]
+    assert set(gmm_claims.claim) == set(expected)
+    assert set(claims.experiment) == {"gmm", "semhash"}
     for claim, holds in expected.items():
         assert (claims.set_index("claim").verdict[claim] == HOLDS) == holds, claim
 
@@ -112,7 +148,8 @@ def test_the_report_holds_every_plot_and_table(smoke):
     report = results(smoke) / "report.html"
     snakemake(smoke, "--report", str(report.relative_to(smoke)))
     html = report.read_text(errors="replace")
-    for name in ("regions.png", "curves.png", "table.csv", "claims.csv", "Gaussian mixture"):
+    for name in ("regions.png", "curves.png", "table.csv", "claims.csv", "Gaussian mixture", "Semantic hashing",
+                 "test_nelbo_best.csv"):
         assert name in html, name
 
 

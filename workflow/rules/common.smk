@@ -1,5 +1,6 @@
 # Helpers shared by every experiment's rules: config validation, paths, targets.
 
+import os
 import sys
 
 # Jobs run `python -m vae_approx...` from this checkout's src/, also inside the conda
@@ -29,7 +30,10 @@ def all_targets():
     if "gmm" in config["experiments"]:
         targets += gmm_targets()
     if "semhash" in config["experiments"]:
-        targets += [f"{RESULTS}/semhash/test_nelbo_best.md", f"{RESULTS}/semhash/curves.png"]
+        targets += [
+            f"{RESULTS}/semhash/test_nelbo_best.md",
+            f"{RESULTS}/semhash/curves.png",
+        ]
     return targets
 
 

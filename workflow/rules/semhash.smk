@@ -208,7 +208,7 @@ rule tabulate_semhash:
         mem_mb=1000,
         runtime=5,
     params:
-        out_dir=SEMHASH,
+        out_dir=lambda wildcards, output: os.path.dirname(output.claims),
         k=SH["precision_k"],
     shell:
         "python -m vae_approx.semhash tabulate --histories {input.histories}"
