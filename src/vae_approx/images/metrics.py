@@ -1,0 +1,255 @@
+"""Image-quality metrics: Frechet distances on Inception (FID) or digits-classifier features.
+
+Both distances use pytorch-fid's `calculate_frechet_distance` on the mean and covariance of
+features, accumulated batch by batch in float64 (running sums of f and f f^T), so no set of
+images or activations is ever held whole.
+
+Images reach a feature extractor as the reference's PNG files would: pixels in [-1, 1] are
+clipped and quantised to 8 bits (torchvision's save_image), then mapped to the extractor's
+input. pytorch-fid reads PNGs as [0, 1] and its InceptionV3 (normalize_input=True) scales them
+to [-1, 1] and resizes bilinearly to 299x299.
+
+Names: the distance on Inception features is `fid`; the one on the digits classifier's
+features is `fd_digits` and is never called FID.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..common import InputError
+from .data import inception_weights_path
+
+FEATURES = {"inception": "fid", "digits": "fd_digits"}  # extractor -> the metric's name
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1] in steps of 1/255, as save_image(normalize=True, value_range=(-1, 1)) + PNG."""
+    u = ((x.clamp(-1, 1) + 1) * 0.5).mul(255).add_(0.5).clamp_(0, 255).floor_()
+    return u / 255
+
+
+# ---------------------------------------------------------------- Frechet distance
+
+
+class GaussianStats:
+    """Mean and covariance of feature vectors from running float64 sums, one batch at a time."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.sum = np.zeros(dim, dtype=np.float64)
+        self.outer = np.zeros((dim, dim), dtype=np.float64)
+
+    def update(self, features: torch.Tensor | np.ndarray) -> None:
+        f = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+        if f.ndim != 2 or f.shape[1] != len(self.sum):
+            raise ValueError(f"features of shape {f.shape}, expected [B, {len(self.sum)}]")
+        self.n += len(f)
+        self.sum += f.sum(0)
+        self.outer += f.T @ f
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sample mean and unbiased covariance (np.cov's, as pytorch-fid computes it)."""
+        if self.n < 2:
+            raise ValueError("a covariance needs at least 2 feature vectors")
+        mu = self.sum / self.n
+        cov = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+        return mu, cov
+
+
+def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
+    """d^2 = |mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)), by pytorch-fid."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    mu1, s1 = a.mean_cov()
+    mu2, s2 = b.mean_cov()
+    with warnings.catch_warnings():  # scipy deprecates sqrtm's disp argument that pytorch-fid passes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return float(calculate_frechet_distance(mu1, s1, mu2, s2))
+
+
+# ---------------------------------------------------------------- digits classifier
+
+
+class DigitsClassifier(nn.Module):
+    """Three 3x3 convolution blocks, global average pooling (the features), a linear head.
+
+    The features are the pooled output of the last block (4 * width values), the
+    counterpart of Inception's pool3 features that FID uses.
+    """
+
+    def __init__(self, channels: int = 1, width: int = 16, n_classes: int = 10):
+        super().__init__()
+        self.channels, self.width, self.n_classes = channels, width, n_classes
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4 * w, n_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        return 4 * self.width
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, width: int, epochs: int, batch_size: int, lr: float,
+                     seed: int, val_fraction: float, device: torch.device, progress=None) -> tuple[DigitsClassifier, list[dict]]:
+    """Adam on cross-entropy; a held-out split (val_fraction) measures accuracy each epoch.
+
+    Inputs are quantised exactly as the images the classifier will later see.
+    """
+    from .data import to_float
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    n = len(images)
+    order = torch.randperm(n, generator=gen)
+    n_val = int(round(val_fraction * n))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    x_all = quantize(to_float(np.asarray(images))) * 2 - 1
+    y_all = torch.as_tensor(labels)
+    model = DigitsClassifier(images.shape[1], width, int(labels.max()) + 1).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    rows = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        total, count = 0.0, 0
+        for start in range(0, len(perm), batch_size):
+            idx = perm[start:start + batch_size]
+            if len(idx) < 2:
+                continue
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        row = {"epoch": epoch, "train_loss": total / max(count, 1)}
+        if n_val:
+            model.eval()
+            with torch.no_grad():
+                pred = model(x_all[val_idx].to(device)).argmax(1).cpu()
+            row["val_accuracy"] = (pred == y_all[val_idx]).float().mean().item()
+        rows.append(row)
+        if progress is not None:
+            progress.log(epoch, force=True, **{k: v for k, v in row.items() if k != "epoch"})
+    model.eval()
+    return model.cpu(), rows
+
+
+def classifier_file(model: DigitsClassifier) -> dict:
+    return {"kind": "digits classifier", "channels": model.channels, "width": model.width,
+            "n_classes": model.n_classes, "state": model.state_dict()}
+
+
+def load_classifier(path) -> DigitsClassifier:
+    from ..common import load_torch
+
+    saved = load_torch(path, "digits classifier")
+    if not isinstance(saved, dict) or saved.get("kind") != "digits classifier":
+        raise InputError(f"digits classifier {path}: not a classifier file")
+    model = DigitsClassifier(saved["channels"], saved["width"], saved["n_classes"])
+    model.load_state_dict(saved["state"])
+    return model.eval()
+
+
+# ---------------------------------------------------------------- Inception
+
+
+def load_inception(torch_home, device: torch.device | str = "cpu") -> nn.Module:
+    """pytorch-fid's InceptionV3 (FID weights, 2048 pool3 features), offline.
+
+    The weights must already be at <torch_home>/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
+    (rule fetch_inception, `python -m vae_approx.images fetch-inception`); TORCH_HOME and the
+    torch.hub directory point there, so pytorch-fid finds the file and never downloads.
+    """
+    import torch.hub
+    from pytorch_fid.inception import InceptionV3
+
+    weights = inception_weights_path(torch_home)
+    if not weights.is_file():
+        raise InputError(f"Inception weights not found: {weights}; fetch them with rule fetch_inception "
+                         f"(python -m vae_approx.images fetch-inception --torch-home {torch_home}) or place the "
+                         "file there by hand")
+    os.environ["TORCH_HOME"] = str(Path(torch_home).resolve())
+    previous = getattr(torch.hub, "_hub_dir", None)
+    torch.hub.set_dir(str(Path(torch_home).resolve() / "hub"))
+    try:
+        model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True, normalize_input=True)
+    except Exception as exc:
+        raise InputError(f"Inception weights {weights}: cannot load ({type(exc).__name__}: {exc})") from exc
+    finally:
+        torch.hub._hub_dir = previous
+    return model.eval().to(device)
+
+
+# ---------------------------------------------------------------- feature extractors
+
+
+class FeatureExtractor:
+    """images in [-1, 1], [B, C, H, W] -> float features [B, D]; `metric` names the distance."""
+
+    def __init__(self, kind: str, model: nn.Module, dim: int, fn: Callable[[torch.Tensor], torch.Tensor],
+                 device: torch.device):
+        self.kind, self.model, self.dim, self.fn, self.device = kind, model, dim, fn, device
+        self.metric = FEATURES[kind]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fn(quantize(images.to(self.device).float())).double().cpu()
+
+
+def make_extractor(kind: str, device: torch.device, classifier=None, torch_home=None, channels: int = 3) -> FeatureExtractor:
+    """`digits`: the classifier file's pooled features; `inception`: pytorch-fid's 2048 pool3
+    features (grey images are repeated over the three colour channels)."""
+    if kind == "digits":
+        if classifier is None:
+            raise InputError("the digits Frechet distance needs --classifier (a digits classifier file)")
+        model = load_classifier(classifier).to(device)
+        return FeatureExtractor(kind, model, model.feature_dim, lambda u: model.features(u * 2 - 1), device)
+    if kind == "inception":
+        if torch_home is None:
+            raise InputError("FID needs --torch-home (the folder holding hub/checkpoints/ with the Inception weights)")
+        model = load_inception(torch_home, device)
+
+        def fn(u: torch.Tensor) -> torch.Tensor:
+            if u.shape[1] == 1:
+                u = u.expand(-1, 3, -1, -1)
+            return model(u)[0].flatten(1)
+        return FeatureExtractor(kind, model, 2048, fn, device)
+    raise InputError(f"unknown feature extractor '{kind}'; expected one of {sorted(FEATURES)}")
+
+
+def image_stats(extractor: FeatureExtractor, batches) -> GaussianStats:
+    """Feature statistics of an iterable of image batches in [-1, 1]."""
+    stats = GaussianStats(extractor.dim)
+    for batch in batches:
+        stats.update(extractor(batch))
+    return stats
+
+
+# ---------------------------------------------------------------- decoder drift
+
+
+@torch.no_grad()
+def decoder_drift(decoder: nn.Module, ground_truth: nn.Module, z: torch.Tensor) -> float:
+    """Mean over images and pixels of (g_joint(z) - g_true(z))^2, both decoders in eval mode."""
+    return F.mse_loss(decoder(z), ground_truth(z)).item()

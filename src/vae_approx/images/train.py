@@ -1,0 +1,278 @@
+"""Training loops of the faces experiment: DCGAN, encoder pretraining, joint VAE training.
+
+Plain loops with resume checkpoints (common.checkpoint / load_resume): on the CPU an
+interrupted and resumed run ends with exactly the numbers of an uninterrupted one. Every loop
+seeds torch itself at its start, so the numbers depend on the settings only. `on_step(step)` is
+called after every iteration (tests raise from it to simulate a kill).
+
+BatchNorm. The ground-truth decoder is always used in eval mode (running statistics from GAN
+training), both to draw training data and for evaluation, so that it is one fixed function
+g(z). The jointly trained decoder starts as a copy of it and is also trained in eval mode:
+its BatchNorm layers normalise with the frozen running statistics while their scales and
+shifts and every convolution are trained. At step 0 it is therefore exactly the ground truth,
+and all drift comes from the ELBO; there are no batch statistics that training and sampling
+would see differently. (The reference code keeps both decoders in training mode throughout,
+sampling included; the design page lists this as a defect.) Encoders train in train mode and
+are evaluated in eval mode, like any BatchNorm network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
+from .data import to_float
+from .model import (Discriminator, Encoder, GaussianDecoder, Generator, elbo_terms, generator_spec, log_q)
+
+PHASES = {
+    # phase -> the stage label of the published tables
+    "pretrain": "encoder pretrained (decoder frozen)",
+    "joint": "joint training",
+}
+
+
+class Optimizers:
+    """Several optimizers behind the one-optimizer interface of common.checkpoint/load_resume."""
+
+    def __init__(self, **optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def _layout(module: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    return module.to(memory_format=torch.channels_last) if channels_last else module
+
+
+def _autocast(device: torch.device, bf16: bool):
+    """bf16 autocast where asked for (a speed option; fp32 otherwise)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------- DCGAN
+
+
+@dataclass(frozen=True)
+class GanSettings:
+    epochs: int            # passes over the data (the paper: up to 100)
+    batch_size: int        # images per step (the paper: 128)
+    lr: float              # Adam learning rate of both networks (the paper: 2e-4)
+    beta1: float           # Adam beta1 (the paper: 0.5)
+    nz: int                # latent dimensions (the paper: 100)
+    ngf: int               # generator width (the paper: 64)
+    ndf: int               # discriminator width (the paper: 64)
+    seed: int              # the paper: 999
+    checkpoint_every: int  # iterations between resume checkpoints (epoch ends always checkpoint)
+    log_every: int = 50    # iterations between progress lines
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of one epoch, recomputable on resume: a permutation seeded by (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def generator_file(g: Generator, epoch: int) -> dict:
+    return {"kind": "dcgan generator", "spec": generator_spec(g), "epoch": epoch,
+            "state": {k: v.detach().cpu().clone() for k, v in g.state_dict().items()}}
+
+
+def train_gan(images: np.ndarray, settings: GanSettings, epoch_dir: Path, device: torch.device,
+              resume_file: Path | None, progress: Progress,
+              on_step: Callable[[int], None] | None = None) -> list[dict]:
+    """The DCGAN tutorial's loop; writes epoch_dir/epoch_NNN.pt after every epoch; returns per-epoch rows.
+
+    `images` is the uint8 array (memory-mapped); each batch is read, converted to [-1, 1] and
+    moved to the device on its own. Each epoch visits every image once in a seeded order; the
+    last batch may be smaller (as the tutorial's DataLoader); a last batch of one image (which
+    BatchNorm cannot normalise) is skipped.
+    """
+    s = settings
+    n, channels, size = images.shape[0], images.shape[1], images.shape[2]
+    torch.manual_seed(s.seed)
+    netG = Generator(s.nz, s.ngf, channels, size).to(device)
+    netD = Discriminator(s.ndf, channels, size).to(device)
+    optG = torch.optim.Adam(netG.parameters(), lr=s.lr, betas=(s.beta1, 0.999))
+    optD = torch.optim.Adam(netD.parameters(), lr=s.lr, betas=(s.beta1, 0.999))
+    optimizers = Optimizers(generator=optG, discriminator=optD)
+    models = {"generator": netG, "discriminator": netD}
+    per_epoch = math.ceil(n / s.batch_size)
+    total = s.epochs * per_epoch
+    config = {**asdict(s), "n_images": n, "channels": channels, "image_size": size}
+
+    rows: list[dict] = []
+    sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0, "batches": 0}
+    start = 0
+    ckpt = load_resume(resume_file, config, models, optimizers, progress) if resume_file else None
+    epoch_dir.mkdir(parents=True, exist_ok=True)
+    if ckpt is not None:
+        start, rows, sums = ckpt["step"], ckpt["rows"], ckpt["sums"]
+    else:  # a fresh start: no generator of an earlier, other run may stay
+        for stale in epoch_dir.glob("epoch_*.pt"):
+            stale.unlink()
+    netG.train()
+    netD.train()
+    order = None
+    for step in range(start + 1, total + 1):
+        epoch, i = (step - 1) // per_epoch + 1, (step - 1) % per_epoch
+        if order is None or i == 0:
+            order = epoch_order(n, s.seed, epoch)
+        idx = np.sort(order[i * s.batch_size:(i + 1) * s.batch_size].numpy())
+        if len(idx) > 1:
+            real = to_float(images[idx]).to(device)
+            b = len(idx)
+            ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
+            # (1) discriminator: maximise log D(x) + log(1 - D(G(z)))
+            optD.zero_grad(set_to_none=True)
+            out_real = netD(real)
+            loss_real = F.binary_cross_entropy_with_logits(out_real, ones)
+            loss_real.backward()
+            fake = netG(torch.randn(b, s.nz, device=device))
+            out_fake = netD(fake.detach())
+            loss_fake = F.binary_cross_entropy_with_logits(out_fake, zeros)
+            loss_fake.backward()
+            loss_d = loss_real + loss_fake
+            check_finite(loss_d, "images train-gan", step, "discriminator loss")
+            optD.step()
+            # (2) generator: maximise log D(G(z)) on the updated discriminator
+            optG.zero_grad(set_to_none=True)
+            loss_g = F.binary_cross_entropy_with_logits(netD(fake), ones)
+            loss_g.backward()
+            check_finite(loss_g, "images train-gan", step, "generator loss")
+            optG.step()
+            sums["loss_d"] += loss_d.item()
+            sums["loss_g"] += loss_g.item()
+            sums["d_real"] += torch.sigmoid(out_real).mean().item()
+            sums["d_fake"] += torch.sigmoid(out_fake).mean().item()
+            sums["batches"] += 1
+            progress.log(step, loss_d=loss_d.item(), loss_g=loss_g.item())
+        if i == per_epoch - 1:
+            k = max(sums.pop("batches"), 1)
+            rows.append({"epoch": epoch, "step": step, **{key: v / k for key, v in sums.items()}})
+            sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0, "batches": 0}
+            save_torch(generator_file(netG, epoch), epoch_dir / f"epoch_{epoch:03d}.pt")
+            progress.message(f"epoch {epoch}/{s.epochs}: loss_d {rows[-1]['loss_d']:.4f} loss_g {rows[-1]['loss_g']:.4f}")
+        if resume_file and step < total and (i == per_epoch - 1 or step % s.checkpoint_every == 0):
+            save_torch(checkpoint(models, optimizers, step, config, rows=rows, sums=sums), resume_file)
+        if on_step is not None:
+            on_step(step)
+    return rows
+
+
+# ---------------------------------------------------------------- encoder pretraining and joint training
+
+
+@dataclass(frozen=True)
+class VaeSettings:
+    phase: str             # "pretrain": encoder by log q(z|x), decoder = ground truth; "joint": ELBO, both
+    iterations: int        # Adam steps, each on a fresh batch from the ground-truth decoder (the paper: 1e6)
+    batch_size: int        # the paper: 128
+    lr: float              # the reference code: 2e-5 (pretrain), 1e-5 (joint)
+    beta1: float           # Adam beta1; the reference code: 0.5 (pretrain), 0.9 (joint)
+    sigma: float           # pixel noise of the ground-truth decoder (the paper: 0.05)
+    seed: int
+    log_every: int         # iterations per row of the curve CSV (the row holds their mean)
+    checkpoint_every: int  # iterations between resume checkpoints
+    ndf: int = 64          # encoder width (pretrain only; joint takes the pretrained encoder)
+    learn_sigma: bool = False  # joint: learn the decoder's sigma (the original paper's second variant)
+    channels_last: bool = False  # speed option: channels-last memory layout
+    bf16: bool = False     # speed option: bf16 autocast of the forward passes
+
+
+def ground_truth(generator: Generator, sigma: float) -> GaussianDecoder:
+    """The frozen probabilistic ground-truth decoder N(g(z), sigma^2 I), eval mode."""
+    decoder = GaussianDecoder(generator, sigma, learn_sigma=False).eval()
+    decoder.requires_grad_(False)
+    return decoder
+
+
+@torch.no_grad()
+def draw(decoder: GaussianDecoder, batch_size: int, device: torch.device,
+         channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, x) with z ~ N(0, I) and x = g(z) + sigma * eps from the (eval-mode) decoder."""
+    z = torch.randn(batch_size, decoder.generator.nz, device=device)
+    x = decoder.sample(z)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return z, x
+
+
+def train_vae(truth: GaussianDecoder, encoder: Encoder, settings: VaeSettings, device: torch.device,
+              resume_file: Path | None, progress: Progress,
+              on_step: Callable[[int], None] | None = None) -> tuple[list[dict], Encoder, GaussianDecoder]:
+    """Encoder pretraining (maximise log q(z|x) on (z, x) from the ground truth) or joint training
+    (maximise the ELBO over the encoder and a copy of the ground-truth decoder, on x from the
+    ground truth). Returns the curve rows, the encoder and the trained decoder (the ground
+    truth itself for pretraining)."""
+    s = settings
+    if s.phase not in PHASES:
+        raise ValueError(f"unknown phase '{s.phase}'; expected one of {sorted(PHASES)}")
+    torch.manual_seed(s.seed)
+    truth = _layout(truth.to(device).eval(), s.channels_last)
+    encoder = _layout(encoder.to(device).train(), s.channels_last)
+    if s.phase == "joint":
+        decoder = GaussianDecoder(copy.deepcopy(truth.generator), truth.sigma, s.learn_sigma).to(device)
+        decoder.requires_grad_(True)
+        if not s.learn_sigma:
+            decoder.log_sigma.requires_grad_(False)
+        decoder.eval()  # see the module's note on BatchNorm
+        params = list(encoder.parameters()) + [p for p in decoder.parameters() if p.requires_grad]
+        models = {"encoder": encoder, "decoder": decoder}
+    else:
+        decoder = truth
+        params = list(encoder.parameters())
+        models = {"encoder": encoder}
+    optimizer = torch.optim.Adam(params, lr=s.lr, betas=(s.beta1, 0.999))
+    config = asdict(s)
+    stage = f"images {s.phase}"
+    names = ["loss"] if s.phase == "pretrain" else ["elbo", "reconstruction", "kl"]
+
+    rows: list[dict] = []
+    sums = dict.fromkeys(names, 0.0)
+    start = 0
+    ckpt = load_resume(resume_file, config, models, optimizer, progress) if resume_file else None
+    if ckpt is not None:
+        start, rows, sums = ckpt["step"], ckpt["rows"], ckpt["sums"]
+    for step in range(start + 1, s.iterations + 1):
+        z, x = draw(truth, s.batch_size, device, s.channels_last)
+        with _autocast(device, s.bf16):
+            if s.phase == "pretrain":
+                mu, log_s = encoder(x)
+                loss = -log_q(z, mu.float(), log_s.float()).mean()
+                values = {"loss": loss}
+            else:
+                rec, kl = elbo_terms(x, encoder, decoder)
+                rec, kl = rec.float().mean(), kl.float().mean()
+                loss = kl - rec
+                values = {"elbo": -loss, "reconstruction": rec, "kl": kl}
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        check_finite(loss, stage, step)
+        optimizer.step()
+        for k, v in values.items():
+            sums[k] += v.item()
+        if step % s.log_every == 0 or step == s.iterations:
+            count = step - (rows[-1]["step"] if rows else 0)
+            rows.append({"phase": s.phase, "step": step, **{k: v / count for k, v in sums.items()}})
+            sums = dict.fromkeys(names, 0.0)
+            progress.log(step, force=True, **{k: v for k, v in rows[-1].items() if k in names})
+        if resume_file and step % s.checkpoint_every == 0 and step < s.iterations:
+            save_torch(checkpoint(models, optimizer, step, config, rows=rows, sums=sums), resume_file)
+        if on_step is not None:
+            on_step(step)
+    for module in (truth, encoder, decoder):
+        module.to(memory_format=torch.contiguous_format)
+    return rows, encoder.eval(), decoder

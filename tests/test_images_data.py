@@ -1,0 +1,160 @@
+"""Faces experiment data: the uint8 array format, CelebA's zip, downloads, offline Inception."""
+
+import socket
+import urllib.request
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from vae_approx.common import InputError
+from vae_approx.images import data as D
+from vae_approx.images.__main__ import main
+
+
+def test_digits_array_format():
+    images, labels = D.digits_images(32)
+    assert images.shape == (1797, 1, 32, 32) and images.dtype == np.uint8
+    assert labels.shape == (1797,) and set(labels) == set(range(10))
+    assert images.min() == 0 and images.max() == 255
+    x = D.to_float(images[:5])
+    assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    assert np.array_equal(D.to_uint8(x), images[:5])  # the mapping v <-> v / 127.5 - 1 round-trips
+
+
+def test_prepare_digits_writes_memory_mappable_arrays(tmp_path):
+    main(["prepare-digits", "--size", "32", "--out", str(tmp_path / "d.npy"), "--labels", str(tmp_path / "l.npy")])
+    images = D.load_images(tmp_path / "d.npy", channels=1, size=32)
+    assert isinstance(images, np.memmap)
+    assert len(D.load_labels(tmp_path / "l.npy", len(images))) == 1797
+    with pytest.raises(InputError, match="1 channels, expected 3"):
+        D.load_images(tmp_path / "d.npy", channels=3)
+    with pytest.raises(InputError, match="32x32, expected 64x64"):
+        D.load_images(tmp_path / "d.npy", size=64)
+    np.save(tmp_path / "f.npy", np.zeros((2, 1, 4, 4), np.float32))
+    with pytest.raises(InputError, match="f.npy: expected uint8"):
+        D.load_images(tmp_path / "f.npy")
+    with pytest.raises(InputError, match="not found"):
+        D.load_images(tmp_path / "missing.npy")
+
+
+@pytest.fixture(scope="module")
+def celeba_zip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("celeba") / "img_align_celeba.zip"
+    D.write_synthetic_celeba_zip(path, 12, seed=0)
+    return path
+
+
+def test_synthetic_zip_has_celebas_layout(celeba_zip):
+    from PIL import Image
+
+    with zipfile.ZipFile(celeba_zip) as zf:
+        names = zf.namelist()
+        assert names[0] == "img_align_celeba/" and names[1:3] == ["img_align_celeba/000001.jpg", "img_align_celeba/000002.jpg"]
+        with zf.open(names[1]) as f, Image.open(f) as img:
+            assert img.size == (178, 218) and img.format == "JPEG"
+
+
+def test_prepare_celeba_resizes_and_centre_crops(celeba_zip, tmp_path):
+    from PIL import Image
+    import io
+    import torchvision.transforms as T
+
+    out = tmp_path / "celeba.npy"
+    assert D.prepare_celeba(celeba_zip, out, 64, expected_count=12) == 12
+    images = D.load_images(out, channels=3, size=64)
+    assert images.shape == (12, 3, 64, 64)
+    with zipfile.ZipFile(celeba_zip) as zf:
+        img = Image.open(io.BytesIO(zf.read("img_align_celeba/000003.jpg"))).convert("RGB")
+    # the DCGAN tutorial's transform, ToTensor and Normalize((0.5,) * 3, (0.5,) * 3) included
+    expected = T.Compose([T.Resize(64), T.CenterCrop(64), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])(img)
+    assert torch.allclose(D.to_float(images[2]), expected, atol=1e-6)
+
+
+def test_prepare_celeba_rejects_a_wrong_count_and_a_corrupt_member(celeba_zip, tmp_path):
+    out = tmp_path / "celeba.npy"
+    with pytest.raises(SystemExit, match="12 images img_align_celeba/NNNNNN.jpg, expected 202599"):
+        main(["prepare-celeba", "--zip", str(celeba_zip), "--expected-count", "202599", "--out", str(out)])
+    assert list(tmp_path.iterdir()) == []
+
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(celeba_zip) as src, zipfile.ZipFile(broken, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data[:200] if name.endswith("000007.jpg") else data)
+    with pytest.raises(InputError, match="broken.zip: member img_align_celeba/000007.jpg cannot be decoded"):
+        D.prepare_celeba(broken, out, 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.zip"]  # no output, no temporary file
+
+    (tmp_path / "other.zip").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="other.zip: not a readable zip"):
+        D.prepare_celeba(tmp_path / "other.zip", out, 64)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_fetch_celeba_says_where_to_put_the_zip(tmp_path, no_network, monkeypatch):
+    import torchvision.datasets.utils
+
+    def fail(file_id, root, filename=None, md5=None):
+        (tmp_path / "celeba" / "partial").write_bytes(b"x")  # whatever a failed download leaves ...
+        raise RuntimeError("quota exceeded")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_file_from_google_drive", fail)
+    out = tmp_path / "celeba" / "img_align_celeba.zip"
+    (tmp_path / "celeba").mkdir()
+    with pytest.raises(InputError, match=f"quota exceeded.*place it at {out}"):
+        D.fetch_celeba(out)
+    assert not out.exists()
+    out.write_bytes(b"a zip placed by hand")
+    D.fetch_celeba(out)  # used as is
+    assert out.read_bytes() == b"a zip placed by hand"
+
+
+def test_fetch_inception_checks_the_digest_and_leaves_nothing(tmp_path):
+    src = tmp_path / "weights.pth"
+    src.write_bytes(b"weights")
+    home = tmp_path / "torch"
+    with pytest.raises(InputError, match="does not match the pinned"):
+        D.fetch_inception(home, "0" * 64, url=src.as_uri())
+    assert not D.inception_weights_path(home).exists()
+    assert list(D.inception_weights_path(home).parent.iterdir()) == []
+    path = D.fetch_inception(home, D.sha256(src), url=src.as_uri())
+    assert path == home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth" and path.read_bytes() == b"weights"
+
+
+def random_inception_weights(path):
+    """A state dict in the layout of pytorch-fid's FID Inception, with random values."""
+    from pytorch_fid import inception as I
+
+    net = I._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = I.FIDInceptionA(192, 32), I.FIDInceptionA(256, 64), I.FIDInceptionA(288, 64)
+    net.Mixed_6b, net.Mixed_6c = I.FIDInceptionC(768, 128), I.FIDInceptionC(768, 160)
+    net.Mixed_6d, net.Mixed_6e = I.FIDInceptionC(768, 160), I.FIDInceptionC(768, 192)
+    net.Mixed_7b, net.Mixed_7c = I.FIDInceptionE_1(1280), I.FIDInceptionE_2(2048)
+    path.parent.mkdir(parents=True)
+    torch.save(net.state_dict(), path)
+
+
+def test_inception_loads_offline_from_torch_home(tmp_path, no_network):
+    """Random weights test the wiring only; they are never called FID in a result."""
+    from vae_approx.images.metrics import make_extractor
+
+    home = tmp_path / "torch"
+    with pytest.raises(InputError, match="pt_inception-2015-12-05-6726825d.pth.*fetch_inception"):
+        make_extractor("inception", torch.device("cpu"), torch_home=home)
+    random_inception_weights(D.inception_weights_path(home))
+    extractor = make_extractor("inception", torch.device("cpu"), torch_home=home)
+    assert extractor.metric == "fid" and extractor.dim == 2048
+    features = extractor(torch.rand(2, 1, 32, 32) * 2 - 1)  # grey images are repeated over 3 channels
+    assert features.shape == (2, 2048) and torch.isfinite(features).all()
