@@ -26,6 +26,7 @@ import io
 import math
 import resource
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -105,8 +106,8 @@ def reference_train(corpus, settings: TrainSettings) -> list[dict]:
     return history
 
 
-def ours_train(corpus, settings: TrainSettings) -> list[dict]:
-    history, _, _ = train(corpus, settings, torch.device("cpu"), None,
+def ours_train(corpus, settings: TrainSettings, device: str = "cpu") -> list[dict]:
+    history, _, _ = train(corpus, settings, torch.device(device), None,
                           Progress("ours", settings.epochs, 1, stream=io.StringIO()))
     for row in history:
         print(f"  ours epoch {row['epoch']} ({row['pairs']} pairs): {row['seconds']:.2f} s, "
@@ -130,6 +131,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs=2, default=(3, 2), metavar=("ONE_PAIR", "TEN_PAIRS"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--ours-only", default="", metavar="DEVICE",
+                        help="time only our trainer on DEVICE (e.g. cuda), for every encoder and depth at 64 bits")
     args = parser.parse_args()
     # The reference runs first, with torch's defaults but for the thread count; ours then
     # takes its own settings (vae_approx.common.set_threads: threads, allocator thresholds,
@@ -142,6 +145,17 @@ def main() -> None:
           f"({time.perf_counter() - tic:.1f} s); {args.threads} threads", flush=True)
     settings = TrainSettings("e1", 0, 64, 512, "disarm", args.epochs[0], args.epochs[1], 10, 256, 1e-3,
                              args.seed, 1024, False, 10**9)
+    if args.ours_only:
+        set_threads(args.threads)
+        print("| encoder | depth | one pair (s/epoch) | ten pairs (s/epoch) | 1,000 + 500 epochs |")
+        print("|---|---|---|---|---|")
+        for encoder in ("e1", "e2", "e3"):
+            for depth in (0, 1, 2):
+                history = ours_train(corpus, replace(settings, encoder=encoder, depth=depth), args.ours_only)
+                one, ten = phase_seconds(history, True), phase_seconds(history, False)
+                total = PROTOCOL_EPOCHS[0] * one + PROTOCOL_EPOCHS[1] * ten
+                print(f"| {encoder} | {depth} | {one:.3f} | {ten:.3f} | {total / 60:.1f} min |", flush=True)
+        return
     results = {}
     for name, fn in (("reference", reference_train), ("ours", ours_train)):
         print(f"{name}:", flush=True)
