@@ -127,10 +127,23 @@ def test_the_stage_chain_on_digits(tmp_path):
         "pretrained_reconstruction.png"]
     metrics = pd.read_csv(d / "metrics.csv")
     assert np.isfinite(metrics.value).all()
-    assert set(metrics.metric) == {"fd_digits", "decoder_drift", "elbo", "reconstruction", "kl", "sigma"}
+    assert set(metrics.metric) == {"fd_digits", "decoder_drift", "elbo", "reconstruction", "kl", "sigma",
+                                   "reference_protocol"}
     run("tabulate", "--metrics", d / "metrics.csv", "--published", "reference/published_results.csv",
         "--setting", "digits", "--csv", d / "t.csv", "--md", d / "t.md", "--claims", d / "claims.csv")
-    assert len(pd.read_csv(d / "claims.csv")) == 2
+    assert len(pd.read_csv(d / "claims.csv")) == 3
+    assert "reference code's protocol" not in (d / "t.md").read_text()
+    # the reference's sampling, for comparison: other distances, the same ELBOs, and it says so
+    run("evaluate", "--generator", d / "generator.pt", "--pretrained", d / "encoder.pt", "--joint", d / "joint.pt",
+        *features, "--n-samples", 40, "--batch-size", 16, "--n-eval", 20, "--grid-size", 16, "--seed", 0,
+        "--reference-protocol", "true", "--grids", d / "grids_ref", "--out", d / "metrics_ref.csv")
+    ref = pd.read_csv(d / "metrics_ref.csv")
+    same = metrics.metric.isin(["elbo", "reconstruction", "kl", "sigma"])
+    assert np.array_equal(ref.value[same], metrics.value[same])
+    assert not np.array_equal(ref.value[metrics.metric == "fd_digits"], metrics.value[metrics.metric == "fd_digits"])
+    run("tabulate", "--metrics", d / "metrics_ref.csv", "--published", "reference/published_results.csv",
+        "--setting", "digits", "--csv", d / "t.csv", "--md", d / "t.md", "--claims", d / "claims.csv")
+    assert "reference code's protocol" in (d / "t.md").read_text()
 
 
 def fake_metrics(path, fd_pre, fd_joint, elbo_pre=-300.0, elbo_joint=900.0, metric="fd_digits"):
@@ -155,7 +168,7 @@ def test_tabulate_writes_the_table_and_honest_claims(tmp_path):
     assert "not FID" in out["t.md"].read_text()
     claims = pd.read_csv(out["c.csv"])
     assert list(claims.columns) == ["experiment", "setting", "claim", "metric", "expected", "measured", "tolerance", "verdict"]
-    assert list(claims.verdict) == ["holds", "fails"]  # the FD fell: reported as failing, with the numbers
+    assert list(claims.verdict) == ["holds", "fails", "holds"]  # the FD fell: reported as failing, with the numbers
     assert "0.2 -> 0.1" in claims.measured[1]
 
     fake_metrics(tmp_path / "m2.csv", fd_pre=1.3, fd_joint=71.9, metric="fid")
@@ -163,7 +176,7 @@ def test_tabulate_writes_the_table_and_honest_claims(tmp_path):
           "--setting", "CelebA", "--fd-tolerance", "1", "--csv", str(out["t.csv"]), "--md", str(out["t.md"]),
           "--claims", str(out["c.csv"])])
     claims = pd.read_csv(out["c.csv"])
-    assert list(claims.verdict) == ["holds", "holds"] and "FID" in claims.claim[1]
+    assert list(claims.verdict) == ["holds", "holds", "fails"] and "FID" in claims.claim[1]  # prior: 0.01 -> 0.5 < tolerance 1
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"stage": ["joint"], "metric": ["elbo"], "image_set": [""], "value": [1.0]}).to_csv(bad, index=False)
     with pytest.raises(SystemExit, match="bad.csv: expected exactly one distance"):

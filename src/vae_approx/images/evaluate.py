@@ -12,6 +12,10 @@ set only and sampled in training mode; see the design page).
     joint_prior                g_joint(z_b)
 
 z_a, z_b ~ N(0, I) are independent, so no compared set is paired with the reference set.
+With `reference_protocol` the sets are drawn as the reference code draws them, for comparison:
+every network in training mode (BatchNorm on the statistics of the evaluation batch; the
+reference's batches hold one image) and pixel noise sigma * eps added to the joint
+reconstructions only.
 Reconstructions sample z' from the encoder (as the reference does) and output the decoder's
 mean. Decoder drift is the mean over images and pixels of (g_joint(z_b) - g(z_b))^2.
 Every random draw comes from a CPU generator seeded by `seed`, so the sets are the same on
@@ -20,6 +24,7 @@ every device (up to floating point).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +57,12 @@ def _randn(shape, gen: torch.Generator, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def image_batches(models: Models, n: int, batch_size: int, seed: int, device: torch.device):
+def image_batches(models: Models, n: int, batch_size: int, seed: int, device: torch.device,
+                  reference_protocol: bool = False):
     """Yield dicts {set name: images [b, C, H, W]} of consecutive batches, n images in all."""
+    if reference_protocol:  # training mode on copies: BatchNorm's running statistics stay untouched
+        models = Models(*(copy.deepcopy(m).train() for m in
+                          (models.truth, models.pretrained, models.joint_encoder, models.joint_decoder)))
     gen = torch.Generator().manual_seed(seed)
     nz = models.truth.generator.nz
     sigma = models.truth.log_sigma.exp()
@@ -67,6 +76,9 @@ def image_batches(models: Models, n: int, batch_size: int, seed: int, device: to
                                        ("joint_reconstruction", models.joint_encoder, models.joint_decoder)):
             mu, log_s = encoder(x_b)
             batch[name] = decoder(mu + log_s.exp() * _randn(mu.shape, gen, device))
+        if reference_protocol:
+            joint = batch["joint_reconstruction"]
+            batch["joint_reconstruction"] = joint + models.joint_decoder.log_sigma.exp() * _randn(joint.shape, gen, device)
         batch["joint_prior"] = models.joint_decoder(z_b)
         yield batch
 
@@ -103,13 +115,14 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8) -> None:
 
 
 def evaluate(models: Models, extractor: FeatureExtractor, n: int, batch_size: int, seed: int, n_eval: int,
-             grid_n: int, grid_dir: Path | None, device: torch.device, progress=None) -> list[dict]:
+             grid_n: int, grid_dir: Path | None, device: torch.device, progress=None,
+             reference_protocol: bool = False) -> list[dict]:
     """Every metric of the table as tidy rows {stage, metric, image_set, value, n}."""
     models.eval(device)
     stats = {name: GaussianStats(extractor.dim) for name in SETS}
     grids: dict[str, list[torch.Tensor]] = {name: [] for name in SETS}
     drift_sum, done = 0.0, 0
-    for batch in image_batches(models, n, batch_size, seed, device):
+    for batch in image_batches(models, n, batch_size, seed, device, reference_protocol):
         for name, images in batch.items():
             stats[name].update(extractor(images))
             have = sum(len(g) for g in grids[name])
@@ -131,6 +144,7 @@ def evaluate(models: Models, extractor: FeatureExtractor, n: int, batch_size: in
         for key, value in terms.items():
             rows.append({"stage": stage, "metric": key, "image_set": "heldout", "value": value, "n": n_eval})
     rows.append({"stage": "joint", "metric": "sigma", "image_set": "", "value": models.joint_decoder.sigma, "n": 0})
+    rows.append({"stage": "all", "metric": "reference_protocol", "image_set": "", "value": float(reference_protocol), "n": 0})
     if grid_dir is not None:
         for name in SETS:
             save_grid(torch.cat(grids[name]), Path(grid_dir) / f"{name}.png")
