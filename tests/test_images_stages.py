@@ -182,3 +182,18 @@ def test_tabulate_writes_the_table_and_honest_claims(tmp_path):
     with pytest.raises(SystemExit, match="bad.csv: expected exactly one distance"):
         main(["tabulate", "--metrics", str(bad), "--published", "reference/published_results.csv", "--setting", "x",
               "--csv", str(out["t.csv"]), "--md", str(out["t.md"]), "--claims", str(out["c.csv"])])
+
+
+def test_batchnorm_recalibration_averages_the_final_statistics():
+    from vae_approx.images.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    truth, encoder = tiny_truth(), Encoder(4, 4, 1, 32)
+    weights = {k: v.clone() for k, v in encoder.state_dict().items() if "running" not in k and "num_batches" not in k}
+    norm = next(m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    norm.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].mean((0, 2, 3))))
+    recalibrate_batchnorm(encoder, truth, batches=3, batch_size=5, device=CPU)
+    assert len(seen) == 3 and not encoder.training and norm.momentum == 0.1
+    assert torch.allclose(norm.running_mean, torch.stack(seen).mean(0), atol=1e-6)
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in weights.items())

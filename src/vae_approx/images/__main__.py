@@ -195,7 +195,7 @@ def cmd_choose_generator(args) -> None:
 def vae_settings(args, phase: str) -> VaeSettings:
     return VaeSettings(phase, args.iterations, args.batch_size, args.lr, args.beta1, args.sigma, args.seed,
                        args.log_every, args.checkpoint_every, getattr(args, "ndf", 64),
-                       getattr(args, "learn_sigma", False), args.channels_last, args.bf16)
+                       getattr(args, "learn_sigma", False), args.channels_last, args.bf16, args.bn_batches)
 
 
 def cmd_pretrain(args) -> None:
@@ -360,6 +360,8 @@ def _vae(p) -> None:
     p.add_argument("--checkpoint-every", type=int, required=True, help="iterations between resume checkpoints")
     p.add_argument("--channels-last", type=parse_bool, default=False, help="speed option (true/false)")
     p.add_argument("--bf16", type=parse_bool, default=False, help="speed option: bf16 autocast (true/false)")
+    p.add_argument("--bn-batches", type=int, default=50,
+                   help="fresh batches that re-estimate the encoder's BatchNorm statistics at the end (0: keep)")
     _common(p)
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True, help="the training curve (tidy CSV)")
