@@ -257,7 +257,7 @@ def cmd_evaluate(args) -> None:
     progress = Progress("images evaluate", args.n_samples, args.batch_size)
     progress.message(f"{args.n_samples} images per set, {extractor.metric} features, on {device}")
     rows = evaluate(models, extractor, args.n_samples, args.batch_size, args.seed, args.n_eval, args.grid_size,
-                    Path(args.grids), device, progress, args.reference_protocol)
+                    Path(args.grids), device, progress, args.reference_protocol, args.channels_last)
     save_csv(pd.DataFrame(rows), args.out)
 
 
@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reference-protocol", type=parse_bool, default=False,
                    help="draw the sets as the reference code does (training mode, pixel noise on the joint "
                         "reconstructions only), for comparison; default: the corrected protocol")
+    p.add_argument("--channels-last", type=parse_bool, default=False, help="speed option (true/false)")
     _common(p)
     p.add_argument("--grids", required=True, help="directory of the PNG grids, one per image set")
     p.add_argument("--out", required=True, help="metrics (tidy CSV)")
