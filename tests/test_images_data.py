@@ -125,25 +125,14 @@ def test_fetch_inception_checks_the_digest_and_leaves_nothing(tmp_path):
     src = tmp_path / "weights.pth"
     src.write_bytes(b"weights")
     home = tmp_path / "torch"
+    with pytest.raises(InputError, match="does not start with 6726825d"):
+        D.fetch_inception(home, url=src.as_uri())
     with pytest.raises(InputError, match="does not match the pinned"):
-        D.fetch_inception(home, "0" * 64, url=src.as_uri())
+        D.fetch_inception(home, "0" * 64, url=src.as_uri(), prefix=None)
     assert not D.inception_weights_path(home).exists()
     assert list(D.inception_weights_path(home).parent.iterdir()) == []
-    path = D.fetch_inception(home, D.sha256(src), url=src.as_uri())
+    path = D.fetch_inception(home, D.sha256(src), url=src.as_uri(), prefix=None)
     assert path == home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth" and path.read_bytes() == b"weights"
-
-
-def random_inception_weights(path):
-    """A state dict in the layout of pytorch-fid's FID Inception, with random values."""
-    from pytorch_fid import inception as I
-
-    net = I._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = I.FIDInceptionA(192, 32), I.FIDInceptionA(256, 64), I.FIDInceptionA(288, 64)
-    net.Mixed_6b, net.Mixed_6c = I.FIDInceptionC(768, 128), I.FIDInceptionC(768, 160)
-    net.Mixed_6d, net.Mixed_6e = I.FIDInceptionC(768, 160), I.FIDInceptionC(768, 192)
-    net.Mixed_7b, net.Mixed_7c = I.FIDInceptionE_1(1280), I.FIDInceptionE_2(2048)
-    path.parent.mkdir(parents=True)
-    torch.save(net.state_dict(), path)
 
 
 def test_inception_loads_offline_from_torch_home(tmp_path, no_network):
@@ -153,7 +142,7 @@ def test_inception_loads_offline_from_torch_home(tmp_path, no_network):
     home = tmp_path / "torch"
     with pytest.raises(InputError, match="pt_inception-2015-12-05-6726825d.pth.*fetch_inception"):
         make_extractor("inception", torch.device("cpu"), torch_home=home)
-    random_inception_weights(D.inception_weights_path(home))
+    D.write_random_inception_weights(D.inception_weights_path(home))
     extractor = make_extractor("inception", torch.device("cpu"), torch_home=home)
     assert extractor.metric == "fid" and extractor.dim == 2048
     features = extractor(torch.rand(2, 1, 32, 32) * 2 - 1)  # grey images are repeated over 3 channels

@@ -99,7 +99,8 @@ def cmd_prepare_celeba(args) -> None:
 
 
 def cmd_fetch_inception(args) -> None:
-    path = D.fetch_inception(args.torch_home, args.sha256, args.url or None)
+    path = D.fetch_inception(args.torch_home, args.sha256, args.url or None,
+                             None if args.url else D.INCEPTION_SHA256_PREFIX)
     print(f"[images fetch-inception] {path}", file=sys.stderr)
 
 
@@ -398,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("fetch-inception", help="pytorch-fid's Inception weights into TORCH_HOME")
     p.add_argument("--torch-home", required=True)
     p.add_argument("--sha256", default="", help="pinned SHA-256 (hex); '' skips the check")
-    p.add_argument("--url", default="", help="default: pytorch_fid.inception.FID_WEIGHTS_URL")
+    p.add_argument("--url", default="", help="default: pytorch_fid.inception.FID_WEIGHTS_URL (whose SHA-256 must "
+                   "start with 6726825d, the hash in its file name; another URL skips that check)")
     p.set_defaults(func=cmd_fetch_inception)
 
     p = sub.add_parser("train-classifier", help="the digits classifier whose features give fd_digits")

@@ -38,6 +38,7 @@ CELEBA_MEMBER = re.compile(r"^img_align_celeba/(\d{6})\.jpg$")
 CELEBA_COUNT = 202_599
 CELEBA_SIZE = (178, 218)  # width, height of every aligned-and-cropped CelebA image
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub names a file <name>-<first 8 hex digits of its SHA-256>.<ext>
 
 
 # ---------------------------------------------------------------- the array format
@@ -236,9 +237,14 @@ def inception_weights_path(torch_home) -> Path:
     return Path(torch_home) / "hub" / "checkpoints" / INCEPTION_FILE
 
 
-def fetch_inception(torch_home, sha: str = "", url: str | None = None) -> Path:
-    """Download pytorch-fid's Inception weights into <torch_home>/hub/checkpoints/, atomically,
-    checked against `sha` (SHA-256, hex) when given. A file already there is checked and kept."""
+def fetch_inception(torch_home, sha: str = "", url: str | None = None,
+                    prefix: str | None = INCEPTION_SHA256_PREFIX) -> Path:
+    """Download pytorch-fid's Inception weights into <torch_home>/hub/checkpoints/, atomically.
+
+    The file's SHA-256 must start with `prefix` (the hash part of the file name, as torch.hub's
+    check_hash verifies) and equal `sha` (hex) when one is pinned. A file already there is
+    checked the same way and kept.
+    """
     from pytorch_fid.inception import FID_WEIGHTS_URL
 
     url = url or FID_WEIGHTS_URL
@@ -246,10 +252,11 @@ def fetch_inception(torch_home, sha: str = "", url: str | None = None) -> Path:
     manual = f"Download {url} by hand and place it at {out}; the workflow then uses it as is."
 
     def check(path) -> None:
-        if sha:
-            actual = sha256(path)
-            if actual != sha.lower():
-                raise InputError(f"{url}: SHA-256 {actual} does not match the pinned {sha}")
+        actual = sha256(path)
+        if prefix and not actual.startswith(prefix):
+            raise InputError(f"{url}: SHA-256 {actual} does not start with {prefix}, the hash in its file name")
+        if sha and actual != sha.lower():
+            raise InputError(f"{url}: SHA-256 {actual} does not match the pinned {sha}")
 
     if out.is_file():
         check(out)
@@ -265,3 +272,20 @@ def fetch_inception(torch_home, sha: str = "", url: str | None = None) -> Path:
     except OSError as exc:
         raise InputError(f"cannot download {url} ({exc}). {manual}") from exc
     return out
+
+
+def write_random_inception_weights(path) -> None:
+    """A state dict in the layout of pytorch-fid's FID InceptionV3, with RANDOM values.
+
+    Only for tests and dry runs of the wiring (offline loading from TORCH_HOME); distances
+    computed with it are not FID and must never be reported as such.
+    """
+    from pytorch_fid import inception as I
+
+    net = I._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = I.FIDInceptionA(192, 32), I.FIDInceptionA(256, 64), I.FIDInceptionA(288, 64)
+    net.Mixed_6b, net.Mixed_6c = I.FIDInceptionC(768, 128), I.FIDInceptionC(768, 160)
+    net.Mixed_6d, net.Mixed_6e = I.FIDInceptionC(768, 160), I.FIDInceptionC(768, 192)
+    net.Mixed_7b, net.Mixed_7c = I.FIDInceptionE_1(1280), I.FIDInceptionE_2(2048)
+    with atomic_path(path) as tmp:
+        torch.save(net.state_dict(), tmp)
