@@ -177,6 +177,16 @@ def test_tabulate_writes_the_table_and_honest_claims(tmp_path):
           "--claims", str(out["c.csv"])])
     claims = pd.read_csv(out["c.csv"])
     assert list(claims.verdict) == ["holds", "holds", "fails"] and "FID" in claims.claim[1]  # prior: 0.01 -> 0.5 < tolerance 1
+    # 'floor': a rise must exceed the distance between two independent ground-truth draws (0.01 here)
+    fake_metrics(tmp_path / "m3.csv", fd_pre=0.2, fd_joint=0.205)
+    main(["tabulate", "--metrics", str(tmp_path / "m3.csv"), "--published", "reference/published_results.csv",
+          "--setting", "digits", "--fd-tolerance", "floor", "--csv", str(out["t.csv"]), "--md", str(out["t.md"]),
+          "--claims", str(out["c.csv"])])
+    claims = pd.read_csv(out["c.csv"])
+    assert list(claims.verdict) == ["holds", "fails", "holds"] and list(claims.tolerance) == [0, 0.01, 0.01]
+    with pytest.raises(SystemExit):
+        main(["tabulate", "--metrics", str(tmp_path / "m3.csv"), "--published", "x", "--setting", "x",
+              "--fd-tolerance", "noise", "--csv", "a", "--md", "b", "--claims", "c"])
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"stage": ["joint"], "metric": ["elbo"], "image_set": [""], "value": [1.0]}).to_csv(bad, index=False)
     with pytest.raises(SystemExit, match="bad.csv: expected exactly one distance"):

@@ -320,16 +320,17 @@ def cmd_tabulate(args) -> None:
         note += (" Image sets drawn with the reference code's protocol (training-mode BatchNorm, pixel noise on "
                  "the joint reconstructions only), not the corrected one.")
     write_table(pd.DataFrame(rows), args.csv, args.md, title=f"Faces experiment, {args.setting}", note=note)
+    tolerance = floor if args.fd_tolerance == "floor" else float(args.fd_tolerance)
     claims = [
         direction_claim(EXPERIMENT, args.setting, "joint training raises the ELBO", "elbo",
                         values["pretrain"]["elbo"], values["joint"]["elbo"], "increase"),
         direction_claim(EXPERIMENT, args.setting, f"joint training raises the {'FID' if fd == 'fid' else 'Frechet distance'} "
                         "of the reconstructions", f"{fd} reconstructions", values["pretrain"][f"{fd} reconstructions"],
-                        values["joint"][f"{fd} reconstructions"], "increase", args.fd_tolerance),
+                        values["joint"][f"{fd} reconstructions"], "increase", tolerance),
         direction_claim(EXPERIMENT, args.setting, "joint training moves the decoder away from the ground truth: "
                         f"{'FID' if fd == 'fid' else 'Frechet distance'} of its prior samples rises",
                         f"{fd} prior samples", values["pretrain"][f"{fd} prior samples"],
-                        values["joint"][f"{fd} prior samples"], "increase", args.fd_tolerance),
+                        values["joint"][f"{fd} prior samples"], "increase", tolerance),
     ]
     save_csv(claims_frame(claims), args.claims)
 
@@ -366,6 +367,15 @@ def _vae(p) -> None:
     _common(p)
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True, help="the training curve (tidy CSV)")
+
+
+def _tolerance(text: str) -> str:
+    if text != "floor":
+        try:
+            float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or 'floor', got {text!r}") from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -478,7 +488,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", required=True, help="evaluate's CSV")
     p.add_argument("--published", required=True)
     p.add_argument("--setting", required=True, help="the setting's name in the table and claims")
-    p.add_argument("--fd-tolerance", type=float, default=0.0, help="rise of FID/FD needed for the claim")
+    p.add_argument("--fd-tolerance", type=_tolerance, default="0",
+                   help="rise of FID/FD the claims need: a number, or 'floor' for the measured distance between two "
+                        "independent ground-truth draws (the distance's noise level at this sample size)")
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)
     p.add_argument("--claims", required=True)
