@@ -16,7 +16,6 @@ Sources:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..common import InputError, atomic_path
+from ..common import InputError, atomic_path, sha256
 
 CELEBA_DIR = "img_align_celeba"
 CELEBA_MEMBER = re.compile(r"^img_align_celeba/(\d{6})\.jpg$")
@@ -222,14 +221,6 @@ def fetch_celeba(out, manual_hint: str | None = None) -> None:
 
 
 # ---------------------------------------------------------------- Inception weights
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def inception_weights_path(torch_home) -> Path:

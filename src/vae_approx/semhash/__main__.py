@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..common import (InputError, Progress, atomic_path, load_torch, parse_bool, resume_path, run_stage,
+from ..common import (InputError, Progress, atomic_path, load_torch, parse_bool, resume_path, run_stage, sha256,
                       save_csv, save_torch, select_device, set_threads)
 from ..tables import claims_frame, count_claim, load_published, published_columns, write_table
 from .data import load_prepared, prepare, read_archive, save_prepared, synthetic_corpus, write_archive, write_raw_corpus
@@ -31,14 +30,6 @@ from .model import ESTIMATORS, ENCODER_SPECS, SparseCounts
 from .train import TrainSettings, binary_codes, build_models, precision_at_k, train
 
 EXPERIMENT = "semhash"
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_sha256(path, pinned: str, what: str) -> None:
