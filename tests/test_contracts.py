@@ -1,6 +1,8 @@
 """The contracts every stage keeps: atomic outputs, resume, non-finite losses, clear errors."""
 
 import io
+import os
+import stat
 import subprocess
 import sys
 
@@ -28,6 +30,22 @@ def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        for name, write in [("a.csv", lambda p: pd.DataFrame({"x": [1]}).to_csv(p)),
+                            ("b.pt", lambda p: torch.save({"x": 1}, p))]:
+            with atomic_path(tmp_path / name) as tmp:
+                write(tmp)
+            plain = tmp_path / f"plain-{name}"
+            plain.write_bytes(b"")  # what open() gives under this umask
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+        assert os.umask(umask) == umask  # atomic_path left the umask as it was
+    finally:
+        os.umask(previous)
 
 
 class Interrupt(Exception):

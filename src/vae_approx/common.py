@@ -88,15 +88,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- atomic outputs
 
 
+def current_umask() -> int:
+    """The process's umask (os.umask can only be read by setting it, so set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    An interrupted job therefore never leaves a file that looks complete.
+    An interrupted job therefore never leaves a file that looks complete. The file gets the
+    mode a plain open() would give it (0666 less the umask), not mkstemp's private 0600, so
+    outputs on a shared filesystem are as readable as any other file the user writes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp = Path(tmp)
     try:
