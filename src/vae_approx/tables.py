@@ -1,8 +1,10 @@
 """Result tables, published numbers and the claims table, shared by every experiment.
 
-An experiment writes its own results tables with `write_table` and its claims as rows made by
-`direction_claim` / `bound_claim` / `count_claim` (one CSV per experiment); `collect_claims`
-stacks those files into the run's claims table. Nothing here knows an experiment by name.
+An experiment reads its tidy metrics with `read_tidy` / `one_value`, lays out one row per stage
+with the published numbers beside ours (`stage_table`), writes its results tables with
+`write_table` and its claims as rows made by `direction_claim` / `bound_claim` / `count_claim`
+(`write_claims`: one CSV per experiment); `collect_claims` stacks those files into the run's
+claims table. Nothing here knows an experiment by name.
 
     python -m vae_approx.tables claims --inputs a.csv b.csv --csv claims.csv --md claims.md
 """
@@ -37,6 +39,37 @@ def write_table(df: pd.DataFrame, csv_path, md_path, title: str | None = None, n
     save_text(markdown(df, title, note), md_path)
 
 
+def read_tidy(path, what: str, columns) -> pd.DataFrame:
+    """A tidy CSV that must exist, parse and hold rows with `columns`; errors name `what` and the file.
+    Empty strings stay empty strings (not NaN), so selector columns compare as text."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what}: file not found: {path}")
+    try:
+        df = pd.read_csv(path, keep_default_na=False)
+    except Exception as exc:
+        raise InputError(f"{what} {path}: cannot read ({type(exc).__name__}: {exc})") from exc
+    missing = set(columns) - set(df.columns)
+    if missing or df.empty:
+        raise InputError(f"{what} {path}: expected rows with columns {', '.join(columns)}"
+                         + (f"; missing {', '.join(sorted(missing))}" if missing else "; no rows"))
+    return df
+
+
+def one_value(df: pd.DataFrame, what: str, column: str = "value", **where) -> float:
+    """The one number in `column` of the row matching every column=value in `where`."""
+    sel = pd.Series(True, index=df.index)
+    for key, value in where.items():
+        sel &= df[key] == value
+    if sel.sum() != 1:
+        cond = " ".join(f"{k}={v}" for k, v in where.items())
+        raise InputError(f"{what}: expected one row {cond}, found {int(sel.sum())}")
+    try:
+        return float(df.loc[sel, column].iloc[0])
+    except ValueError as exc:
+        raise InputError(f"{what}: row {' '.join(f'{k}={v}' for k, v in where.items())}: {column} is not a number") from exc
+
+
 def load_published(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
@@ -69,6 +102,19 @@ def published_columns(df: pd.DataFrame, experiment: str, metric: str, stage: str
                       setting: str | None = None) -> dict[str, float]:
     """One column per published source: {'elbo published (Kyrylov et al. 2023)': -3.31, ...}."""
     return {f"{metric} published ({short_source(s)})": v for v, s in published(df, experiment, metric, stage, setting)}
+
+
+def stage_table(stages: dict[str, dict], pub: pd.DataFrame, experiment: str, metrics, setting: str | None = None,
+                label: str = "stage") -> pd.DataFrame:
+    """One row per stage ({stage label: {column: our value}}), followed by one column per published
+    (metric, source) for that stage."""
+    rows = []
+    for stage, values in stages.items():
+        row = {label: stage, **values}
+        for metric in metrics:
+            row.update(published_columns(pub, experiment, metric, stage, setting))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- claims
@@ -119,6 +165,13 @@ def count_claim(experiment: str, setting: str, claim: str, metric: str, held: in
 
 def claims_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def write_claims(rows: list[dict], path) -> pd.DataFrame:
+    """An experiment's claims file, in the columns collect_claims stacks."""
+    frame = claims_frame(rows)
+    save_csv(frame, path)
+    return frame
 
 
 def read_claims(path) -> pd.DataFrame:

@@ -29,7 +29,7 @@ import torch
 
 from ..common import (InputError, Progress, load_torch, parse_bool, resume_path, run_stage, save_csv, save_torch,
                       seed_everything, select_device, set_threads)
-from ..tables import claims_frame, direction_claim, load_published, published_columns, write_table
+from ..tables import direction_claim, load_published, one_value, read_tidy, stage_table, write_claims, write_table
 from . import data as D
 from .evaluate import Models, evaluate
 from .metrics import (FEATURES, GaussianStats, classifier_file, frechet_distance, make_extractor,
@@ -262,51 +262,37 @@ def cmd_evaluate(args) -> None:
     save_csv(pd.DataFrame(rows), args.out)
 
 
-def read_metrics(path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"images metrics: file not found: {path}")
-    df = pd.read_csv(path, keep_default_na=False)
-    missing = {"stage", "metric", "image_set", "value"} - set(df.columns)
-    if missing or df.empty:
-        raise InputError(f"images metrics {path}: expected rows with columns stage, metric, image_set, value")
-    df["value"] = df["value"].astype(float)
-    return df
-
-
-def metric_value(df: pd.DataFrame, path, stage: str, metric: str, image_set: str | None = None) -> float:
-    sel = (df.stage == stage) & (df.metric == metric)
-    if image_set is not None:
-        sel &= df.image_set == image_set
-    if sel.sum() != 1:
-        raise InputError(f"images metrics {path}: expected one row stage={stage} metric={metric}"
-                         f"{'' if image_set is None else ' image_set=' + image_set}, found {int(sel.sum())}")
-    return float(df.value[sel].iloc[0])
+METRIC_COLUMNS = ["stage", "metric", "image_set", "value"]
 
 
 def cmd_tabulate(args) -> None:
-    df = read_metrics(args.metrics)
+    what = f"images metrics {args.metrics}"
+    df = read_tidy(args.metrics, "images metrics", METRIC_COLUMNS)
+    try:
+        df["value"] = df["value"].astype(float)
+    except ValueError as exc:
+        raise InputError(f"{what}: a value is not a number ({exc})") from None
     distance = [m for m in FEATURES.values() if m in set(df.metric)]
     if len(distance) != 1:
-        raise InputError(f"images metrics {args.metrics}: expected exactly one distance among {sorted(FEATURES.values())}")
+        raise InputError(f"{what}: expected exactly one distance among {sorted(FEATURES.values())}")
     fd = distance[0]
-    pub = load_published(args.published)
-    floor = metric_value(df, args.metrics, "ground truth", fd, "ground_truth_resample")
+
+    def value(stage, metric, image_set=None):
+        where = {} if image_set is None else {"image_set": image_set}
+        return one_value(df, what, stage=stage, metric=metric, **where)
+
+    floor = value("ground truth", fd, "ground_truth_resample")
     values = {
-        "pretrain": {"elbo": metric_value(df, args.metrics, "pretrain", "elbo"),
-                     f"{fd} reconstructions": metric_value(df, args.metrics, "pretrain", fd, "pretrained_reconstruction"),
+        "pretrain": {"elbo": value("pretrain", "elbo"),
+                     f"{fd} reconstructions": value("pretrain", fd, "pretrained_reconstruction"),
                      f"{fd} prior samples": floor, "decoder_drift": 0.0},
-        "joint": {"elbo": metric_value(df, args.metrics, "joint", "elbo"),
-                  f"{fd} reconstructions": metric_value(df, args.metrics, "joint", fd, "joint_reconstruction"),
-                  f"{fd} prior samples": metric_value(df, args.metrics, "joint", fd, "joint_prior"),
-                  "decoder_drift": metric_value(df, args.metrics, "joint", "decoder_drift")},
+        "joint": {"elbo": value("joint", "elbo"),
+                  f"{fd} reconstructions": value("joint", fd, "joint_reconstruction"),
+                  f"{fd} prior samples": value("joint", fd, "joint_prior"),
+                  "decoder_drift": value("joint", "decoder_drift")},
     }
-    rows = []
-    for phase, entry in values.items():
-        row = {"stage": PHASES[phase], **entry}
-        row.update(published_columns(pub, EXPERIMENT, "elbo", PHASES[phase]))
-        row.update(published_columns(pub, EXPERIMENT, "fid", PHASES[phase]))
-        rows.append(row)
+    pub = load_published(args.published)
+    table = stage_table({PHASES[phase]: entry for phase, entry in values.items()}, pub, EXPERIMENT, ["elbo", "fid"])
     name = "FID (Inception features)" if fd == "fid" else "Frechet distance on digits-classifier features (fd_digits, not FID)"
     note = (f"ELBO: nats per image on a fixed held-out set of ground-truth samples (one z sample per image, "
             f"analytic KL). {name} against ground-truth decoder samples; reconstructions go through the stage's "
@@ -319,20 +305,20 @@ def cmd_tabulate(args) -> None:
     if reference.any():
         note += (" Image sets drawn with the reference code's protocol (training-mode BatchNorm, pixel noise on "
                  "the joint reconstructions only), not the corrected one.")
-    write_table(pd.DataFrame(rows), args.csv, args.md, title=f"Faces experiment, {args.setting}", note=note)
+    write_table(table, args.csv, args.md, title=f"Faces experiment, {args.setting}", note=note)
     tolerance = floor if args.fd_tolerance == "floor" else float(args.fd_tolerance)
-    claims = [
+    distance_name = "FID" if fd == "fid" else "Frechet distance"
+    write_claims([
         direction_claim(EXPERIMENT, args.setting, "joint training raises the ELBO", "elbo",
                         values["pretrain"]["elbo"], values["joint"]["elbo"], "increase"),
-        direction_claim(EXPERIMENT, args.setting, f"joint training raises the {'FID' if fd == 'fid' else 'Frechet distance'} "
-                        "of the reconstructions", f"{fd} reconstructions", values["pretrain"][f"{fd} reconstructions"],
+        direction_claim(EXPERIMENT, args.setting, f"joint training raises the {distance_name} of the reconstructions",
+                        f"{fd} reconstructions", values["pretrain"][f"{fd} reconstructions"],
                         values["joint"][f"{fd} reconstructions"], "increase", tolerance),
         direction_claim(EXPERIMENT, args.setting, "joint training moves the decoder away from the ground truth: "
-                        f"{'FID' if fd == 'fid' else 'Frechet distance'} of its prior samples rises",
-                        f"{fd} prior samples", values["pretrain"][f"{fd} prior samples"],
-                        values["joint"][f"{fd} prior samples"], "increase", tolerance),
-    ]
-    save_csv(claims_frame(claims), args.claims)
+                        f"{distance_name} of its prior samples rises", f"{fd} prior samples",
+                        values["pretrain"][f"{fd} prior samples"], values["joint"][f"{fd} prior samples"],
+                        "increase", tolerance),
+    ], args.claims)
 
 
 # ---------------------------------------------------------------- command line
