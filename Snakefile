@@ -17,6 +17,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/gmm.smk"
 include: "workflow/rules/semhash.smk"
+include: "workflow/rules/images.smk"
 include: "workflow/rules/tables.smk"
 
 

@@ -31,6 +31,8 @@ def describe(error: jsonschema.ValidationError) -> str:
         return f"unknown config key(s) {', '.join(repr(u) for u in unknown)} {where}; allowed keys: {', '.join(allowed)}"
     if error.validator == "required":
         return f"config key '{key}': {error.message}"
+    if error.validator in ("oneOf", "anyOf") and "description" in error.schema:
+        return f"config key '{key}': {error.instance!r} is not allowed; expected {error.schema['description']}"
     return f"config key '{key}': {error.message}"
 
 

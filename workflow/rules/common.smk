@@ -34,6 +34,8 @@ def all_targets():
             f"{RESULTS}/semhash/test_nelbo_best.md",
             f"{RESULTS}/semhash/curves.png",
         ]
+    if "images" in config["experiments"]:
+        targets += images_targets()
     return targets
 
 
@@ -54,6 +56,8 @@ def experiment_claims():
         )
     if "semhash" in config["experiments"]:
         files.append(f"{RESULTS}/semhash/claims.csv")
+    if "images" in config["experiments"]:
+        files.append(f"{RESULTS}/images/claims.csv")
     return files
 
 
@@ -73,3 +77,50 @@ def semhash_grid(name):
         depth=config["semhash"]["depths"],
         bits=config["semhash"]["bits"],
     )
+
+
+# The image sets of the faces experiment, one PNG grid each (vae_approx.images.evaluate.SETS).
+IMAGE_SETS = [
+    "ground_truth",
+    "ground_truth_resample",
+    "pretrained_reconstruction",
+    "joint_reconstruction",
+    "joint_prior",
+]
+
+
+def images_targets():
+    return [f"{RESULTS}/images/table.md"] + expand(
+        f"{RESULTS}/images/grids/{{name}}.png", name=IMAGE_SETS
+    )
+
+
+INCEPTION_WEIGHTS = f"{config['images']['torch_home']}/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth"
+
+
+def images_array():
+    """The uint8 image array every images stage reads: prepared CelebA or digits."""
+    return f"{RESULTS}/images/data/{config['images']['source']}.npy"
+
+
+def images_features():
+    """What the image distance needs: the digits classifier, or the Inception weights (FID)."""
+    if config["images"]["features"] == "digits":
+        return f"{RESULTS}/images/classifier/classifier.pt"
+    return INCEPTION_WEIGHTS
+
+
+def torch_home_of(path):
+    """TORCH_HOME of a FID job: the folder whose hub/checkpoints/ holds the Inception weights.
+    For digits features (a classifier file) it is the config's torch_home, which nothing reads.
+    """
+    if path != INCEPTION_WEIGHTS:
+        return config["images"]["torch_home"]
+    return os.path.dirname(os.path.dirname(os.path.dirname(path)))
+
+
+def features_args(wildcards, input):
+    """The --features arguments of choose-generator and evaluate."""
+    if config["images"]["features"] == "digits":
+        return f"--features digits --classifier {input.features}"
+    return f"--features inception --torch-home {torch_home_of(input.features)}"
