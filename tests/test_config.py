@@ -55,6 +55,22 @@ BAD = [
     (("device",), "tpu", ["device"]),
     (("run",), "a/b", ["run"]),
     (("gmm", "seed"), DELETE, ["'seed' is a required property"]),
+    (("images", "bogus"), 1, ["unknown config key", "'bogus'", "under 'images'"]),
+    (("images", "gan", "depth"), 4, ["unknown config key", "'depth'", "under 'images.gan'"]),
+    (("images", "source"), "mnist", ["images.source", "allowed values: digits, celeba"]),
+    (("images", "features"), "clip", ["images.features", "allowed values: digits, inception"]),
+    (("images", "image_size"), 48, ["images.image_size", "allowed values: 16, 32, 64, 128"]),
+    (("images", "generator_epoch"), "best", ["images.generator_epoch", "'best'", "epoch number", "auto"]),
+    (("images", "generator_epoch"), 0, ["images.generator_epoch", "auto"]),
+    (("images", "fd_tolerance"), -1, ["images.fd_tolerance", "floor"]),
+    (("images", "sigma"), 0, ["images.sigma"]),
+    (("images", "pretrain", "iterations"), 0, ["images.pretrain.iterations", "minimum"]),
+    (("images", "joint", "beta1"), 1.0, ["images.joint.beta1"]),
+    (("images", "evaluate", "n_samples"), "many", ["images.evaluate.n_samples", "not of type 'integer'"]),
+    (("images", "inception_sha256"), "6726825d", ["images.inception_sha256"]),
+    (("images", "celeba", "zip"), "faces.tar", ["images.celeba.zip"]),
+    (("images", "channels_last"), "yes", ["images.channels_last", "not of type 'boolean'"]),
+    (("images", "threads"), DELETE, ["'threads' is a required property"]),
 ]
 
 
@@ -64,6 +80,15 @@ def test_a_bad_value_is_rejected_naming_the_key(path, value, phrases):
         validate_config(edit(path, value), SCHEMA)
     for phrase in phrases:
         assert phrase in str(err.value)
+
+
+def test_celeba_images_need_inception_features():
+    config = edit(("images", "source"), "celeba")  # features: digits needs digit labels CelebA lacks
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, SCHEMA)
+    assert "images.features" in str(err.value) and "allowed values: inception" in str(err.value)
+    config["images"]["features"] = "inception"
+    validate_config(config, SCHEMA)
 
 
 def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path):

@@ -47,9 +47,12 @@ from test_workflow import COPY, planned_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
-GPU_RULES = {"pretrain_gmm_encoder", "train_gmm_joint", "train_semhash"}  # training: at least these ask for a GPU
+# Rules of the paper preset's DAG. Training and FID: at least these ask for a GPU.
+GPU_RULES = {"pretrain_gmm_encoder", "train_gmm_joint", "train_semhash", "train_gan", "choose_generator",
+             "pretrain_images_encoder", "train_images_joint", "evaluate_images"}
 CPU_RULES = {"sample_gmm", "plot_gmm", "tabulate_gmm", "collect_claims", "prepare_corpus", "evaluate_retrieval",
-             "tabulate_semhash"}  # never these
+             "tabulate_semhash", "download_celeba", "prepare_celeba", "download_inception",
+             "tabulate_images"}  # never these
 REQUIRED = os.environ.get("VAE_APPROX_REQUIRE_SLURM") == "1"
 HUNG_JOB = ("train_gmm_joint", "factorized")  # the job whose first attempt hits its time limit
 SNAKEMAKE_TIMEOUT = 12 * 60  # seconds for one Snakemake run (the SLURM run: 210-250 s measured on 2 cores)
@@ -247,7 +250,8 @@ def rule_of(log: Path) -> tuple[str, str]:
 
 def tables(workdir: Path) -> dict[str, bytes]:
     out = workdir / "results" / "smoke"
-    files = [out / "claims.csv", *sorted(out.glob("gmm/*/table.csv")), *sorted(out.glob("gmm/*/*_metrics.csv"))]
+    files = [out / "claims.csv", *sorted(out.glob("gmm/*/table.csv")), *sorted(out.glob("gmm/*/*_metrics.csv")),
+             out / "images" / "table.csv", out / "images" / "metrics.csv"]
     return {str(f.relative_to(out)): f.read_bytes() for f in files}
 
 

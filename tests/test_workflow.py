@@ -3,16 +3,21 @@
 The workflow is copied into a temporary directory, so the tests never touch results/.
 """
 
+import hashlib
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+from PIL import Image
 
-from vae_approx.tables import CLAIM_COLUMNS, HOLDS
+from vae_approx.tables import CLAIM_COLUMNS, FAILS, HOLDS
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ["Snakefile", "config.yaml", "presets", "workflow", "envs", "reference", "src", "profiles"]
@@ -48,6 +53,79 @@ def smoke(tmp_path_factory):
 
 def results(workdir):
     return workdir / "results" / "smoke"
+
+
+def merged_config(workdir, *presets):
+    """config.yaml updated by each preset file in turn, as Snakemake merges --configfile."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    for preset in presets:
+        update_config(config, yaml.safe_load((workdir / preset).read_text()))
+    return config
+
+
+IMAGE_SETS = ["ground_truth", "ground_truth_resample", "pretrained_reconstruction", "joint_reconstruction",
+              "joint_prior"]
+PRETRAIN, JOINT = "encoder pretrained (decoder frozen)", "joint training"
+
+
+def image_metric(metrics, stage, metric, image_set=None):
+    row = metrics[(metrics.stage == stage) & (metrics.metric == metric)
+                  & ((metrics.image_set == image_set) if image_set else True)]
+    assert len(row) == 1, (stage, metric, image_set)
+    return float(row.value.iloc[0])
+
+
+def check_images_results(out, config, fd):
+    """What every images run must show, whatever its numbers: the table and the claims are the
+    metrics' numbers, each verdict is what those numbers say, and the grids are PNG images."""
+    images = out / "images"
+    metrics = pd.read_csv(images / "metrics.csv")
+    floor = image_metric(metrics, "ground truth", fd, "ground_truth_resample")
+    ours = {
+        PRETRAIN: {"elbo": image_metric(metrics, "pretrain", "elbo"),
+                   f"{fd} reconstructions": image_metric(metrics, "pretrain", fd, "pretrained_reconstruction"),
+                   f"{fd} prior samples": floor, "decoder_drift": 0.0},
+        JOINT: {"elbo": image_metric(metrics, "joint", "elbo"),
+                f"{fd} reconstructions": image_metric(metrics, "joint", fd, "joint_reconstruction"),
+                f"{fd} prior samples": image_metric(metrics, "joint", fd, "joint_prior"),
+                "decoder_drift": image_metric(metrics, "joint", "decoder_drift")},
+    }
+    table = pd.read_csv(images / "table.csv").set_index("stage")
+    assert list(table.index) == [PRETRAIN, JOINT]
+    for stage, values in ours.items():
+        for column, value in values.items():
+            assert table.loc[stage, column] == pytest.approx(value, rel=1e-9, abs=1e-12), (stage, column)
+    published = pd.read_csv(out.parents[1] / "reference" / "published_results.csv")
+    for metric, stage, value in published[published.experiment == "images"][["metric", "stage", "value"]].itertuples(index=False):
+        assert table.loc[stage, f"{metric} published (Kyrylov et al. 2023)"] == pytest.approx(value)
+    assert ours[JOINT]["decoder_drift"] > 0
+    md = (images / "table.md").read_text()
+    assert f"{fd} reconstructions" in md and "Faces experiment" in md
+
+    tolerance = floor if config["images"]["fd_tolerance"] == "floor" else float(config["images"]["fd_tolerance"])
+    claims = pd.read_csv(images / "claims.csv")
+    assert list(claims.columns) == CLAIM_COLUMNS and set(claims.experiment) == {"images"}
+    expected = [ours[JOINT]["elbo"] > ours[PRETRAIN]["elbo"],
+                ours[JOINT][f"{fd} reconstructions"] - ours[PRETRAIN][f"{fd} reconstructions"] > tolerance,
+                ours[JOINT][f"{fd} prior samples"] - floor > tolerance]
+    assert list(claims.verdict) == [HOLDS if e else FAILS for e in expected], claims
+    assert list(claims.metric) == ["elbo", f"{fd} reconstructions", f"{fd} prior samples"]
+    assert claims.tolerance.tolist() == pytest.approx([0.0, tolerance, tolerance])
+    assert f"{ours[PRETRAIN]['elbo']:.4g} -> {ours[JOINT]['elbo']:.4g}" in claims.measured[0]
+    stacked = pd.read_csv(out / "claims.csv")
+    pd.testing.assert_frame_equal(stacked[stacked.experiment == "images"].reset_index(drop=True), claims)
+
+    size = config["images"]["image_size"]
+    for name in IMAGE_SETS:
+        png = images / "grids" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            assert min(im.size) >= size, (png, im.size)
+    return metrics, table, claims
 
 
 def test_outputs_exist_and_tables_parse(smoke):
@@ -94,6 +172,31 @@ def test_semantic_hashing_tables_and_claim_follow_the_histories(smoke):
     assert (claim.verdict == HOLDS) == holds and claim.measured == f"{int(holds)} of 1 cells"
 
 
+def test_the_images_table_claims_and_grids_follow_the_metrics(smoke):
+    out = results(smoke)
+    config = merged_config(smoke, "presets/smoke.yaml")
+    metrics, _, _ = check_images_results(out, config, "fd_digits")
+    assert not metrics.metric.str.contains("fid").any()  # the digits distance is never called FID
+    assert "not FID" in (out / "images" / "table.md").read_text()
+    im = config["images"]
+    images = np.load(out / "images" / "data" / "digits.npy", mmap_mode="r")
+    assert images.shape == (1797, 1, im["image_size"], im["image_size"]) and images.dtype == np.uint8
+    assert len(pd.read_csv(out / "images" / "classifier" / "classifier.csv")) == im["classifier"]["epochs"]
+    assert sorted(p.name for p in (out / "images" / "gan" / "generators").glob("epoch_*.pt")) == [
+        f"epoch_{e:03d}.pt" for e in range(1, im["gan"]["epochs"] + 1)]
+    distances = pd.read_csv(out / "images" / "gan" / "distances.csv")
+    assert list(distances.epoch) == list(range(1, im["gan"]["epochs"] + 1))  # generator_epoch auto: all scored
+    chosen = distances.epoch[distances.fd_digits.idxmin()]
+    assert distances.chosen.tolist() == [e == chosen for e in distances.epoch]
+    assert torch.load(out / "images" / "gan" / "generator.pt", weights_only=False)["epoch"] == chosen
+    for name, phase in (("pretrain_curve.csv", "pretrain"), ("joint_curve.csv", "joint")):
+        curve = pd.read_csv(out / "images" / name)
+        assert set(curve.phase) == {phase} and curve.step.max() == im[phase]["iterations"]
+    for job in ("classifier/classifier", "gan/generators", "gan/generator", "pretrained", "joint", "metrics"):
+        assert (out / "benchmarks" / "images" / f"{job}.tsv").is_file(), job
+    assert re.search(r"step \d+/\d+ .*elapsed", (out / "logs" / "images" / "joint.log").read_text())
+
+
 def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
     proc = subprocess.run(["snakemake", "-n", "--configfile", "presets/paper.yaml"], cwd=smoke,
                           capture_output=True, text=True)
@@ -102,6 +205,10 @@ def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
     assert jobs["download_20newsgroups"] == 1 and jobs["prepare_corpus"] == 1
     assert jobs["train_semhash"] == 36 and jobs["evaluate_retrieval"] == 36 and jobs["tabulate_semhash"] == 1
     assert "synthesize_corpus" not in jobs
+    for rule in ("download_celeba", "prepare_celeba", "download_inception", "train_gan", "choose_generator",
+                 "pretrain_images_encoder", "train_images_joint", "evaluate_images", "tabulate_images"):
+        assert jobs.get(rule) == 1, (rule, jobs)
+    assert "prepare_digits" not in jobs and "train_digits_classifier" not in jobs  # FID, not the digits distance
 
 
 def test_the_claims_table_says_what_the_data_say(smoke):
@@ -123,9 +230,9 @@ def test_the_claims_table_says_what_the_data_say(smoke):
     }
     gmm_claims = claims[claims.experiment == "gmm"]
     assert set(gmm_claims.claim) == set(expected)
-    assert set(claims.experiment) == {"gmm", "semhash"}
+    assert set(claims.experiment) == {"gmm", "semhash", "images"}
     for claim, holds in expected.items():
-        assert (claims.set_index("claim").verdict[claim] == HOLDS) == holds, claim
+        assert (gmm_claims.set_index("claim").verdict[claim] == HOLDS) == holds, claim
 
 
 def test_a_second_run_does_nothing(smoke):
@@ -142,6 +249,13 @@ def test_a_changed_hyperparameter_reruns_only_what_depends_on_it(smoke):
     changed.write_text(yaml.safe_dump({"gmm": {"centre_tolerance": 0.25}}))
     proc = snakemake(smoke, "-n", "--configfile", "presets/smoke.yaml", str(changed))
     assert planned_jobs(proc.stdout) == {"tabulate_gmm": 2, "collect_claims": 1, "all": 1}
+    changed.write_text(yaml.safe_dump({"images": {"joint": {"lr": 2.0e-4}}}))
+    proc = snakemake(smoke, "-n", "--configfile", "presets/smoke.yaml", str(changed))
+    assert planned_jobs(proc.stdout) == {"train_images_joint": 1, "evaluate_images": 1, "tabulate_images": 1,
+                                         "collect_claims": 1, "all": 1}
+    changed.write_text(yaml.safe_dump({"images": {"fd_tolerance": 0.5}}))
+    proc = snakemake(smoke, "-n", "--configfile", "presets/smoke.yaml", str(changed))
+    assert planned_jobs(proc.stdout) == {"tabulate_images": 1, "collect_claims": 1, "all": 1}
 
 
 def test_the_report_holds_every_plot_and_table(smoke):
@@ -149,8 +263,84 @@ def test_the_report_holds_every_plot_and_table(smoke):
     snakemake(smoke, "--report", str(report.relative_to(smoke)))
     html = report.read_text(errors="replace")
     for name in ("regions.png", "curves.png", "table.csv", "claims.csv", "Gaussian mixture", "Semantic hashing",
-                 "test_nelbo_best.csv"):
+                 "test_nelbo_best.csv", "Faces", *(f"{name}.png" for name in IMAGE_SETS)):
         assert name in html, name
+
+
+# ---------------------------------------------------------------- the paper preset, shrunk, on synthetic data
+
+# Layered after presets/paper.yaml: the paper's data path (CelebA zip, Inception FID) at toy sizes.
+PAPER_SYNTHETIC = {
+    "run": "paper-synthetic",
+    "experiments": ["images"],
+    "images": {
+        "celeba": {"expected_count": 40},
+        "gan": {"nz": 8, "ngf": 8, "ndf": 8, "epochs": 2, "batch_size": 20, "checkpoint_every": 2},
+        "generator_epoch": 2,
+        "choose": {"n_samples": 8},
+        "encoder_ndf": 8,
+        "pretrain": {"iterations": 2, "batch_size": 4},
+        "joint": {"iterations": 2, "batch_size": 4},
+        "log_every": 1,
+        "checkpoint_every": 1,
+        "bn_batches": 1,
+        "evaluate": {"n_samples": 8, "batch_size": 8, "n_eval": 4, "grid_size": 4},
+        "threads": 1,
+    },
+}
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def paper_synthetic(tmp_path_factory):
+    """presets/paper.yaml end to end on a synthetic zip in CelebA's layout and Inception weights
+    with RANDOM values placed by hand (they test the wiring; their distances are not FID)."""
+    from vae_approx.images.data import write_random_inception_weights
+
+    workdir = tmp_path_factory.mktemp("paper")
+    for name in COPY:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / name)
+    config = merged_config(workdir, "presets/paper.yaml")["images"]
+    subprocess.run(["python", "-m", "vae_approx.images", "synth-celeba-zip", "--n", "40",
+                    "--out", config["celeba"]["zip"]], cwd=workdir, check=True, capture_output=True)
+    weights = workdir / config["torch_home"] / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    write_random_inception_weights(weights)
+    placed = {"zip": digest(workdir / config["celeba"]["zip"]), "weights": digest(weights)}
+    (workdir / "synthetic.yaml").write_text(yaml.safe_dump(PAPER_SYNTHETIC))
+    command = ["snakemake", "--cores", "2", "--configfile", "presets/paper.yaml", "synthetic.yaml"]
+    dry = subprocess.run([*command, "-n"], cwd=workdir, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    # TORCH_HOME of the jobs comes from the config, whatever the caller's environment says.
+    env = {**os.environ, "TORCH_HOME": str(workdir / "elsewhere")}
+    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {"workdir": workdir, "planned": planned_jobs(dry.stdout), "placed": placed, "weights": weights,
+            "zip": workdir / config["celeba"]["zip"]}
+
+
+def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthetic):
+    workdir = paper_synthetic["workdir"]
+    planned = paper_synthetic["planned"]
+    assert planned == {"prepare_celeba": 1, "train_gan": 1, "choose_generator": 1, "pretrain_images_encoder": 1,
+                       "train_images_joint": 1, "evaluate_images": 1, "tabulate_images": 1, "collect_claims": 1,
+                       "all": 1}  # the zip and the weights placed by hand are used as is: no download jobs
+    assert digest(paper_synthetic["zip"]) == paper_synthetic["placed"]["zip"]
+    assert digest(paper_synthetic["weights"]) == paper_synthetic["placed"]["weights"]
+    assert not (workdir / "elsewhere").exists()
+    out = workdir / "results" / "paper-synthetic"
+    config = merged_config(workdir, "presets/paper.yaml", "synthetic.yaml")
+    faces = np.load(out / "images" / "data" / "celeba.npy", mmap_mode="r")
+    assert faces.shape == (40, 3, 64, 64) and faces.dtype == np.uint8
+    distances = pd.read_csv(out / "images" / "gan" / "distances.csv")
+    assert distances.epoch.tolist() == [2] and distances.chosen.tolist() == [True] and "fid" in distances
+    generator = torch.load(out / "images" / "gan" / "generator.pt", weights_only=False)
+    assert generator["epoch"] == 2 and generator["spec"]["image_size"] == 64 and generator["spec"]["channels"] == 3
+    check_images_results(out, config, "fid")
+    assert "Inception" in (out / "images" / "table.md").read_text()
 
 
 def test_lint_and_format_are_clean():
