@@ -99,3 +99,13 @@ def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "gmm.joint.lr" in proc.stdout + proc.stderr
     assert not (ROOT / "results" / "badrun").exists()
+
+
+def test_the_generator_epoch_must_be_one_the_gan_trains(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"run": "badrun", "images": {"generator_epoch": 31, "gan": {"epochs": 30}}}))
+    proc = subprocess.run(["snakemake", "-n", "--cores", "1", "--configfile", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "images.generator_epoch" in proc.stdout + proc.stderr and "images.gan.epochs (30)" in proc.stdout + proc.stderr
+    assert not (ROOT / "results" / "badrun").exists()

@@ -12,7 +12,7 @@ shell.prefix(
     f"set -euo pipefail; export PYTHONPATH='{SRC}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 
-from vae_approx.config import validate_config
+from vae_approx.config import ConfigError, validate_config
 
 # Reject a bad config before any job starts, naming the key and the allowed values.
 validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")

@@ -6,6 +6,12 @@
 IMG = f"{RESULTS}/images"
 IM = config["images"]
 
+if IM["generator_epoch"] != "auto" and IM["generator_epoch"] > IM["gan"]["epochs"]:
+    raise ConfigError(
+        f"config key 'images.generator_epoch': {IM['generator_epoch']} is more than"
+        f" images.gan.epochs ({IM['gan']['epochs']}); use an epoch the GAN trains, or auto"
+    )
+
 
 rule prepare_digits:
     output:
