@@ -32,6 +32,7 @@ from vae_approx.semhash.model import (
     pair_gradients,
     reconstruction,
     surrogate_loss,
+    _LinearMultinomial,
 )
 
 torch.set_num_threads(1)
@@ -314,8 +315,11 @@ def test_evaluate_nelbo_is_reproducible_and_batch_independent():
 
 @pytest.mark.parametrize("encoder_name", ["e1", "e2", "e3"])
 @pytest.mark.parametrize("depth", [0, 1])
-def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth):
-    """Training never forms x as [B, V]; its loss, NELBO and every gradient must equal the dense ones."""
+@pytest.mark.parametrize("chunk", [10**6, 60, 30])  # all codes at once; 2 documents; 1 document per chunk
+def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chunk, monkeypatch):
+    """Training never forms x as [B, V]; its loss, NELBO and every gradient must equal the dense ones,
+    however the fused likelihood splits codes and documents into chunks."""
+    monkeypatch.setattr(_LinearMultinomial, "CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     dense = rng.poisson(0.7, size=(6, 30)) * (rng.random((6, 30)) < 0.3)
