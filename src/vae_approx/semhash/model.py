@@ -266,7 +266,8 @@ class _LinearMultinomial(torch.autograd.Function):
         blocks = -(-B * V // _LinearMultinomial.CHUNK_ELEMENTS)             # ceil
         rows_per = -(-B // blocks)
         codes_per = max(1, _LinearMultinomial.CHUNK_ELEMENTS // (B * V)) if blocks == 1 else 1
-        bounds = [*offsets.tolist(), len(row)]                               # nonzeros of document d: bounds[d]:bounds[d+1]
+        # nonzeros of document d: bounds[d]:bounds[d+1] (read to the host only when documents are split)
+        bounds = [*offsets.tolist(), len(row)] if blocks > 1 else None
         need_A, need_W, need_b = ctx.needs_input_grad[:3]
         h_buf = torch.empty(min(codes_per, M) * rows_per * V, dtype=A.dtype, device=A.device)  # one chunk's scores
         ll = torch.empty(M, B, dtype=A.dtype, device=A.device)
@@ -280,7 +281,7 @@ class _LinearMultinomial(torch.autograd.Function):
             for r0 in range(0, B, rows_per):
                 c, r = slice(c0, min(c0 + codes_per, M)), slice(r0, min(r0 + rows_per, B))
                 m, n = c.stop - c.start, r.stop - r.start
-                nz = slice(bounds[r.start], bounds[r.stop])
+                nz = slice(bounds[r.start], bounds[r.stop]) if bounds else slice(None)
                 doc = row[nz] - r.start                                      # [nnz_r] document in the chunk
                 flat = doc * V + col[nz]                                     # [nnz_r] into the chunk's [n, V]
                 cnt = val[nz]
