@@ -31,6 +31,7 @@ from vae_approx.semhash.model import (
     nelbo_estimate,
     pair_gradients,
     reconstruction,
+    sparse_log_likelihood,
     surrogate_loss,
     _LinearMultinomial,
 )
@@ -316,10 +317,13 @@ def test_evaluate_nelbo_is_reproducible_and_batch_independent():
 @pytest.mark.parametrize("encoder_name", ["e1", "e2", "e3"])
 @pytest.mark.parametrize("depth", [0, 1])
 @pytest.mark.parametrize("chunk", [10**6, 60, 30])  # all codes at once; 2 documents; 1 document per chunk
-def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chunk, monkeypatch):
+@pytest.mark.parametrize("safe_exp", [60.0, -1.0])  # exp without / always with the row-max shift
+def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chunk, safe_exp, monkeypatch):
     """Training never forms x as [B, V]; its loss, NELBO and every gradient must equal the dense ones,
-    however the fused likelihood splits codes and documents into chunks."""
+    however the fused likelihood splits codes and documents into chunks, with or without shifting
+    the scores by their row max."""
     monkeypatch.setattr(_LinearMultinomial, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(_LinearMultinomial, "SAFE_EXP", safe_exp)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     dense = rng.poisson(0.7, size=(6, 30)) * (rng.random((6, 30)) < 0.3)
@@ -345,3 +349,21 @@ def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chu
     assert torch.allclose(loss_d, loss_s) and torch.allclose(nelbo_d, nelbo_s)
     for gd, gs in zip(grads_d, grads_s):
         assert torch.allclose(gd, gs, atol=1e-10)
+
+
+def test_sparse_likelihood_stays_finite_for_large_scores():
+    """Scores of hundreds of nats (beyond exp's float32 range) take the row-max shift: finite, and
+    equal to the dense log-softmax."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    counts = SparseCounts(sp.csr_matrix(rng.poisson(1.0, size=(5, 40))))
+    smoothing = torch.as_tensor(rng.dirichlet(np.ones(40)), dtype=torch.float32)
+    batch = counts.batch(torch.arange(5), smoothing)
+    decoder = Decoder(6, 40)
+    with torch.no_grad():
+        decoder.net[-1].weight.mul_(2000.0)                             # |h| up to about 1,000
+    codes = torch.randint(0, 2, (3, 5, 6)).float()
+    got = sparse_log_likelihood(batch, decoder, codes)
+    want = log_likelihood(batch.dense(), decoder(codes))
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, want, rtol=1e-5)

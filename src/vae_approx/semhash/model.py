@@ -257,6 +257,9 @@ class _LinearMultinomial(torch.autograd.Function):
     # float32 scores per chunk (16 MB, in L3): a training batch of 256 documents x 10,000 words
     # is one chunk per code; smaller chunks were slower here (GEMMs with fewer rows)
     CHUNK_ELEMENTS = 4 * 2**20
+    # |scores| below which exp needs no shift: e^60 * 10^6 words stays far below float32's
+    # largest value (e^88), and e^-60 far above its smallest normal (e^-87)
+    SAFE_EXP = 60.0
 
     @staticmethod
     def forward(ctx, A, weight, bias, weights, row, col, val, offsets, smoothing, length):
@@ -277,6 +280,11 @@ class _LinearMultinomial(torch.autograd.Function):
         grad_W = torch.zeros_like(weight) if need_W else None
         grad_b = torch.zeros_like(bias) if need_b else None
         s_grad = torch.zeros(k, dtype=A.dtype, device=A.device)              # sum over chunks of A^T g
+        # |h_w| <= |bias_w| + sum_j |W_wj| max_d |A_dj| for every document: when that bound is small,
+        # exp(h) can neither overflow nor underflow (nor can its sum over V words), so the usual
+        # subtraction of each row's max (two passes over the scores) is skipped.
+        bound = (bias.abs() + weight.abs() @ A.abs().reshape(-1, k).amax(dim=0)).max()
+        shift = bool(bound > _LinearMultinomial.SAFE_EXP)
         for c0 in range(0, M, codes_per):
             for r0 in range(0, B, rows_per):
                 c, r = slice(c0, min(c0 + codes_per, M)), slice(r0, min(r0 + rows_per, B))
@@ -290,9 +298,13 @@ class _LinearMultinomial(torch.autograd.Function):
                 torch.addmm(bias, Ac, weight.T, out=h.view(-1, V))
                 linear = A[c, r] @ s_weight + s_bias                         # <s, h>, [m, n]
                 linear.index_add_(1, doc, h.view(m, -1).index_select(1, flat) * cnt)  # + <c, h>
-                top = h.amax(dim=-1, keepdim=True)                           # [m, n, 1]
-                sums = h.sub_(top).exp_().sum(dim=-1)                        # h is now exp(h - max)
-                ll[c, r] = linear - length[r] * (top[..., 0] + sums.log())
+                if shift:
+                    top = h.amax(dim=-1, keepdim=True)                       # [m, n, 1]
+                    sums = h.sub_(top).exp_().sum(dim=-1)                    # h is now exp(h - max)
+                    ll[c, r] = linear - length[r] * (top[..., 0] + sums.log())
+                else:
+                    sums = h.exp_().sum(dim=-1)                              # h is now exp(h)
+                    ll[c, r] = linear - length[r] * sums.log()
                 if not (need_A or need_W or need_b):
                     continue
                 g = weights[c, r]                                            # [m, n]
