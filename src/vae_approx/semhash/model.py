@@ -172,6 +172,28 @@ class WordLinear(nn.Module):
         return torch.addmm(self.bias, x, self.weight) if x.dim() == 2 else x @ self.weight + self.bias
 
 
+class _WordBag(torch.autograd.Function):
+    """h[d] = sum over document d's nonzeros of weight_d,w * W[w]: W [V, H] -> [B, H].
+
+    The forward is embedding_bag. Its backward would sort the batch's words to scatter rows
+    of the gradient (2.8 ms per batch of 256 documents on 2 CPU cores at H = 64, about a
+    tenth of a training step); here the gradient is the sparse product X^T dL/dh with the
+    batch's [V, B] transposed counts, which needs no sort (1.0 ms).
+    """
+
+    @staticmethod
+    def forward(ctx, weight, col, row, per_word, offsets):
+        ctx.save_for_backward(col, row, per_word)
+        ctx.shape = (weight.shape[0], len(offsets))
+        return F.embedding_bag(col, weight, offsets, mode="sum", per_sample_weights=per_word)
+
+    @staticmethod
+    def backward(ctx, grad):
+        col, row, per_word = ctx.saved_tensors
+        transposed = torch.sparse_coo_tensor(torch.stack([col, row]), per_word, ctx.shape, check_invariants=False)
+        return torch.sparse.mm(transposed, grad), None, None, None, None
+
+
 class Encoder(nn.Module):
     """Smoothed counts [B, V] -> Bernoulli logits a(x) [B, b]; q(z_i = 1|x) = sigmoid(a_i(x)).
 
@@ -202,7 +224,7 @@ class Encoder(nn.Module):
         # the document's words, embedding_bag) + W smoothing (one vector for every document).
         first = self.net[0]
         weights = x.val if representation == "counts" else x.val / x.length[x.row]
-        h = F.embedding_bag(x.col, first.weight, x.offsets, mode="sum", per_sample_weights=weights)  # [B, H]
+        h = _WordBag.apply(first.weight, x.col, x.row, weights, x.offsets)                           # [B, H]
         shared = x.smoothing @ first.weight                                                       # [H]
         if representation == "frequencies":
             shared = shared / x.length[:, None]                                                     # [B, H]
