@@ -45,26 +45,33 @@ from vae_approx.images.model import Encoder, GaussianDecoder, Generator
 from vae_approx.images.train import VaeSettings, ground_truth, train_vae
 
 NZ, WIDTH, CHANNELS, SIZE, SIGMA, BATCH = 100, 64, 3, 64, 0.05, 128
+DEVICE = torch.device("cpu")  # --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def paper_models(seed: int) -> tuple[Generator, Encoder, Encoder, Generator]:
     torch.manual_seed(seed)
     g = Generator(NZ, WIDTH, CHANNELS, SIZE)
     pretrained, joint_encoder = Encoder(NZ, WIDTH, CHANNELS, SIZE), Encoder(NZ, WIDTH, CHANNELS, SIZE)
-    return g, pretrained, joint_encoder, copy.deepcopy(g)
+    return tuple(m.to(DEVICE) for m in (g, pretrained, joint_encoder, copy.deepcopy(g)))
 
 
 # ---------------------------------------------------------------- sampling
 
 
 def reference_sampling(g, pretrained, joint_encoder, joint_decoder, n: int, out_dir: Path) -> float:
-    """Samples per second of the reference's FID sampling loop (batch 1, training mode, PNGs)."""
-    for m in (g, pretrained, joint_encoder, joint_decoder):
-        m.train()
+    """Samples per second of the reference's FID sampling loop (batch 1, training mode, PNGs).
+    On copies: training mode updates BatchNorm's running statistics."""
+    g, pretrained, joint_encoder, joint_decoder = (copy.deepcopy(m).train() for m in
+                                                   (g, pretrained, joint_encoder, joint_decoder))
     tic = time.perf_counter()
     for i in range(n):
         with torch.no_grad():
-            x_truth = g(torch.randn(1, NZ, 1, 1))
+            x_truth = g(torch.randn(1, NZ, 1, 1, device=DEVICE))
             x = torch.normal(x_truth, SIGMA)
         mu, log_s = pretrained(x)                       # as the reference: outside no_grad
         x_pretrained = g(torch.normal(mu, log_s.exp()))
@@ -72,17 +79,19 @@ def reference_sampling(g, pretrained, joint_encoder, joint_decoder, n: int, out_
         x_joint = torch.normal(joint_decoder(torch.normal(mu, log_s.exp())), SIGMA)
         for name, image in (("truth", x_truth), ("pretrained", x_pretrained), ("joint", x_joint)):
             save_image(image, out_dir / f"{name}_{i}.png", normalize=True, value_range=(-1, 1))
+    sync()
     return n / (time.perf_counter() - tic)
 
 
 def ours_sampling(g, pretrained, joint_encoder, joint_decoder, n: int, batch_size: int,
                   channels_last: bool) -> float:
     models = Models(GaussianDecoder(g, SIGMA), pretrained, joint_encoder, GaussianDecoder(joint_decoder, SIGMA))
-    models.eval(torch.device("cpu"), channels_last)
+    models.eval(DEVICE, channels_last)
     tic = time.perf_counter()
     count = 0
-    for batch in image_batches(models, n, batch_size, 0, torch.device("cpu")):
+    for batch in image_batches(models, n, batch_size, 0, DEVICE):
         count += len(batch["ground_truth"])
+    sync()
     rate = count / (time.perf_counter() - tic)
     for m in (g, pretrained, joint_encoder, joint_decoder):
         m.to(memory_format=torch.contiguous_format)
@@ -102,12 +111,12 @@ def reference_steps(phase: str, g, encoder, iterations: int, lr: float, beta1: f
         decoder = copy.deepcopy(g).train()
         params += list(decoder.parameters())
     optimizer = torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999))
-    running = torch.zeros(())                          # the reference's logged running averages
+    running = torch.zeros((), device=DEVICE)           # the reference's logged running averages
     seconds, losses = [], []
     for _ in range(iterations):
         tic = time.perf_counter()
         with torch.no_grad():
-            z = torch.randn(BATCH, NZ, 1, 1)
+            z = torch.randn(BATCH, NZ, 1, 1, device=DEVICE)
             x = torch.normal(truth(z), SIGMA)
         optimizer.zero_grad()
         mu, log_s = encoder(x)
@@ -135,7 +144,7 @@ def ours_steps(phase: str, g, encoder, iterations: int, lr: float, beta1: float,
                            channels_last=channels_last, bn_batches=0)
     stamps = [time.perf_counter()]
     rows, _, _ = train_vae(ground_truth(copy.deepcopy(g), SIGMA), copy.deepcopy(encoder), settings,
-                           torch.device("cpu"), None, Progress(f"ours {phase}", iterations, 10**9, stream=io.StringIO()),
+                           DEVICE, None, Progress(f"ours {phase}", iterations, 10**9, stream=io.StringIO()),
                            on_step=lambda step: stamps.append(time.perf_counter()))
     key = "loss" if phase == "pretrain" else "elbo"
     losses = [r[key] if phase == "pretrain" else -r[key] for r in rows]  # same sign as the reference's loss
@@ -154,7 +163,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10, help="training iterations per side and phase")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="both sides run here (cpu, cuda)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     # The reference runs first with torch's defaults but for the thread count; ours then takes
     # its own settings (vae_approx.common.set_threads), which cannot be undone within a process.
     torch.set_num_threads(args.threads)
@@ -167,7 +179,7 @@ def main() -> None:
     ref_steps = {p: reference_steps(p, g, pretrained, args.iterations, *hp) for p, hp in phases.items()}
 
     set_threads(args.threads)
-    print(f"{args.threads} threads; paper shape: {SIZE}x{SIZE}x{CHANNELS}, nz {NZ}, widths {WIDTH}, batch {BATCH}")
+    print(f"{DEVICE}, {args.threads} threads; paper shape: {SIZE}x{SIZE}x{CHANNELS}, nz {NZ}, widths {WIDTH}, batch {BATCH}")
     print()
     print("| what | ours | reference formulation | speed-up |")
     print("|---|---|---|---|")
