@@ -367,3 +367,16 @@ def test_sparse_likelihood_stays_finite_for_large_scores():
     want = log_likelihood(batch.dense(), decoder(codes))
     assert torch.isfinite(got).all()
     assert torch.allclose(got, want, rtol=1e-5)
+
+
+def test_batches_reuse_document_terms_only_for_the_same_smoothing():
+    """|x| and sum x log(x/|x|) are computed once per smoothing vector; every batch, and a new
+    smoothing vector, must still match the dense formulas."""
+    rng = np.random.default_rng(3)
+    counts = SparseCounts(sp.csr_matrix(rng.poisson(0.8, size=(9, 12))), dtype=torch.float64)
+    for smoothing in (torch.full((12,), 1 / 12, dtype=torch.float64),
+                      torch.as_tensor(rng.dirichlet(np.ones(12)), dtype=torch.float64)):
+        for rows in (torch.tensor([0, 3, 8]), torch.tensor([5, 1]), torch.arange(9)):
+            batch, x = counts.batch(rows, smoothing), counts.smoothed(rows, smoothing)
+            assert torch.allclose(batch.length, x.sum(1))
+            assert torch.allclose(batch.empirical, empirical_log_likelihood(x))

@@ -101,16 +101,28 @@ class SparseCounts:
         row = torch.repeat_interleave(torch.arange(len(rows), device=self.device), lengths, output_size=total)
         pos = torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total, device=self.device)
         col, val = self.col[pos], self.val[pos]                              # [nnz_B]
+        length, empirical = self.document_terms(smoothing)
+        return SparseBatch(row, col, val, offsets, smoothing, length[rows], empirical[rows])
+
+    def document_terms(self, smoothing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """|x| and sum_w x_w log(x_w / |x|) of every document, [N] each; computed once per smoothing
+        vector (they are constants of the corpus, needed by every batch)."""
+        cached = getattr(self, "_document_terms", None)
+        if cached is not None and cached[0] is smoothing:
+            return cached[1], cached[2]
+        row = torch.repeat_interleave(torch.arange(self.n_docs, device=self.device), self.crow.diff(),
+                                      output_size=len(self.col))              # [nnz] document of each count
         # |x| = number of words + 1, since the smoothing vector sums to 1
-        total_words = torch.zeros(len(rows), dtype=self.dtype, device=self.device).index_add_(0, row, val)
-        length = total_words + smoothing.sum()
+        length = torch.zeros(self.n_docs, dtype=self.dtype, device=self.device).index_add_(0, row, self.val)
+        length += smoothing.sum()
         # sum_w x_w log x_w over all V words, from the nonzeros only: the smoothing's own
         # sum_w s_w log s_w, corrected where a count is added to s_w.
-        s_nz = smoothing[col]
-        corr = torch.special.xlogy(val + s_nz, val + s_nz) - torch.special.xlogy(s_nz, s_nz)
+        s_nz = smoothing[self.col]
+        corr = torch.special.xlogy(self.val + s_nz, self.val + s_nz) - torch.special.xlogy(s_nz, s_nz)
         x_log_x = torch.zeros_like(length).index_add_(0, row, corr) + torch.special.xlogy(smoothing, smoothing).sum()
         empirical = x_log_x - length * torch.log(length)                     # sum_w x_w log(x_w / |x|)
-        return SparseBatch(row, col, val, offsets, smoothing, length, empirical)
+        self._document_terms = (smoothing, length, empirical)
+        return length, empirical
 
 
 class SparseBatch(NamedTuple):
