@@ -64,6 +64,7 @@ class SparseCounts:
         self.crow = torch.as_tensor(counts.indptr.astype(np.int64), device=device)  # [N+1]
         self.col = torch.as_tensor(counts.indices.astype(np.int64), device=device)  # [nnz]
         self.val = torch.as_tensor(counts.data, device=device, dtype=dtype)          # [nnz]
+        self._document_terms = None  # (smoothing, |x| [N], sum x log(x/|x|) [N]), see document_terms
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +108,7 @@ class SparseCounts:
     def document_terms(self, smoothing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """|x| and sum_w x_w log(x_w / |x|) of every document, [N] each; computed once per smoothing
         vector (they are constants of the corpus, needed by every batch)."""
-        cached = getattr(self, "_document_terms", None)
+        cached = self._document_terms
         if cached is not None and cached[0] is smoothing:
             return cached[1], cached[2]
         row = torch.repeat_interleave(torch.arange(self.n_docs, device=self.device), self.crow.diff(),
@@ -314,31 +315,35 @@ class _LinearMultinomial(torch.autograd.Function):
         grad_W = torch.zeros_like(weight) if need_W else None
         grad_b = torch.zeros_like(bias) if need_b else None
         s_grad = torch.zeros(k, dtype=A.dtype, device=A.device)              # sum over chunks of A^T g
+        g_sum = torch.zeros((), dtype=A.dtype, device=A.device)             # sum over chunks of g
         # |h_w| <= |bias_w| + sum_j |W_wj| max_d |A_dj| for every document: when that bound is small,
         # exp(h) can neither overflow nor underflow (nor can its sum over V words), so the usual
         # subtraction of each row's max (two passes over the scores) is skipped.
         bound = (bias.abs() + weight.abs() @ A.abs().reshape(-1, k).amax(dim=0)).max()
         shift = bool(bound > _LinearMultinomial.SAFE_EXP)
+        # each block of documents' nonzeros, shared by every chunk of codes
+        doc_blocks = []
+        for r0 in range(0, B, rows_per):
+            r = slice(r0, min(r0 + rows_per, B))
+            nz = slice(bounds[r.start], bounds[r.stop]) if bounds else slice(None)
+            doc = row[nz] - r.start                                          # [nnz_r] document in the block
+            doc_blocks.append((r, doc, doc * V + col[nz], val[nz]))          # + flat index into [n, V], count
         for c0 in range(0, M, codes_per):
-            for r0 in range(0, B, rows_per):
-                c, r = slice(c0, min(c0 + codes_per, M)), slice(r0, min(r0 + rows_per, B))
+            for r, doc, flat, cnt in doc_blocks:
+                c = slice(c0, min(c0 + codes_per, M))
                 m, n = c.stop - c.start, r.stop - r.start
-                nz = slice(bounds[r.start], bounds[r.stop]) if bounds else slice(None)
-                doc = row[nz] - r.start                                      # [nnz_r] document in the chunk
-                flat = doc * V + col[nz]                                     # [nnz_r] into the chunk's [n, V]
-                cnt = val[nz]
                 h = h_buf[:m * n * V].view(m, n, V)
                 Ac = A[c, r].reshape(-1, k)                                  # [m n, k]
                 torch.addmm(bias, Ac, weight.T, out=h.view(-1, V))
                 linear = A[c, r] @ s_weight + s_bias                         # <s, h>, [m, n]
                 linear.index_add_(1, doc, h.view(m, -1).index_select(1, flat) * cnt)  # + <c, h>
+                log_norm = 0.0
                 if shift:
                     top = h.amax(dim=-1, keepdim=True)                       # [m, n, 1]
-                    sums = h.sub_(top).exp_().sum(dim=-1)                    # h is now exp(h - max)
-                    ll[c, r] = linear - length[r] * (top[..., 0] + sums.log())
-                else:
-                    sums = h.exp_().sum(dim=-1)                              # h is now exp(h)
-                    ll[c, r] = linear - length[r] * sums.log()
+                    h.sub_(top)
+                    log_norm = top[..., 0]
+                sums = h.exp_().sum(dim=-1)                                  # h is now exp(h - top)
+                ll[c, r] = linear - length[r] * (log_norm + sums.log())
                 if not (need_A or need_W or need_b):
                     continue
                 g = weights[c, r]                                            # [m, n]
@@ -352,9 +357,12 @@ class _LinearMultinomial(torch.autograd.Function):
                     grad_W.addmm_(dh2.T, Ac)
                     s_grad += Ac.T @ g2
                 if need_b:
-                    grad_b += dh2.sum(dim=0) + smoothing * g2.sum()
+                    grad_b += dh2.sum(dim=0)
+                    g_sum += g2.sum()
         if need_W:
             grad_W.addr_(smoothing, s_grad)
+        if need_b:
+            grad_b.add_(smoothing * g_sum)
         total = (weights * ll).sum()
         ctx.mark_non_differentiable(ll)
         ctx.save_for_backward(grad_A, grad_W, grad_b)
