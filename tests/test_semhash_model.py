@@ -317,13 +317,13 @@ def test_evaluate_nelbo_is_reproducible_and_batch_independent():
 @pytest.mark.parametrize("encoder_name", ["e1", "e2", "e3"])
 @pytest.mark.parametrize("depth", [0, 1])
 @pytest.mark.parametrize("chunk", [10**6, 60, 30])  # all codes at once; 2 documents; 1 document per chunk
-@pytest.mark.parametrize("safe_exp", [60.0, -1.0])  # exp without / always with the row-max shift
-def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chunk, safe_exp, monkeypatch):
+@pytest.mark.parametrize("exp_range", [(-30.0, 60.0), (1.0, -1.0)])  # exp without / always with the row-max shift
+def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chunk, exp_range, monkeypatch):
     """Training never forms x as [B, V]; its loss, NELBO and every gradient must equal the dense ones,
     however the fused likelihood splits codes and documents into chunks, with or without shifting
     the scores by their row max."""
     monkeypatch.setattr(_LinearMultinomial, "CHUNK_ELEMENTS", chunk)
-    monkeypatch.setattr(_LinearMultinomial, "SAFE_EXP", safe_exp)
+    monkeypatch.setattr(_LinearMultinomial, "EXP_RANGE", exp_range)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     dense = rng.poisson(0.7, size=(6, 30)) * (rng.random((6, 30)) < 0.3)
@@ -380,3 +380,20 @@ def test_batches_reuse_document_terms_only_for_the_same_smoothing():
             batch, x = counts.batch(rows, smoothing), counts.smoothed(rows, smoothing)
             assert torch.allclose(batch.length, x.sum(1))
             assert torch.allclose(batch.empirical, empirical_log_likelihood(x))
+
+
+def test_batches_of_an_order_equal_single_batches():
+    """SparseCounts.batches gathers the nonzeros once per order; every batch it yields, the last
+    partial one and batches holding documents without a kept word included, must equal `batch`
+    on the same slice of the order."""
+    rng = np.random.default_rng(4)
+    dense = rng.poisson(0.6, size=(11, 7))
+    dense[[3, 8]] = 0                                                   # documents with no kept word
+    counts, smoothing = SparseCounts(sp.csr_matrix(dense)), torch.full((7,), 1 / 7)
+    order = torch.as_tensor(rng.permutation(11))
+    got = list(counts.batches(order, 4, smoothing))
+    assert [len(b) for b in got] == [4, 4, 3]
+    for i, batch in enumerate(got):
+        want = counts.batch(order[4 * i:4 * i + 4], smoothing)
+        for name, a, b in zip(batch._fields, batch, want):
+            assert torch.equal(a, b), name

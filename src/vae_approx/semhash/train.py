@@ -82,9 +82,7 @@ def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
         encoder.train(), decoder.train()
         order = torch.randperm(n, generator=generator, device=device)
         total = torch.zeros((), device=device)
-        for b, first in enumerate(range(0, n, settings.batch_size)):
-            rows = order[first:first + settings.batch_size]
-            x = train_set.batch(rows, smoothing)                          # sparse, [B] documents
+        for b, x in enumerate(train_set.batches(order, settings.batch_size, smoothing)):  # sparse, [B] documents
             terms = surrogate_loss(x, encoder(x), decoder, settings.estimator, pairs, generator)
             loss = terms.loss.mean()
             check_finite(loss, f"semhash {settings.encoder} depth {settings.depth} {settings.bits} bits",
@@ -116,10 +114,8 @@ def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
 def binary_codes(encoder: Encoder, counts: SparseCounts, smoothing: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Deterministic codes, bit = logit > 0: [N, b] bool."""
     encoder.eval()
-    parts = []
-    for first in range(0, len(counts), batch_size):
-        rows = torch.arange(first, min(first + batch_size, len(counts)), device=counts.device)
-        parts.append(encoder(counts.batch(rows, smoothing)) > 0)
+    parts = [encoder(x) > 0 for x in counts.batches(torch.arange(len(counts), device=counts.device), batch_size,
+                                                    smoothing)]
     return torch.cat(parts)
 
 
