@@ -397,3 +397,7 @@ def test_batches_of_an_order_equal_single_batches():
         want = counts.batch(order[4 * i:4 * i + 4], smoothing)
         for name, a, b in zip(batch._fields, batch, want):
             assert torch.equal(a, b), name
+    values_only = next(counts.batches(order, 4, smoothing, by_word=False))
+    assert values_only.word_order is None and torch.equal(values_only.col, got[0].col)
+    with pytest.raises(ValueError, match="by_word"):
+        values_only.transposed_product(values_only.val, torch.ones(4, 2))

@@ -93,8 +93,9 @@ class SparseCounts:
         """x = counts + smoothing vector, the model's input and target: [B] -> [B, V]."""
         return self.dense(rows) + smoothing
 
-    def batch(self, rows, smoothing: torch.Tensor) -> "SparseBatch":
-        """The same documents as `smoothed`, kept sparse: x = counts + smoothing, never [B, V]."""
+    def batch(self, rows, smoothing: torch.Tensor, by_word: bool = True) -> "SparseBatch":
+        """The same documents as `smoothed`, kept sparse: x = counts + smoothing, never [B, V].
+        `by_word`: also sort the nonzeros by word, which training's gradients need."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         starts = self.crow[rows]                                             # [B]
         lengths = self.crow[rows + 1] - starts                               # [B]
@@ -104,9 +105,10 @@ class SparseCounts:
         pos = torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total, device=self.device)
         col, val = self.col[pos], self.val[pos]                              # [nnz_B]
         length, empirical = self.document_terms(smoothing)
-        return SparseBatch(row, col, val, offsets, smoothing, length[rows], empirical[rows], *_word_order(col, self.n_words))
+        return SparseBatch(row, col, val, offsets, smoothing, length[rows], empirical[rows],
+                           *(_word_order(col, self.n_words) if by_word else ()))
 
-    def batches(self, order, batch_size: int, smoothing: torch.Tensor):
+    def batches(self, order, batch_size: int, smoothing: torch.Tensor, by_word: bool = True):
         """The documents in `order` as consecutive SparseBatches of `batch_size` (the same as
         `batch` on each slice of `order`): the nonzeros are gathered in that order once, in one
         pass over the corpus, and every batch is then a slice of them, which saves about 15 small
@@ -126,7 +128,8 @@ class SparseCounts:
             last = min(first + batch_size, len(order))
             a, b = bounds[first], bounds[last]
             yield SparseBatch(row[a:b] - first, col[a:b], val[a:b], ends[first:last] - lengths[first:last] - a,
-                              smoothing, length[first:last], empirical[first:last], *_word_order(col[a:b], self.n_words))
+                              smoothing, length[first:last], empirical[first:last],
+                              *(_word_order(col[a:b], self.n_words) if by_word else ()))
 
     def document_terms(self, smoothing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """|x| and sum_w x_w log(x_w / |x|) of every document, [N] each; computed once per smoothing
@@ -174,8 +177,9 @@ class SparseBatch(NamedTuple):
     smoothing: torch.Tensor  # [V] added to every document, sums to 1
     length: torch.Tensor     # [B] |x|
     empirical: torch.Tensor  # [B] sum_w x_w log(x_w / |x|), see empirical_log_likelihood
-    word_order: torch.Tensor    # [nnz] the nonzeros sorted by word (by document within a word)
-    word_offsets: torch.Tensor  # [V] each word's first position in word_order
+    word_order: torch.Tensor | None = None    # [nnz] the nonzeros sorted by word (by document within a word)
+    word_offsets: torch.Tensor | None = None  # [V] each word's first position in word_order; both None
+    #                                           when the batch was made with by_word=False (values only)
 
     def __len__(self) -> int:
         return len(self.length)
@@ -190,6 +194,8 @@ class SparseBatch(NamedTuple):
         against 0.5-1.2 ms for scipy's CSR product and 1.1 ms for torch's COO sparse.mm, whose
         scattered writes to the [V, n] result miss the cache.
         """
+        if self.word_order is None:
+            raise ValueError("this SparseBatch was made with by_word=False; gradients need by_word=True")
         return F.embedding_bag(self.row[self.word_order], dense, self.word_offsets, mode="sum",
                                per_sample_weights=values[self.word_order])
 
@@ -371,16 +377,16 @@ class _LinearMultinomial(torch.autograd.Function):
         codes_per = max(1, _LinearMultinomial.CHUNK_ELEMENTS // (B * V)) if blocks == 1 else 1
         need_A, need_W, need_b = ctx.needs_input_grad[:3]
         need_grad = need_A or need_W or need_b
-        # Scores in log2 units, h log2(e): exp2 is about twice as fast as exp on the CPU (0.7
-        # against 1.3 ms for 2.56M floats on 2 cores), and 2^(h log2 e) = e^h. The bias is a
-        # (k+1)-th column of the weight, so one GEMM gives the scores without a broadcast copy.
-        W1 = torch.empty(V, k + 1, dtype=A.dtype, device=A.device)
-        torch.mul(weight, _LOG2E, out=W1[:, :k])
-        torch.mul(bias, _LOG2E, out=W1[:, k])                                # W1 = [W | bias] log2 e
+        # The bias is a (k+1)-th column of the weight, so one GEMM gives the scores without a
+        # broadcast copy of the bias; and the scores come in log2 units, h log2(e) (A1 carries
+        # the factor): exp2 is about twice as fast as exp on the CPU (0.7 against 1.3 ms for
+        # 2.56M floats on 2 cores), and 2^(h log2 e) = e^h.
+        W1 = torch.cat([weight, bias[:, None]], dim=1)                       # [V, k+1]
         A1 = torch.cat([A, A.new_ones(M, B, 1)], dim=2)                      # [M, B, k+1]
         # x_d W1 for every document: the sparse counts' rows of W1 plus the smoothing's
         xW1 = F.embedding_bag(col, W1, offsets, mode="sum", per_sample_weights=val).add_(smoothing @ W1)  # [B, k+1]
-        ll = (A1 * xW1).sum(dim=-1).mul_(math.log(2))                        # [M, B] <x_d, h>, then - |x| lse
+        ll = (A1 * xW1).sum(dim=-1)                                          # [M, B] <x_d, h>, then - |x| lse
+        A1.mul_(_LOG2E)
         if need_grad:
             # the data part g x of dL/dh, with the same sparse x for every code: X^T (sum_m g_m A_m)
             # and X^T (sum_m g_m), plus the smoothing's rank-one shares; the softmax part follows
@@ -388,7 +394,7 @@ class _LinearMultinomial(torch.autograd.Function):
             G, g_doc = (weights[..., None] * A).sum(dim=0), weights.sum(dim=0)  # [B, k], [B]
             grad_W = x.transposed_product(val, G).addr_(smoothing, G.sum(dim=0))  # [V, k]
             grad_b = torch.zeros_like(bias).index_add_(0, col, val * g_doc[row]).add_(smoothing * g_doc.sum())
-            grad_A = weights[..., None] * xW1[:, :k] * math.log(2) if need_A else None  # g x_d W, [M, B, k]
+            grad_A = weights[..., None] * xW1[:, :k] if need_A else None    # g x_d W, [M, B, k]
         h_buf = torch.empty(min(codes_per, M) * rows_per * V, dtype=A.dtype, device=A.device)  # one chunk's scores
         # The usual subtraction of each row's max costs two passes over the scores. On the CPU it
         # is skipped while every row's sum of exp(h) stays within EXP_RANGE, checked after each
@@ -402,8 +408,8 @@ class _LinearMultinomial(torch.autograd.Function):
                 c, r = slice(c0, min(c0 + codes_per, M)), slice(r0, min(r0 + rows_per, B))
                 m, n = c.stop - c.start, r.stop - r.start
                 h = h_buf[:m * n * V].view(m, n, V)
-                A1c = A1[c, r].reshape(-1, k + 1)                            # [m n, k+1]
-                Ac = A1c[:, :k]
+                A1c = A1[c, r].reshape(-1, k + 1)                            # [m n, k+1], times log2 e
+                Ac = A[c, r].reshape(-1, k)                                  # [m n, k]
                 torch.mm(A1c, W1.T, out=h.view(-1, V))                      # scores h log2 e
                 log_norm = 0.0
                 if not shift:
@@ -633,6 +639,6 @@ def evaluate_nelbo(encoder: Encoder, decoder: Decoder, counts: SparseCounts, smo
     reference code evaluated frequency encoders on counts; see DESIGN.md).
     """
     parts = []
-    for x in counts.batches(torch.arange(len(counts), device=counts.device), batch_size, smoothing):
+    for x in counts.batches(torch.arange(len(counts), device=counts.device), batch_size, smoothing, by_word=False):
         parts.append(nelbo_estimate(x, encoder(x, representation), decoder, generator))
     return NelboTerms(*(torch.cat(terms) for terms in zip(*parts)))

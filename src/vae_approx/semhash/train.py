@@ -115,7 +115,7 @@ def binary_codes(encoder: Encoder, counts: SparseCounts, smoothing: torch.Tensor
     """Deterministic codes, bit = logit > 0: [N, b] bool."""
     encoder.eval()
     parts = [encoder(x) > 0 for x in counts.batches(torch.arange(len(counts), device=counts.device), batch_size,
-                                                    smoothing)]
+                                                    smoothing, by_word=False)]
     return torch.cat(parts)
 
 
