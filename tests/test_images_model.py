@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from vae_approx.images.metrics import GaussianStats, frechet_distance, quantize
+from vae_approx.images.metrics import (FRECHET, GaussianStats, frechet_distance, frechet_distance_eigh,
+                                      frechet_distance_pytorch_fid, quantize)
 from vae_approx.images.model import (Discriminator, Encoder, GaussianDecoder, Generator, elbo, elbo_terms,
                                      gaussian_log_density, kl_to_standard_normal, log_likelihood, log_q)
 
@@ -83,8 +84,51 @@ def test_frechet_distance_of_diagonal_gaussians_has_its_closed_form():
     m, c = a.mean_cov()
     assert np.allclose(m, mu1) and np.allclose(c, np.diag(s1))
     expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
-    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
-    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    for method in FRECHET:  # pytorch-fid's sqrtm (the reference) and the eigendecomposition
+        assert frechet_distance(a, b, method) == pytest.approx(expected, rel=1e-6), method
+        assert frechet_distance(a, a, method) == pytest.approx(0, abs=1e-6), method
+
+
+def pool3_like(rng, n, d):
+    """n nonnegative, correlated feature vectors of d dimensions on varied scales (as pool3's)."""
+    return np.abs(rng.standard_normal((n, d)) @ (0.05 * rng.standard_normal((d, d)))) * rng.uniform(0.1, 2, d)
+
+
+def test_the_eigendecomposition_agrees_with_pytorch_fid_on_full_rank_covariances():
+    rng = np.random.default_rng(0)
+    d = 128
+    x1, x2 = pool3_like(rng, 2000, d), pool3_like(rng, 2000, d)
+    args = (x1.mean(0), np.cov(x1, rowvar=False), x2.mean(0), np.cov(x2, rowvar=False))
+    assert np.linalg.eigvalsh(args[1]).min() > 0  # full rank
+    reference = frechet_distance_pytorch_fid(*args)
+    assert frechet_distance_eigh(*args) == pytest.approx(reference, rel=1e-10)
+    assert frechet_distance_eigh(args[0], args[1], args[0], args[1]) == pytest.approx(0, abs=1e-9 * reference)
+
+
+@pytest.mark.parametrize("d,n", [(256, 40), (256, 4), (64, 30)])
+def test_the_eigendecomposition_agrees_with_pytorch_fid_on_rank_deficient_covariances(d, n):
+    """Fewer feature vectors than dimensions, as in the smoke and wiring runs: both covariances
+    have rank n - 1. The exact value comes from n x n matrices: with centred features X1, X2,
+    Tr((S1 S2)^(1/2)) is the sum of the singular values of X1 X2^T / (n - 1)."""
+    rng = np.random.default_rng(d + n)
+    x1, x2 = pool3_like(rng, n, d), pool3_like(rng, n, d)
+    mu1, mu2 = x1.mean(0), x2.mean(0)
+    c1, c2 = x1 - mu1, x2 - mu2
+    exact = ((mu1 - mu2) @ (mu1 - mu2) + ((c1 ** 2).sum() + (c2 ** 2).sum()) / (n - 1)
+             - 2 * np.linalg.svd(c1 @ c2.T / (n - 1), compute_uv=False).sum())
+    args = (mu1, np.cov(x1, rowvar=False), mu2, np.cov(x2, rowvar=False))
+    ours, reference = frechet_distance_eigh(*args), frechet_distance_pytorch_fid(*args)
+    assert ours == pytest.approx(reference, rel=1e-6)  # sqrtm of a singular product: about 1e-8 to 1e-7 here
+    assert ours == pytest.approx(exact, rel=1e-8) and reference == pytest.approx(exact, rel=1e-6)
+
+
+def test_frechet_distance_refuses_mismatched_shapes_and_unknown_methods():
+    with pytest.raises(ValueError, match="do not fit together"):
+        frechet_distance_eigh(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+    a = GaussianStats(2)
+    a.update(np.eye(2))
+    with pytest.raises(ValueError, match="unknown Frechet distance method"):
+        frechet_distance(a, a, "sqrtm")
 
 
 def test_running_statistics_match_numpy():

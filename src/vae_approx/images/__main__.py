@@ -180,7 +180,7 @@ def cmd_choose_generator(args) -> None:
         for start in range(0, args.n_samples, args.batch_size):
             b = min(args.batch_size, args.n_samples - start)
             stats.update(extractor(g(torch.randn(b, g.nz, generator=gen).to(device))))
-        rows.append({"epoch": epoch, extractor.metric: frechet_distance(stats, data_stats)})
+        rows.append({"epoch": epoch, extractor.metric: frechet_distance(stats, data_stats, extractor.frechet)})
         progress.log(len(rows), force=True, **{extractor.metric: rows[-1][extractor.metric]})
     frame = pd.DataFrame(rows)
     if args.epoch == "auto":

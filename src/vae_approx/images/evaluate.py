@@ -138,7 +138,7 @@ def evaluate(models: Models, extractor: FeatureExtractor, n: int, batch_size: in
     metric = extractor.metric
     for name in SETS[1:]:
         rows.append({"stage": SET_STAGE[name], "metric": metric, "image_set": name,
-                     "value": frechet_distance(stats[name], stats["ground_truth"]), "n": n})
+                     "value": frechet_distance(stats[name], stats["ground_truth"], extractor.frechet), "n": n})
     rows.append({"stage": "joint", "metric": "decoder_drift", "image_set": "joint_prior", "value": drift_sum / n, "n": n})
     for stage, encoder, decoder in (("pretrain", models.pretrained, models.truth),
                                     ("joint", models.joint_encoder, models.joint_decoder)):

@@ -1,8 +1,14 @@
 """Image-quality metrics: Frechet distances on Inception (FID) or digits-classifier features.
 
-Both distances use pytorch-fid's `calculate_frechet_distance` on the mean and covariance of
-features, accumulated batch by batch in float64 (running sums of f and f f^T), so no set of
-images or activations is ever held whole.
+Both distances compare the mean and covariance of features, accumulated batch by batch in
+float64 (running sums of f and f f^T), so no set of images or activations is ever held whole.
+The digits distance is pytorch-fid's `calculate_frechet_distance` (scipy.linalg.sqrtm of
+C_a C_b; the reference implementation, and what the issue asks for); the Inception distance
+(2048 features, where sqrtm took 12-17 s per distance on 2 cores here) is
+`frechet_distance_eigh`, the same quantity from two symmetric eigendecompositions: it agrees with
+pytorch-fid's to about 1e-15 relative on full-rank covariances and to about 1e-7 on
+rank-deficient ones (fewer feature vectors than dimensions), where it is the closer of the two
+to the exact value (tests/test_images_model.py).
 
 Images reach a feature extractor as the reference's PNG files would: pixels in [-1, 1] are
 clipped and quantised to 8 bits (torchvision's save_image), then mapped to the extractor's
@@ -65,15 +71,65 @@ class GaussianStats:
         return mu, cov
 
 
-def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
-    """d^2 = |mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)), by pytorch-fid."""
+def frechet_distance_eigh(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance between N(mu1, S1) and N(mu2, S2), in float64, by symmetric eigendecompositions.
+
+        d^2 = |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^(1/2))
+
+    (Dowson & Landau, "The Frechet distance between multivariate normal distributions",
+    J. Multivariate Analysis 12, 1982; on Inception features this is FID, Heusel et al., "GANs
+    trained by a two time-scale update rule converge to a local Nash equilibrium", NeurIPS 2017.)
+
+    Identity used: Tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1 S2.
+    Write S1 = V diag(w) V^T (eigh; eigenvalues below 0 from round-off clipped to 0) and
+    B = V diag(sqrt(w)), so S1 = B B^T and sqrt(S1) = B V^T. The eigenvalues of S1 S2 = B (B^T S2)
+    equal those of B^T S2 B (up to zeros), and B^T S2 B = V^T sqrt(S1) S2 sqrt(S1) V is symmetric
+    positive semi-definite: its eigenvalues (eigvalsh, clipped at 0) are real and >= 0, and
+    Tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i). This needs no Cholesky factor, so singular
+    covariances (fewer feature vectors than dimensions) work too. Cost: one eigh with vectors, one
+    without, two matrix products, all on D x D symmetric matrices, instead of sqrtm's complex
+    Schur decomposition of the non-symmetric S1 S2 (2048 dimensions, 2 CPU cores: about 2 s
+    instead of 12-17 s). pytorch-fid's `calculate_frechet_distance` stays the reference
+    implementation (`frechet_distance_pytorch_fid`) and computes the digits distance.
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
+        raise ValueError(f"Frechet distance: means {mu1.shape}, {mu2.shape} and covariances {s1.shape}, "
+                         f"{s2.shape} do not fit together")
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2  # symmetric to the last bit, as eigh assumes
+    w, v = linalg.eigh(s1, driver="evd")  # divide and conquer: the fastest driver here at D = 2048
+    b = v * np.sqrt(np.clip(w, 0, None))
+    m = b.T @ s2 @ b
+    lam = linalg.eigvalsh((m + m.T) / 2)
+    tr_covmean = np.sqrt(np.clip(lam, 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def frechet_distance_pytorch_fid(mu1, sigma1, mu2, sigma2) -> float:
+    """pytorch-fid's `calculate_frechet_distance` (scipy.linalg.sqrtm of S1 S2): the reference."""
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    mu1, s1 = a.mean_cov()
-    mu2, s2 = b.mean_cov()
     with warnings.catch_warnings():  # scipy deprecates sqrtm's disp argument that pytorch-fid passes
         warnings.simplefilter("ignore", DeprecationWarning)
-        return float(calculate_frechet_distance(mu1, s1, mu2, s2))
+        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+
+
+FRECHET = {"pytorch-fid": frechet_distance_pytorch_fid, "eigh": frechet_distance_eigh}
+FRECHET_METHOD = {"fd_digits": "pytorch-fid", "fid": "eigh"}  # metric -> how its distance is computed
+
+
+def frechet_distance(a: GaussianStats, b: GaussianStats, method: str = "pytorch-fid") -> float:
+    """d^2 = |mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)), by pytorch-fid's function or by
+    `frechet_distance_eigh` (method "eigh"); FeatureExtractor.frechet names each metric's method."""
+    if method not in FRECHET:
+        raise ValueError(f"unknown Frechet distance method {method!r}; expected one of {sorted(FRECHET)}")
+    mu1, s1 = a.mean_cov()
+    mu2, s2 = b.mean_cov()
+    return FRECHET[method](mu1, s1, mu2, s2)
 
 
 # ---------------------------------------------------------------- digits classifier
@@ -205,12 +261,14 @@ def load_inception(torch_home, device: torch.device | str = "cpu") -> nn.Module:
 
 
 class FeatureExtractor:
-    """images in [-1, 1], [B, C, H, W] -> float features [B, D]; `metric` names the distance."""
+    """images in [-1, 1], [B, C, H, W] -> float features [B, D]; `metric` names the distance,
+    `frechet` how it is computed (FRECHET_METHOD)."""
 
     def __init__(self, kind: str, model: nn.Module, dim: int, fn: Callable[[torch.Tensor], torch.Tensor],
                  device: torch.device):
         self.kind, self.model, self.dim, self.fn, self.device = kind, model, dim, fn, device
         self.metric = FEATURES[kind]
+        self.frechet = FRECHET_METHOD[self.metric]
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
