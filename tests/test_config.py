@@ -68,6 +68,8 @@ BAD = [
     (("images", "joint", "beta1"), 1.0, ["images.joint.beta1"]),
     (("images", "evaluate", "n_samples"), "many", ["images.evaluate.n_samples", "not of type 'integer'"]),
     (("images", "inception_sha256"), "6726825d", ["images.inception_sha256"]),
+    (("images", "inception_unverified_ok"), "yes", ["images.inception_unverified_ok", "not of type 'boolean'"]),
+    (("images", "inception_unverified_ok"), DELETE, ["'inception_unverified_ok' is a required property"]),
     (("images", "celeba", "zip"), "faces.tar", ["images.celeba.zip"]),
     (("images", "channels_last"), "yes", ["images.channels_last", "not of type 'boolean'"]),
     (("images", "threads"), DELETE, ["'threads' is a required property"]),

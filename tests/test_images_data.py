@@ -136,14 +136,61 @@ def test_fetch_inception_checks_the_digest_and_leaves_nothing(tmp_path):
 
 
 def test_inception_loads_offline_from_torch_home(tmp_path, no_network):
-    """Random weights test the wiring only; they are never called FID in a result."""
+    """Random weights test the wiring only (with the explicit opt-out); they are never called FID."""
     from vae_approx.images.metrics import make_extractor
 
     home = tmp_path / "torch"
     with pytest.raises(InputError, match="pt_inception-2015-12-05-6726825d.pth.*fetch_inception"):
         make_extractor("inception", torch.device("cpu"), torch_home=home)
     D.write_random_inception_weights(D.inception_weights_path(home))
-    extractor = make_extractor("inception", torch.device("cpu"), torch_home=home)
-    assert extractor.metric == "fid" and extractor.dim == 2048
+    extractor = make_extractor("inception", torch.device("cpu"), torch_home=home, inception_unverified_ok=True)
+    assert extractor.metric == "fid" and extractor.dim == 2048 and extractor.frechet == "eigh"
+    assert not extractor.verified and "NOT FID" in extractor.label
     features = extractor(torch.rand(2, 1, 32, 32) * 2 - 1)  # grey images are repeated over 3 channels
     assert features.shape == (2, 2048) and torch.isfinite(features).all()
+
+
+def test_hand_placed_wrong_inception_weights_are_refused_unless_explicitly_accepted(tmp_path, no_network, capsys):
+    """A file placed by hand never passes through fetch-inception (Snakemake skips
+    download_inception when its output exists), so loading checks the SHA-256 itself."""
+    from vae_approx.images.metrics import load_inception, make_extractor
+
+    home = tmp_path / "torch"
+    weights = D.inception_weights_path(home)
+    D.write_random_inception_weights(weights)
+    actual = D.sha256(weights)
+    for load in (lambda **kw: make_extractor("inception", torch.device("cpu"), torch_home=home, **kw),
+                 lambda **kw: load_inception(home, "cpu", kw.get("inception_sha256", ""))):
+        with pytest.raises(InputError) as err:
+            load()
+        message = str(err.value)
+        for phrase in (str(weights), f"actual: {actual}", "starting with 6726825d", "not be FID",
+                       "fetch-inception --torch-home", "place it at", "inception_unverified_ok"):
+            assert phrase in message, phrase
+    pinned = "ab" * 32
+    with pytest.raises(InputError, match=f"Expected SHA-256: {pinned}"):
+        make_extractor("inception", torch.device("cpu"), torch_home=home, inception_sha256=pinned.upper())
+    assert capsys.readouterr().err == ""
+    # the explicit opt-out (tests and wiring checks only): loaded, with a warning, marked unverified
+    extractor = make_extractor("inception", torch.device("cpu"), torch_home=home, inception_unverified_ok=True)
+    assert not extractor.verified and "UNVERIFIED" in extractor.label and "NOT FID" in extractor.label
+    warning = capsys.readouterr().err
+    assert "WARNING" in warning and str(weights) in warning and "UNVERIFIED" in warning and "NOT FID" in warning
+
+
+def test_inception_weights_that_verify_are_fid_and_hashed_once(tmp_path, monkeypatch, capsys):
+    """Stand-in for the real file: a prefix that these random weights do have."""
+    weights = D.inception_weights_path(tmp_path / "torch")
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"stand-in weights")
+    actual = D.sha256(weights)
+    monkeypatch.setattr(D, "INCEPTION_SHA256_PREFIX", actual[:8])
+    calls = []
+    monkeypatch.setattr(D, "sha256", lambda path: calls.append(path) or actual)
+    assert D.check_inception_weights(weights) is True
+    assert D.check_inception_weights(weights, actual.upper()) is True  # the pinned digest, in any case
+    with pytest.raises(InputError, match="Expected SHA-256: " + "0" * 64 + r" \(pinned"):
+        D.check_inception_weights(weights, "0" * 64)
+    assert D.check_inception_weights(weights, "0" * 64, unverified_ok=True) is False
+    assert len(calls) == 1  # one hash per process for an unchanged file
+    assert "UNVERIFIED" in capsys.readouterr().err

@@ -146,11 +146,13 @@ def test_the_stage_chain_on_digits(tmp_path):
     assert "reference code's protocol" in (d / "t.md").read_text()
 
 
-def fake_metrics(path, fd_pre, fd_joint, elbo_pre=-300.0, elbo_joint=900.0, metric="fd_digits"):
+def fake_metrics(path, fd_pre, fd_joint, elbo_pre=-300.0, elbo_joint=900.0, metric="fd_digits", unverified=None):
     rows = [("ground truth", metric, "ground_truth_resample", 0.01), ("pretrain", metric, "pretrained_reconstruction", fd_pre),
             ("joint", metric, "joint_reconstruction", fd_joint), ("joint", metric, "joint_prior", 0.5),
             ("joint", "decoder_drift", "joint_prior", 0.004), ("pretrain", "elbo", "heldout", elbo_pre),
             ("joint", "elbo", "heldout", elbo_joint), ("joint", "sigma", "", 0.05)]
+    if unverified is not None:  # evaluate writes this row with Inception features
+        rows.append(("all", "inception_unverified", "", float(unverified)))
     pd.DataFrame(rows, columns=["stage", "metric", "image_set", "value"]).assign(n=100).to_csv(path, index=False)
 
 
@@ -177,6 +179,15 @@ def test_tabulate_writes_the_table_and_honest_claims(tmp_path):
           "--claims", str(out["c.csv"])])
     claims = pd.read_csv(out["c.csv"])
     assert list(claims.verdict) == ["holds", "holds", "fails"] and "FID" in claims.claim[1]  # prior: 0.01 -> 0.5 < tolerance 1
+    assert "FID (Inception features)" in out["t.md"].read_text() and "UNVERIFIED" not in out["t.md"].read_text()
+    # Inception weights that failed their SHA-256 check (accepted by the tests-only opt-out): never called FID
+    for unverified, said in ((0, False), (1, True)):
+        fake_metrics(tmp_path / "m2u.csv", fd_pre=1.3, fd_joint=71.9, metric="fid", unverified=unverified)
+        main(["tabulate", "--metrics", str(tmp_path / "m2u.csv"), "--published", "reference/published_results.csv",
+              "--setting", "CelebA", "--csv", str(out["t.csv"]), "--md", str(out["t.md"]), "--claims", str(out["c.csv"])])
+        md, claims = out["t.md"].read_text(), pd.read_csv(out["c.csv"])
+        assert ("UNVERIFIED" in md and "NOT FID" in md) == said and ("FID (Inception features)" in md) != said
+        assert all("not FID" in claim for claim in claims.claim[1:]) == said
     # 'floor': a rise must exceed the distance between two independent ground-truth draws (0.01 here)
     fake_metrics(tmp_path / "m3.csv", fd_pre=0.2, fd_joint=0.205)
     main(["tabulate", "--metrics", str(tmp_path / "m3.csv"), "--published", "reference/published_results.csv",

@@ -269,10 +269,12 @@ def test_the_report_holds_every_plot_and_table(smoke):
 # ---------------------------------------------------------------- the paper preset, shrunk, on synthetic data
 
 # Layered after presets/paper.yaml: the paper's data path (CelebA zip, Inception FID) at toy sizes.
+# inception_unverified_ok: the random weights fail the SHA-256 check by design (tests only).
 PAPER_SYNTHETIC = {
     "run": "paper-synthetic",
     "experiments": ["images"],
     "images": {
+        "inception_unverified_ok": True,
         "celeba": {"expected_count": 40},
         "gan": {"nz": 8, "ngf": 8, "ndf": 8, "epochs": 2, "batch_size": 20, "checkpoint_every": 2},
         "generator_epoch": 2,
@@ -311,14 +313,14 @@ def paper_synthetic(tmp_path_factory):
     placed = {"zip": digest(workdir / config["celeba"]["zip"]), "weights": digest(weights)}
     (workdir / "synthetic.yaml").write_text(yaml.safe_dump(PAPER_SYNTHETIC))
     command = ["snakemake", "--cores", "2", "--configfile", "presets/paper.yaml", "synthetic.yaml"]
-    dry = subprocess.run([*command, "-n"], cwd=workdir, capture_output=True, text=True)
+    dry = subprocess.run([*command, "-n", "-p"], cwd=workdir, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     # TORCH_HOME of the jobs comes from the config, whatever the caller's environment says.
     env = {**os.environ, "TORCH_HOME": str(workdir / "elsewhere")}
     proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"workdir": workdir, "planned": planned_jobs(dry.stdout), "placed": placed, "weights": weights,
-            "zip": workdir / config["celeba"]["zip"]}
+            "zip": workdir / config["celeba"]["zip"], "dry": dry.stdout}
 
 
 def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthetic):
@@ -340,6 +342,20 @@ def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthe
     assert generator["epoch"] == 2 and generator["spec"]["image_size"] == 64 and generator["spec"]["channels"] == 3
     check_images_results(out, config, "fid")
     assert "Inception" in (out / "images" / "table.md").read_text()
+    # Both FID jobs check the hand-placed weights' SHA-256; the random ones pass only through the
+    # opt-out, and every output says that their distances are not FID.
+    commands = [line for line in paper_synthetic["dry"].splitlines() if "--features inception" in line]
+    assert len(commands) == 2, paper_synthetic["dry"]
+    assert all("--inception-sha256 '' --inception-unverified-ok true" in line for line in commands), commands
+    assert distances.inception_unverified.tolist() == [True]
+    metrics = pd.read_csv(out / "images" / "metrics.csv")
+    assert image_metric(metrics, "all", "inception_unverified") == 1
+    md = (out / "images" / "table.md").read_text()
+    assert "UNVERIFIED" in md and "NOT FID" in md and "FID (Inception features)" not in md
+    assert all("not FID" in claim for claim in pd.read_csv(out / "images" / "claims.csv").claim[1:])
+    for log in ("gan/generator.log", "metrics.log"):
+        text = (out / "logs" / "images" / log).read_text()
+        assert "UNVERIFIED" in text and "NOT FID" in text, log
 
 
 def test_lint_and_format_are_clean():

@@ -120,7 +120,16 @@ def torch_home_of(path):
 
 
 def features_args(wildcards, input):
-    """The --features arguments of choose-generator and evaluate."""
-    if config["images"]["features"] == "digits":
+    """The --features arguments of choose-generator and evaluate. With Inception, the weights are
+    SHA-256-checked where they are loaded (a file placed by hand never passes through
+    download_inception), against images.inception_sha256 when it pins one;
+    images.inception_unverified_ok (tests and wiring checks only) lets failing weights through,
+    and their distances are labelled NOT FID."""
+    im = config["images"]
+    if im["features"] == "digits":
         return f"--features digits --classifier {input.features}"
-    return f"--features inception --torch-home {torch_home_of(input.features)}"
+    return (
+        f"--features inception --torch-home {torch_home_of(input.features)}"
+        f" --inception-sha256 '{im['inception_sha256']}'"
+        f" --inception-unverified-ok {str(im['inception_unverified_ok']).lower()}"
+    )

@@ -2,6 +2,9 @@
 # epoch -> the ground-truth generator (a fixed epoch or the lowest distance to the data) ->
 # encoder pretraining on its samples -> joint training by ELBO -> image sets, FID (Inception)
 # or fd_digits (a digits classifier trained here), ELBOs, decoder drift, grids -> table, claims.
+# choose_generator and evaluate_images load the Inception weights and check their SHA-256 there
+# (features_args: images.inception_sha256, and images.inception_unverified_ok for tests only),
+# since a file placed by hand never passes through download_inception.
 
 IMG = f"{RESULTS}/images"
 IM = config["images"]

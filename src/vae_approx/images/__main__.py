@@ -164,8 +164,10 @@ def cmd_choose_generator(args) -> None:
     else:
         scored = list(files)
     images = D.load_images(args.images)
-    extractor = make_extractor(args.features, device, args.classifier, args.torch_home, images.shape[1])
+    extractor = make_extractor(args.features, device, args.classifier, args.torch_home, images.shape[1],
+                               args.inception_sha256, args.inception_unverified_ok)
     progress = Progress("images choose-generator", len(scored), 1)
+    progress.message(f"distance: {extractor.label}")
     n = min(args.n_samples, len(images))
     subset = np.sort(np.random.default_rng(args.seed).choice(len(images), n, replace=False))
     data_stats = GaussianStats(extractor.dim)
@@ -187,6 +189,8 @@ def cmd_choose_generator(args) -> None:
         chosen = int(frame.loc[frame[extractor.metric].idxmin(), "epoch"])
     frame["chosen"] = frame.epoch == chosen
     frame["rule"] = "lowest distance to the data" if args.epoch == "auto" else "fixed by the config"
+    if extractor.kind == "inception":  # True: weights that failed their SHA-256 check (tests only), not FID
+        frame["inception_unverified"] = not extractor.verified
     saved, _ = load_generator(files[chosen])
     save_csv(frame, args.distances)
     save_torch(saved, args.out)
@@ -254,9 +258,10 @@ def cmd_evaluate(args) -> None:
     check_same(esaved["generator_spec"], generator_spec(g), f"{args.pretrained} vs {args.generator}")
     check_same(jsaved["generator_spec"], generator_spec(g), f"{args.joint} vs {args.generator}")
     models = Models(ground_truth(g, esaved["sigma"]), pretrained, joint_encoder, joint_decoder)
-    extractor = make_extractor(args.features, device, args.classifier, args.torch_home, g.channels)
+    extractor = make_extractor(args.features, device, args.classifier, args.torch_home, g.channels,
+                               args.inception_sha256, args.inception_unverified_ok)
     progress = Progress("images evaluate", args.n_samples, args.batch_size)
-    progress.message(f"{args.n_samples} images per set, {extractor.metric} features, on {device}")
+    progress.message(f"{args.n_samples} images per set, distance: {extractor.label}, on {device}")
     rows = evaluate(models, extractor, args.n_samples, args.batch_size, args.seed, args.n_eval, args.grid_size,
                     Path(args.grids), device, progress, args.reference_protocol, args.channels_last)
     save_csv(pd.DataFrame(rows), args.out)
@@ -293,7 +298,15 @@ def cmd_tabulate(args) -> None:
     }
     pub = load_published(args.published)
     table = stage_table({PHASES[phase]: entry for phase, entry in values.items()}, pub, EXPERIMENT, ["elbo", "fid"])
-    name = "FID (Inception features)" if fd == "fid" else "Frechet distance on digits-classifier features (fd_digits, not FID)"
+    unverified = ((df.metric == "inception_unverified") & (df.value == 1)).any()
+    if fd != "fid":
+        name = "Frechet distance on digits-classifier features (fd_digits, not FID)"
+    elif unverified:
+        name = ("Frechet distance on Inception features from UNVERIFIED weights (columns named fid, but NOT FID: "
+                "the weights file failed its SHA-256 check and was accepted by images.inception_unverified_ok, "
+                "for tests and wiring checks only)")
+    else:
+        name = "FID (Inception features)"
     note = (f"ELBO: nats per image on a fixed held-out set of ground-truth samples (one z sample per image, "
             f"analytic KL). {name} against ground-truth decoder samples; reconstructions go through the stage's "
             f"encoder and decoder; the pretrain row's prior samples are an independent ground-truth draw, i.e. the "
@@ -307,7 +320,12 @@ def cmd_tabulate(args) -> None:
                  "the joint reconstructions only), not the corrected one.")
     write_table(table, args.csv, args.md, title=f"Faces experiment, {args.setting}", note=note)
     tolerance = floor if args.fd_tolerance == "floor" else float(args.fd_tolerance)
-    distance_name = "FID" if fd == "fid" else "Frechet distance"
+    if unverified:
+        distance_name = "Frechet distance on unverified Inception weights (not FID)"
+        print(f"[images tabulate] WARNING: {args.metrics} comes from UNVERIFIED Inception weights: its 'fid' "
+              "numbers are NOT FID, and the table and claims say so", file=sys.stderr, flush=True)
+    else:
+        distance_name = "FID" if fd == "fid" else "Frechet distance"
     write_claims([
         direction_claim(EXPERIMENT, args.setting, "joint training raises the ELBO", "elbo",
                         values["pretrain"]["elbo"], values["joint"]["elbo"], "increase"),
@@ -336,6 +354,12 @@ def _features(p) -> None:
                    help="digits: the digits classifier's features (fd_digits); inception: pytorch-fid's (FID)")
     p.add_argument("--classifier", help="digits classifier file (--features digits)")
     p.add_argument("--torch-home", help="TORCH_HOME holding hub/checkpoints/" + D.INCEPTION_FILE + " (--features inception)")
+    p.add_argument("--inception-sha256", default="",
+                   help="pinned SHA-256 (hex) of the Inception weights; '' checks only that it starts with "
+                        + D.INCEPTION_SHA256_PREFIX + " (--features inception)")
+    p.add_argument("--inception-unverified-ok", type=parse_bool, default=False,
+                   help="true: load Inception weights that fail the SHA-256 check, with a warning (tests and wiring "
+                        "checks with random weights only; the distances are then NOT FID and are labelled so)")
 
 
 def _vae(p) -> None:

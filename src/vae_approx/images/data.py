@@ -228,6 +228,73 @@ def inception_weights_path(torch_home) -> Path:
     return Path(torch_home) / "hub" / "checkpoints" / INCEPTION_FILE
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256_once(path) -> str:
+    """SHA-256 of a file, hashed once per process for each (path, size, modification time)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256(path)
+    return _DIGESTS[key]
+
+
+def inception_digest_problem(actual: str, sha: str = "", prefix: str | None = INCEPTION_SHA256_PREFIX) -> str | None:
+    """Why a SHA-256 is not that of the expected Inception weights, or None when it is."""
+    if prefix and not actual.startswith(prefix):
+        return f"SHA-256 {actual} does not start with {prefix}, the hash in its file name"
+    if sha and actual != sha.lower():
+        return f"SHA-256 {actual} does not match the pinned {sha.lower()}"
+    return None
+
+
+def check_inception_weights(path, sha: str = "", unverified_ok: bool = False) -> bool:
+    """Check the FID Inception weights at `path` before they are loaded; True when they verify.
+
+    The same check as `fetch_inception`: the SHA-256 must start with INCEPTION_SHA256_PREFIX
+    (torch.hub's convention: the 8 hex digits in the file name) and equal `sha` when one is
+    pinned (images.inception_sha256). A file placed by hand never passes through
+    fetch_inception (Snakemake sees rule download_inception's output and skips the rule), so
+    this runs wherever the weights are loaded. The file is hashed once per process (about
+    95 MB: well under a second).
+
+    A mismatch is an InputError naming the file, the expected and actual digests and the fix.
+    `unverified_ok` (images.inception_unverified_ok; for tests and wiring checks with random
+    weights only) lets the file through with a warning on stderr, and returns False: distances
+    computed with such weights are not FID, and the callers say so.
+    """
+    from pytorch_fid.inception import FID_WEIGHTS_URL
+
+    path = Path(path)
+    actual = file_sha256_once(path)
+    if inception_digest_problem(actual, sha, INCEPTION_SHA256_PREFIX) is None:
+        return True
+    prefix = f"starting with {INCEPTION_SHA256_PREFIX} (the hash in the file name)"
+    if not sha:
+        expected = f"a digest {prefix}"
+    elif sha.lower().startswith(INCEPTION_SHA256_PREFIX):
+        expected = f"{sha.lower()} (pinned by images.inception_sha256)"
+    else:
+        expected = f"{sha.lower()} (pinned by images.inception_sha256), and a digest {prefix}"
+    if not unverified_ok:
+        torch_home = path.parents[2] if len(path.parents) > 2 else path.parent
+        pinned = " If the pinned images.inception_sha256 is what is wrong, correct it." if sha else ""
+        raise InputError(
+            f"Inception weights {path} fail their SHA-256 check. Expected SHA-256: {expected}; actual: {actual}. "
+            f"This is not pytorch-fid's FID Inception file (a wrong, truncated or corrupt file), so distances "
+            f"computed with it would not be FID. Delete it and fetch the right one (rule download_inception, or "
+            f"python -m vae_approx.images fetch-inception --torch-home {torch_home}), or download "
+            f"{FID_WEIGHTS_URL} by hand and place it at {path}.{pinned} For tests and wiring checks only, "
+            f"images.inception_unverified_ok: true (--inception-unverified-ok true) accepts the file; distances "
+            f"computed so are not FID.")
+    print(f"[images] WARNING: Inception weights {path} are UNVERIFIED (SHA-256 {actual}; expected {expected}), accepted "
+          f"because of images.inception_unverified_ok / --inception-unverified-ok (tests and wiring checks only): "
+          f"distances computed with them are NOT FID", file=sys.stderr, flush=True)
+    return False
+
+
 def fetch_inception(torch_home, sha: str = "", url: str | None = None,
                     prefix: str | None = INCEPTION_SHA256_PREFIX) -> Path:
     """Download pytorch-fid's Inception weights into <torch_home>/hub/checkpoints/, atomically.
@@ -243,11 +310,9 @@ def fetch_inception(torch_home, sha: str = "", url: str | None = None,
     manual = f"Download {url} by hand and place it at {out}; the workflow then uses it as is."
 
     def check(path) -> None:
-        actual = sha256(path)
-        if prefix and not actual.startswith(prefix):
-            raise InputError(f"{url}: SHA-256 {actual} does not start with {prefix}, the hash in its file name")
-        if sha and actual != sha.lower():
-            raise InputError(f"{url}: SHA-256 {actual} does not match the pinned {sha}")
+        problem = inception_digest_problem(sha256(path), sha, prefix)
+        if problem is not None:
+            raise InputError(f"{url}: {problem}")
 
     if out.is_file():
         check(out)

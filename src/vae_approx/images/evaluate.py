@@ -147,6 +147,9 @@ def evaluate(models: Models, extractor: FeatureExtractor, n: int, batch_size: in
             rows.append({"stage": stage, "metric": key, "image_set": "heldout", "value": value, "n": n_eval})
     rows.append({"stage": "joint", "metric": "sigma", "image_set": "", "value": models.joint_decoder.sigma, "n": 0})
     rows.append({"stage": "all", "metric": "reference_protocol", "image_set": "", "value": float(reference_protocol), "n": 0})
+    if extractor.kind == "inception":  # 1: weights that failed their SHA-256 check (tests only): not FID
+        rows.append({"stage": "all", "metric": "inception_unverified", "image_set": "",
+                     "value": float(not extractor.verified), "n": 0})
     if grid_dir is not None and grid_n > 0:
         for name in SETS:
             save_grid(torch.cat(grids[name]), Path(grid_dir) / f"{name}.png")

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..common import InputError
-from .data import inception_weights_path
+from .data import check_inception_weights, inception_weights_path
 
 FEATURES = {"inception": "fid", "digits": "fd_digits"}  # extractor -> the metric's name
 
@@ -230,12 +230,18 @@ def load_classifier(path) -> DigitsClassifier:
 # ---------------------------------------------------------------- Inception
 
 
-def load_inception(torch_home, device: torch.device | str = "cpu") -> nn.Module:
-    """pytorch-fid's InceptionV3 (FID weights, 2048 pool3 features), offline.
+def load_inception(torch_home, device: torch.device | str = "cpu", sha256: str = "",
+                   unverified_ok: bool = False) -> nn.Module:
+    """pytorch-fid's InceptionV3 (FID weights, 2048 pool3 features), offline, after a SHA-256 check.
 
     The weights must already be at <torch_home>/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
-    (rule fetch_inception, `python -m vae_approx.images fetch-inception`); TORCH_HOME and the
-    torch.hub directory point there, so pytorch-fid finds the file and never downloads.
+    (rule fetch_inception, `python -m vae_approx.images fetch-inception`, or placed by hand);
+    TORCH_HOME and the torch.hub directory point there, so pytorch-fid finds the file and never
+    downloads. Before loading, the file's SHA-256 must start with 6726825d and equal `sha256`
+    when one is pinned (`data.check_inception_weights`; an InputError otherwise). With
+    `unverified_ok` (tests and wiring checks only) a file that fails the check is loaded anyway,
+    with a warning; the model's `weights_verified` says which, and distances computed with
+    unverified weights are not FID.
     """
     import torch.hub
     from pytorch_fid.inception import InceptionV3
@@ -245,6 +251,7 @@ def load_inception(torch_home, device: torch.device | str = "cpu") -> nn.Module:
         raise InputError(f"Inception weights not found: {weights}; fetch them with rule fetch_inception "
                          f"(python -m vae_approx.images fetch-inception --torch-home {torch_home}) or place the "
                          "file there by hand")
+    verified = check_inception_weights(weights, sha256, unverified_ok)
     os.environ["TORCH_HOME"] = str(Path(torch_home).resolve())
     previous = getattr(torch.hub, "_hub_dir", None)
     torch.hub.set_dir(str(Path(torch_home).resolve() / "hub"))
@@ -254,6 +261,7 @@ def load_inception(torch_home, device: torch.device | str = "cpu") -> nn.Module:
         raise InputError(f"Inception weights {weights}: cannot load ({type(exc).__name__}: {exc})") from exc
     finally:
         torch.hub._hub_dir = previous
+    model.weights_verified = verified
     return model.eval().to(device)
 
 
@@ -262,22 +270,34 @@ def load_inception(torch_home, device: torch.device | str = "cpu") -> nn.Module:
 
 class FeatureExtractor:
     """images in [-1, 1], [B, C, H, W] -> float features [B, D]; `metric` names the distance,
-    `frechet` how it is computed (FRECHET_METHOD)."""
+    `frechet` how it is computed (FRECHET_METHOD), `verified` whether Inception weights passed
+    their SHA-256 check (always True for the digits classifier), `label` what to call it."""
 
     def __init__(self, kind: str, model: nn.Module, dim: int, fn: Callable[[torch.Tensor], torch.Tensor],
-                 device: torch.device):
+                 device: torch.device, verified: bool = True):
         self.kind, self.model, self.dim, self.fn, self.device = kind, model, dim, fn, device
         self.metric = FEATURES[kind]
         self.frechet = FRECHET_METHOD[self.metric]
+        self.verified = verified
+
+    @property
+    def label(self) -> str:
+        if self.kind == "digits":
+            return "fd_digits (digits-classifier features, not FID)"
+        if not self.verified:
+            return "Inception features with UNVERIFIED weights (the 'fid' numbers are NOT FID)"
+        return "FID (Inception features, weights SHA-256-checked)"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.fn(quantize(images.to(self.device).float())).double().cpu()
 
 
-def make_extractor(kind: str, device: torch.device, classifier=None, torch_home=None, channels: int = 3) -> FeatureExtractor:
+def make_extractor(kind: str, device: torch.device, classifier=None, torch_home=None, channels: int = 3,
+                   inception_sha256: str = "", inception_unverified_ok: bool = False) -> FeatureExtractor:
     """`digits`: the classifier file's pooled features; `inception`: pytorch-fid's 2048 pool3
-    features (grey images are repeated over the three colour channels)."""
+    features (grey images are repeated over the three colour channels), from weights that pass
+    `load_inception`'s SHA-256 check (or, with `inception_unverified_ok`, marked unverified)."""
     if kind == "digits":
         if classifier is None:
             raise InputError("the digits Frechet distance needs --classifier (a digits classifier file)")
@@ -286,13 +306,13 @@ def make_extractor(kind: str, device: torch.device, classifier=None, torch_home=
     if kind == "inception":
         if torch_home is None:
             raise InputError("FID needs --torch-home (the folder holding hub/checkpoints/ with the Inception weights)")
-        model = load_inception(torch_home, device)
+        model = load_inception(torch_home, device, inception_sha256, inception_unverified_ok)
 
         def fn(u: torch.Tensor) -> torch.Tensor:
             if u.shape[1] == 1:
                 u = u.expand(-1, 3, -1, -1)
             return model(u)[0].flatten(1)
-        return FeatureExtractor(kind, model, 2048, fn, device)
+        return FeatureExtractor(kind, model, 2048, fn, device, model.weights_verified)
     raise InputError(f"unknown feature extractor '{kind}'; expected one of {sorted(FEATURES)}")
 
 
