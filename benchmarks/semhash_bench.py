@@ -1,4 +1,4 @@
-"""Semantic hashing: our trainer against the reference formulation, in one process.
+"""Semantic hashing: our trainer against the reference formulation, taking turns epoch by epoch.
 
 Both train the same Bernoulli VAE (encoder e1, decoder depth 0, 64 bits, DisARM, Adam 1e-3,
 batch 256) on the same corpus with the same seed, at the paper's shape: 11,269 training and
@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import resource
+import multiprocessing as mp
 import time
 from dataclasses import replace
 
@@ -50,8 +50,9 @@ def corpus_at_paper_shape(seed: int):
                    test_labels=raw.test_labels)
 
 
-def reference_train(corpus, settings: TrainSettings) -> list[dict]:
-    """The reference formulation of TrainSettings' schedule; same initialisation as ours."""
+def reference_epochs(corpus, settings: TrainSettings):
+    """The reference formulation of TrainSettings' schedule, one history row per epoch as it
+    ends; same initialisation as ours."""
     torch.manual_seed(settings.seed)
     enc, dec = build_models(settings, corpus.n_words)  # same layers and initial weights as ours
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=settings.lr)
@@ -86,7 +87,6 @@ def reference_train(corpus, settings: TrainSettings) -> list[dict]:
         estimator = 0.5 * (f_left - f_right).detach() * (weight * a).sum(1)
         return 0.5 * (f_left + f_right) + (estimator - estimator.detach())
 
-    history = []
     for epoch in range(1, settings.epochs + 1):
         pairs, tic = settings.pairs(epoch), time.perf_counter()
         total, n = 0.0, 0
@@ -101,11 +101,65 @@ def reference_train(corpus, settings: TrainSettings) -> list[dict]:
             opt.zero_grad(set_to_none=True)
         with torch.inference_mode():
             test = torch.cat([analytic_nelbo(x, enc(x)) for (x,) in test_loader])
-        history.append({"epoch": epoch, "pairs": pairs, "train_nelbo": total / n,
-                        "test_nelbo": test.mean().item(), "seconds": time.perf_counter() - tic})
-        print(f"  reference epoch {epoch} ({pairs} pairs): {history[-1]['seconds']:.2f} s, "
-              f"test NELBO {history[-1]['test_nelbo']:.2f}", flush=True)
-    return history
+        yield {"epoch": epoch, "pairs": pairs, "train_nelbo": total / n, "test_nelbo": test.mean().item(),
+               "seconds": time.perf_counter() - tic}
+
+
+class _EpochHandoff:
+    """A Progress stand-in for our trainer that hands each finished epoch to the parent and
+    waits for its turn before the next one starts (the epoch's time is measured before)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def log(self, epoch, force=False, **values):
+        self.conn.send({"epoch": epoch, "pairs": values["pairs"], "test_nelbo": values["test_nelbo"],
+                        "seconds": values["epoch_seconds"]})
+        self.conn.recv()
+
+    def message(self, text):
+        pass
+
+
+def _worker(name: str, conn, settings: TrainSettings, threads: int) -> None:
+    """One side of the benchmark in its own process: waits for a turn, runs one epoch, reports it."""
+    corpus = corpus_at_paper_shape(0)
+    conn.recv()
+    if name == "reference":
+        torch.set_num_threads(threads)  # torch's defaults otherwise
+        for row in reference_epochs(corpus, settings):
+            conn.send(row)
+            conn.recv()
+    else:
+        set_threads(threads)            # what our stages do: threads, allocator thresholds, denormals
+        train(corpus, settings, torch.device("cpu"), None, _EpochHandoff(conn))
+        conn.send(None)
+    conn.close()
+
+
+def interleaved(settings: TrainSettings, threads: int) -> dict[str, list[dict]]:
+    """Both sides in two processes that take turns epoch by epoch (which goes first alternates),
+    so that slow and fast phases of a shared machine fall on both alike."""
+    ctx = mp.get_context("spawn")
+    sides = {}
+    for name in ("reference", "ours"):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(name, child, settings, threads), daemon=True)
+        proc.start()
+        sides[name] = (proc, parent)
+    results = {name: [] for name in sides}
+    for epoch in range(1, settings.epochs + 1):
+        for name in (("reference", "ours") if epoch % 2 else ("ours", "reference")):
+            _, conn = sides[name]
+            conn.send("go")
+            row = conn.recv()
+            results[name].append(row)
+            print(f"  {name:9s} epoch {epoch} ({row['pairs']} pairs): {row['seconds']:.2f} s, "
+                  f"test NELBO {row['test_nelbo']:.2f}", flush=True)
+    for proc, conn in sides.values():
+        conn.send("go")
+        proc.join(timeout=60)
+    return results
 
 
 def ours_train(corpus, settings: TrainSettings, device: str = "cpu") -> list[dict]:
@@ -124,10 +178,6 @@ def phase_seconds(history: list[dict], pairs_one: bool) -> float:
     return float(np.median(rows))
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, nargs=2, default=(3, 2), metavar=("ONE_PAIR", "TEN_PAIRS"))
@@ -138,9 +188,9 @@ def main() -> None:
     parser.add_argument("--ours-only", default="", metavar="DEVICE",
                         help="time only our trainer on DEVICE (e.g. cuda), for every encoder and depth at 64 bits")
     args = parser.parse_args()
-    # The reference runs first, with torch's defaults but for the thread count; ours then
-    # takes its own settings (vae_approx.common.set_threads: threads, allocator thresholds,
-    # denormals), which cannot be undone within a process.
+    # The two sides run in two processes (interleaved): the reference with torch's defaults but
+    # for the thread count, ours with its own settings (vae_approx.common.set_threads: threads,
+    # allocator thresholds, denormals), which would be process-wide.
     torch.set_num_threads(args.threads)
     tic = time.perf_counter()
     corpus = corpus_at_paper_shape(0)
@@ -160,14 +210,8 @@ def main() -> None:
                 total = PROTOCOL_EPOCHS[0] * one + PROTOCOL_EPOCHS[1] * ten
                 print(f"| {encoder} | {depth} | {one:.3f} | {ten:.3f} | {total / 60:.1f} min |", flush=True)
         return
-    results = {}
-    for name, fn in (("reference", reference_train), ("ours", ours_train)):
-        print(f"{name}:", flush=True)
-        if name == "ours":
-            set_threads(args.threads)
-        results[name] = fn(corpus, settings)
-    print(f"peak resident memory of this process (both sides, dense reference corpus included): "
-          f"{peak_rss_mb():.0f} MB")
+    results = interleaved(settings, args.threads)
+    set_threads(args.threads)  # for the seed-noise runs below, in this process
     print()
     print("| phase | ours (s/epoch) | reference (s/epoch) | speed-up |")
     print("|---|---|---|---|")
