@@ -49,6 +49,7 @@ BAD = [
     (("experiments",), ["gmm", "mnist"], ["experiments[1]", "'mnist'", "allowed values: gmm"]),
     (("semhash", "encoders"), ["e4"], ["semhash.encoders[0]", "allowed values: e1, e2, e3"]),
     (("semhash", "estimator"), "reinforce", ["semhash.estimator", "disarm, arm"]),
+    (("semhash", "kl_gradient"), "exact", ["semhash.kl_gradient", "estimator, analytic"]),
     (("semhash", "sha256"), "abc", ["semhash.sha256"]),
     (("semhash", "synthetic", "length_spread"), -1, ["semhash.synthetic.length_spread", "minimum"]),
     (("gmm", "encoders"), ["gaussian"], ["gmm.encoders[0]", "allowed values: factorized, consistent"]),

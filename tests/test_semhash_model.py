@@ -28,6 +28,7 @@ from vae_approx.semhash.model import (
     evaluate_nelbo,
     kl_to_uniform,
     log_likelihood,
+    log_q_over_prior,
     nelbo_estimate,
     pair_gradients,
     reconstruction,
@@ -195,17 +196,20 @@ def test_disarm_and_arm_are_unbiased_and_disarm_has_lower_variance(problem, reco
     assert results["disarm"].sum() < results["arm"].sum()
 
 
+@pytest.mark.parametrize("kl_gradient", ["estimator", "analytic"])
 @pytest.mark.parametrize("method", ["disarm", "arm"])
-def test_surrogate_gradients_match_exact_gradients(problem, method):
-    """Through autograd: encoder logits get the estimator plus the exact KL gradient, the
-    decoder gets the Monte Carlo mean of its gradient over the 2K codes; both unbiased."""
+def test_surrogate_gradients_match_exact_gradients(problem, method, kl_gradient):
+    """Through autograd: encoder logits get the estimator (of the reconstruction plus log q -
+    log p, or of the reconstruction alone plus the exact KL gradient), the decoder gets the Monte
+    Carlo mean of its gradient over the 2K codes; both unbiased for the NELBO's gradient."""
     x, logits, decoder = problem
     f, log_q, exact_rec_grad = exact_quantities(x, logits, decoder)
     pairs = DRAWS
     a = logits.clone().requires_grad_(True)
     calls = []
     hook = decoder.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape))
-    terms = surrogate_loss(x, a, decoder, method=method, pairs=pairs, generator=torch.Generator().manual_seed(7))
+    terms = surrogate_loss(x, a, decoder, method=method, pairs=pairs, generator=torch.Generator().manual_seed(7),
+                           kl_gradient=kl_gradient)
     hook.remove()
     assert calls == [(2 * pairs, DOCS, BITS)]  # all 2K codes in one decoder pass
     assert torch.allclose(terms.loss.detach(), terms.nelbo, rtol=1e-12)
@@ -215,11 +219,18 @@ def test_surrogate_gradients_match_exact_gradients(problem, method):
     # the logits' gradient is exactly the mean of the per-pair estimates of the same uniforms
     u, b, b_anti = antithetic_codes(logits, pairs, torch.Generator().manual_seed(7))
     docs = torch.arange(DOCS)
-    per_pair = pair_gradients(f[docs, code_index(b)], f[docs, code_index(b_anti)], u, logits, method)
     a_kl = logits.clone().requires_grad_(True)
     (kl_grad,) = torch.autograd.grad(kl_to_uniform(a_kl).sum(), a_kl)
-    assert torch.allclose(a.grad, per_pair.mean(0) + kl_grad, atol=1e-10)
-    mean, se, _ = stats(per_pair)
+    if kl_gradient == "estimator":
+        # f + log q(z|x) - log p(z), looked up per code; the KL's gradient only through the estimate
+        f_kl = f + log_q + BITS * math.log(2)
+        per_pair = pair_gradients(f_kl[docs, code_index(b)], f_kl[docs, code_index(b_anti)], u, logits, method)
+        assert torch.allclose(a.grad, per_pair.mean(0), atol=1e-10)
+        mean, se, _ = stats(per_pair)
+    else:
+        per_pair = pair_gradients(f[docs, code_index(b)], f[docs, code_index(b_anti)], u, logits, method)
+        assert torch.allclose(a.grad, per_pair.mean(0) + kl_grad, atol=1e-10)
+        mean, se, _ = stats(per_pair)
     assert torch.all((a.grad - (exact_rec_grad + kl_grad)).abs() <= N_SE * se + 1e-9)
 
     # decoder: exact gradient of sum_d E_q[F_d], and the variance of one sample of its estimate
@@ -247,6 +258,18 @@ def test_surrogate_rejects_bad_arguments(problem):
         surrogate_loss(x, logits, decoder, method="reinforce")
     with pytest.raises(ValueError, match="pairs"):
         surrogate_loss(x, logits, decoder, pairs=0)
+    with pytest.raises(ValueError, match="unknown KL gradient 'exact'"):
+        surrogate_loss(x, logits, decoder, kl_gradient="exact")
+
+
+def test_log_q_over_prior_of_every_code(problem):
+    """Against log q computed bit by bit; its q-weighted mean over all codes is the analytic KL."""
+    _, logits, _ = problem
+    codes = all_codes(BITS)[:, None, :].expand(-1, DOCS, -1)           # [C, B, b]
+    got = log_q_over_prior(codes, logits)                              # [C, B]
+    expected = log_q_table(logits, all_codes(BITS)).T + BITS * math.log(2)
+    assert torch.allclose(got, expected, atol=1e-12)
+    assert torch.allclose((expected.exp() * 2.0 ** -BITS * got).sum(0), kl_to_uniform(logits), atol=1e-12)
 
 
 def test_training_step_reaches_encoder_and_decoder():

@@ -110,6 +110,7 @@ rule train_semhash:
     params:
         width=SH["width"],
         estimator=SH["estimator"],
+        kl_gradient=SH["kl_gradient"],
         epochs_one_pair=SH["epochs_one_pair"],
         epochs_many_pairs=SH["epochs_many_pairs"],
         many_pairs=SH["many_pairs"],
@@ -123,7 +124,7 @@ rule train_semhash:
     shell:
         "python -m vae_approx.semhash train --corpus {input.corpus} --encoder {wildcards.encoder}"
         " --depth {wildcards.depth} --bits {wildcards.bits} --width {params.width}"
-        " --estimator {params.estimator} --epochs-one-pair {params.epochs_one_pair}"
+        " --estimator {params.estimator} --kl-gradient {params.kl_gradient} --epochs-one-pair {params.epochs_one_pair}"
         " --epochs-many-pairs {params.epochs_many_pairs} --many-pairs {params.many_pairs}"
         " --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed}"
         " --eval-batch-size {params.eval_batch_size}"

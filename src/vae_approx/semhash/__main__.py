@@ -26,7 +26,7 @@ from ..common import (InputError, Progress, atomic_path, load_torch, parse_bool,
                       save_csv, save_torch, select_device, set_threads)
 from ..tables import claims_frame, count_claim, load_published, published_columns, write_table
 from .data import load_prepared, prepare, read_archive, save_prepared, synthetic_corpus, write_archive, write_raw_corpus
-from .model import ESTIMATORS, ENCODER_SPECS, SparseCounts
+from .model import ENCODER_SPECS, ESTIMATORS, KL_GRADIENTS, SparseCounts
 from .train import TrainSettings, binary_codes, build_models, precision_at_k, train
 
 EXPERIMENT = "semhash"
@@ -83,7 +83,7 @@ def cmd_prepare(args) -> None:
 def settings_from(args) -> TrainSettings:
     return TrainSettings(args.encoder, args.depth, args.bits, args.width, args.estimator, args.epochs_one_pair,
                          args.epochs_many_pairs, args.many_pairs, args.batch_size, args.lr, args.seed,
-                         args.eval_batch_size, args.reference_protocol, args.checkpoint_every)
+                         args.eval_batch_size, args.reference_protocol, args.checkpoint_every, args.kl_gradient)
 
 
 def cmd_train(args) -> None:
@@ -94,7 +94,7 @@ def cmd_train(args) -> None:
     name = f"semhash {args.encoder} depth {args.depth} {args.bits} bits"
     progress = Progress(name, settings.epochs, 1)
     progress.message(f"{corpus.train.shape[0]} documents, {corpus.n_words} words, {settings.epochs} epochs, "
-                     f"{args.estimator}, on {device}, {torch.get_num_threads()} threads")
+                     f"{args.estimator} (KL gradient: {args.kl_gradient}), on {device}, {torch.get_num_threads()} threads")
     resume = resume_path(args.out)
     history, encoder, decoder = train(corpus, settings, device, resume, progress)
     save_csv(pd.DataFrame(history), args.history)
@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--corpus", required=True)
     p.add_argument("--encoder", choices=sorted(ENCODER_SPECS), required=True)
     p.add_argument("--estimator", choices=ESTIMATORS, default="disarm")
+    p.add_argument("--kl-gradient", choices=KL_GRADIENTS, default="estimator")
     for name in ("depth", "bits", "width", "epochs-one-pair", "epochs-many-pairs", "many-pairs", "batch-size",
                  "seed", "eval-batch-size", "checkpoint-every"):
         p.add_argument(f"--{name}", type=int, required=True)

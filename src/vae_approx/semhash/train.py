@@ -35,6 +35,7 @@ class TrainSettings:
     eval_batch_size: int
     reference_protocol: bool    # evaluate frequency encoders on counts, as the reference code did
     checkpoint_every: int       # epochs between resume checkpoints
+    kl_gradient: str = "estimator"  # estimator (the reproduction's code) or analytic; see surrogate_loss
 
     @property
     def epochs(self) -> int:
@@ -83,7 +84,8 @@ def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
         order = torch.randperm(n, generator=generator, device=device)
         total = torch.zeros((), device=device)
         for b, x in enumerate(train_set.batches(order, settings.batch_size, smoothing)):  # sparse, [B] documents
-            terms = surrogate_loss(x, encoder(x), decoder, settings.estimator, pairs, generator)
+            terms = surrogate_loss(x, encoder(x), decoder, settings.estimator, pairs, generator,
+                                   settings.kl_gradient)
             loss = terms.loss.mean()
             check_finite(loss, f"semhash {settings.encoder} depth {settings.depth} {settings.bits} bits",
                          epoch, f"loss (batch {b})")
