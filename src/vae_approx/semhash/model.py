@@ -607,9 +607,8 @@ def surrogate_loss(x: torch.Tensor, logits: torch.Tensor, decoder: nn.Module, me
       log p(z), q held fixed inside f, averaged over `pairs` antithetic pairs. Since
       E_q[d log q / d a] = 0, its mean is the NELBO's gradient. With kl_gradient="analytic": the
       estimate for f(z) = -log p(x|z) plus the exact gradient of the analytic KL, the same mean
-      with less variance. The two train differently under Adam: at the paper's shape (e1, 64
-      bits, 9 + 2 epochs, 5 seeds; benchmarks/README.md) the reference formulation reached a
-      test NELBO 0.9 nats lower with the estimator than with the analytic gradient;
+      with less variance. The two do not train alike under Adam (benchmarks/README.md: after
+      11 epochs at the paper's shape, 0.84 nats apart in the reference formulation);
     - w.r.t. the decoder: the ordinary gradient of -log p(x|z) averaged over the 2K codes.
     All 2K codes go through the decoder in one batched pass ([2K, B, b] -> [2K, B, V]; for a
     SparseBatch, the fused likelihood, whose decoder gradient is exact only for the mean or
