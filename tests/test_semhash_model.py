@@ -60,9 +60,10 @@ def log_q_table(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return log_p1 @ codes.T + log_p0 @ (1 - codes).T
 
 
-@pytest.fixture
-def problem():
-    """Smoothed counts x [B, V], encoder logits [B, b] and a small float64 decoder."""
+@pytest.fixture(params=["bits", "spins"])
+def problem(request):
+    """Smoothed counts x [B, V], encoder logits [B, b] and a small float64 decoder, reading the
+    codes as bits or as spins."""
     torch.manual_seed(0)
     counts = torch.tensor([[3, 0, 1, 0, 0, 2], [0, 5, 0, 1, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 7, 1]],
                           dtype=torch.float64)
@@ -70,7 +71,7 @@ def problem():
     x = counts + smoothing
     logits = torch.tensor([[0.3, -1.2, 2.0], [-0.5, 0.1, 0.8], [1.5, -2.5, 0.0], [0.05, 0.7, -0.9]],
                           dtype=torch.float64)
-    decoder = Decoder(BITS, WORDS, hidden=(5,)).double()
+    decoder = Decoder(BITS, WORDS, hidden=(5,), code_values=request.param).double()
     with torch.no_grad():  # a decoder whose codes matter: large enough weights
         for p in decoder.parameters():
             p.mul_(3.0)
@@ -102,6 +103,33 @@ def stats(samples: torch.Tensor):
 def test_log_q_table_is_normalised(problem):
     _, logits, _ = problem
     assert torch.allclose(log_q_table(logits, all_codes(BITS)).exp().sum(1), torch.ones(DOCS, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_decoder_first_layer_reads_bits_or_spins(depth):
+    """Bits: the first layer sees z in {0, 1} itself (the reproduction's decoder); spins: 2z - 1.
+    Checked through the first layer's output, at depth 0 (straight into the scores) and deeper,
+    and through the sparse likelihood, which must read the codes the same way."""
+    torch.manual_seed(0)
+    codes = all_codes(BITS)                                            # [8, b], every code
+    expected = {"bits": codes, "spins": 2 * codes - 1}
+    x = torch.tensor([[2.0, 0.5, 1.0, 0.25, 3.0, 0.25]], dtype=torch.float64)
+    sparse = SparseCounts(sp.csr_matrix(np.floor(x.numpy())), dtype=torch.float64)
+    batch = sparse.batch([0], x[0] - torch.floor(x[0]))
+    for values in ("bits", "spins"):
+        decoder = Decoder(BITS, WORDS, hidden=(4,) * depth, code_values=values).double()
+        first = decoder.net[0]
+        seen = []
+        hook = first.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        scores = decoder.logits(codes)
+        hook.remove()
+        assert torch.equal(seen[0], expected[values])
+        if depth == 0:
+            assert torch.allclose(scores, expected[values] @ first.weight.T + first.bias)
+        dense = log_likelihood(x, decoder(codes[:, None, :]))          # [8, 1]
+        assert torch.allclose(sparse_log_likelihood(batch, decoder, codes[:, None, :]), dense)
+    with pytest.raises(ValueError, match="unknown code values 'ising'"):
+        Decoder(BITS, WORDS, code_values="ising")
 
 
 def test_decoder_is_normalised_for_any_shape():
@@ -341,7 +369,9 @@ def test_evaluate_nelbo_is_reproducible_and_batch_independent():
 @pytest.mark.parametrize("depth", [0, 1])
 @pytest.mark.parametrize("chunk", [10**6, 60, 30])  # all codes at once; 2 documents; 1 document per chunk
 @pytest.mark.parametrize("exp_range", [(-30.0, 60.0), (1.0, -1.0)])  # exp without / always with the row-max shift
-def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chunk, exp_range, monkeypatch):
+@pytest.mark.parametrize("code_values", ["bits", "spins"])
+def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chunk, exp_range, code_values,
+                                                        monkeypatch):
     """Training never forms x as [B, V]; its loss, NELBO and every gradient must equal the dense ones,
     however the fused likelihood splits codes and documents into chunks, with or without shifting
     the scores by their row max."""
@@ -361,7 +391,7 @@ def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chu
 
     representation, hidden = encoder_spec(encoder_name, 7)
     encoder = Encoder(30, 5, hidden, representation).double()
-    decoder = Decoder(5, 30, (9,) * depth).double()
+    decoder = Decoder(5, 30, (9,) * depth, code_values=code_values).double()
     params = [*encoder.parameters(), *decoder.parameters()]
     results = []
     for inputs in (x, batch):

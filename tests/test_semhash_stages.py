@@ -1,6 +1,7 @@
 """Semantic-hashing stages: retrieval metric, the command-line chain, resume."""
 
 import io
+import json
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import torch
 from vae_approx.common import Progress, resume_path
 from vae_approx.semhash.data import load_prepared
 from vae_approx.semhash.train import TrainSettings, precision_at_k, train
+from vae_approx.semhash.settings import TrainSettings as SettingsOfTheRule
 
 
 def test_precision_at_k_by_hand():
@@ -30,9 +32,10 @@ def sh(*args):
     return proc
 
 
-TRAIN = ["--encoder", "e1", "--depth", "1", "--bits", "4", "--width", "16", "--epochs-one-pair", "2",
-         "--epochs-many-pairs", "1", "--many-pairs", "3", "--batch-size", "64", "--seed", "1",
-         "--eval-batch-size", "128", "--checkpoint-every", "1", "--lr", "1e-3"]
+SETTINGS = {"width": 16, "estimator": "disarm", "kl_gradient": "estimator", "code_values": "bits",
+            "epochs_one_pair": 2, "epochs_many_pairs": 1, "many_pairs": 3, "batch_size": 64, "lr": 1e-3, "seed": 1,
+            "eval_batch_size": 128, "reference_protocol": False, "checkpoint_every": 1}
+TRAIN = ["--encoder", "e1", "--depth", "1", "--bits", "4", "--settings", json.dumps(SETTINGS)]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,25 @@ def test_the_stage_chain_writes_history_and_retrieval(corpus):
     assert not resume_path(corpus / "m.pt").exists()
     sh("retrieval", "--corpus", corpus / "corpus.npz", "--model", corpus / "m.pt", "--out", corpus / "r.csv")
     assert 0 <= pd.read_csv(corpus / "r.csv").precision_at_100.iloc[0] <= 1
+
+
+def test_train_settings_come_whole_from_the_config_section(corpus, tmp_path):
+    """The rule passes the section's training keys as one JSON object; the stage builds its
+    settings from it, and a missing or unknown key is an error naming it, before any training."""
+    assert SettingsOfTheRule is TrainSettings
+    assert sorted(TrainSettings.config_keys()) == sorted(SETTINGS)
+    section = {**SETTINGS, "precision_k": 100, "threads": 2}       # the section has other keys too
+    assert json.loads(TrainSettings.config_json(section)) == SETTINGS
+    built = TrainSettings.from_config(SETTINGS, "e2", "1", "8")
+    assert (built.encoder, built.depth, built.bits, built.code_values) == ("e2", 1, 8, "bits")
+    for bad, named in (({k: v for k, v in SETTINGS.items() if k != "code_values"}, "missing ['code_values']"),
+                       ({**SETTINGS, "lr_decay": 0.5}, "unknown ['lr_decay']")):
+        proc = subprocess.run([sys.executable, "-m", "vae_approx.semhash", "train", "--corpus", str(corpus / "corpus.npz"),
+                               "--encoder", "e1", "--depth", "0", "--bits", "4", "--settings", json.dumps(bad),
+                               "--out", str(tmp_path / "m.pt"), "--history", str(tmp_path / "h.csv")],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and named in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "m.pt").exists() and not (tmp_path / "h.csv").exists()
 
 
 def test_prepare_rejects_an_unexpected_document_count(corpus):

@@ -1,6 +1,7 @@
 # Helpers shared by every experiment's rules: config validation, paths, targets.
 
 import os
+import shlex
 import sys
 
 # Jobs run `python -m vae_approx...` from this checkout's src/, also inside the conda
@@ -13,6 +14,7 @@ shell.prefix(
 )
 
 from vae_approx.config import ConfigError, validate_config
+from vae_approx.semhash.settings import TrainSettings
 
 # Reject a bad config before any job starts, naming the key and the allowed values.
 validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")

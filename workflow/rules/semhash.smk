@@ -108,29 +108,14 @@ rule train_semhash:
         mem_mb=2000,
         runtime=240,
     params:
-        width=SH["width"],
-        estimator=SH["estimator"],
-        kl_gradient=SH["kl_gradient"],
-        epochs_one_pair=SH["epochs_one_pair"],
-        epochs_many_pairs=SH["epochs_many_pairs"],
-        many_pairs=SH["many_pairs"],
-        batch_size=SH["batch_size"],
-        lr=SH["lr"],
-        seed=SH["seed"],
-        eval_batch_size=SH["eval_batch_size"],
-        reference_protocol=SH["reference_protocol"],
-        checkpoint_every=SH["checkpoint_every"],
+        # the training keys of the semhash section, whole (vae_approx.semhash.settings)
+        settings=shlex.quote(TrainSettings.config_json(SH)),
         device=config["device"],
     shell:
         "python -m vae_approx.semhash train --corpus {input.corpus} --encoder {wildcards.encoder}"
-        " --depth {wildcards.depth} --bits {wildcards.bits} --width {params.width}"
-        " --estimator {params.estimator} --kl-gradient {params.kl_gradient} --epochs-one-pair {params.epochs_one_pair}"
-        " --epochs-many-pairs {params.epochs_many_pairs} --many-pairs {params.many_pairs}"
-        " --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed}"
-        " --eval-batch-size {params.eval_batch_size}"
-        " --reference-protocol {params.reference_protocol}"
-        " --checkpoint-every {params.checkpoint_every} --threads {threads}"
-        " --device {params.device} --out {output.model} --history {output.history} 2> {log}"
+        " --depth {wildcards.depth} --bits {wildcards.bits} --settings {params.settings}"
+        " --threads {threads} --device {params.device}"
+        " --out {output.model} --history {output.history} 2> {log}"
 
 
 rule evaluate_retrieval:

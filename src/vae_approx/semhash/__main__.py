@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -22,11 +23,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..common import (InputError, Progress, atomic_path, load_torch, parse_bool, resume_path, run_stage, sha256,
+from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, sha256,
                       save_csv, save_torch, select_device, set_threads)
 from ..tables import claims_frame, count_claim, load_published, published_columns, write_table
 from .data import load_prepared, prepare, read_archive, save_prepared, synthetic_corpus, write_archive, write_raw_corpus
-from .model import ENCODER_SPECS, ESTIMATORS, KL_GRADIENTS, SparseCounts
+from .model import ENCODER_SPECS, SparseCounts
 from .train import TrainSettings, binary_codes, build_models, precision_at_k, train
 
 EXPERIMENT = "semhash"
@@ -81,9 +82,15 @@ def cmd_prepare(args) -> None:
 
 
 def settings_from(args) -> TrainSettings:
-    return TrainSettings(args.encoder, args.depth, args.bits, args.width, args.estimator, args.epochs_one_pair,
-                         args.epochs_many_pairs, args.many_pairs, args.batch_size, args.lr, args.seed,
-                         args.eval_batch_size, args.reference_protocol, args.checkpoint_every, args.kl_gradient)
+    """TrainSettings of the grid point (--encoder, --depth, --bits) from --settings, the training
+    keys of the config's semhash section as JSON (TrainSettings.config_json)."""
+    try:
+        section = json.loads(args.settings)
+        if not isinstance(section, dict):
+            raise ValueError("not a JSON object")
+        return TrainSettings.from_config(section, args.encoder, args.depth, args.bits)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"semhash train --settings: {exc}") from exc
 
 
 def cmd_train(args) -> None:
@@ -94,7 +101,8 @@ def cmd_train(args) -> None:
     name = f"semhash {args.encoder} depth {args.depth} {args.bits} bits"
     progress = Progress(name, settings.epochs, 1)
     progress.message(f"{corpus.train.shape[0]} documents, {corpus.n_words} words, {settings.epochs} epochs, "
-                     f"{args.estimator} (KL gradient: {args.kl_gradient}), on {device}, {torch.get_num_threads()} threads")
+                     f"{settings.estimator} (KL gradient: {settings.kl_gradient}), decoder reads "
+                     f"{settings.code_values}, on {device}, {torch.get_num_threads()} threads")
     resume = resume_path(args.out)
     history, encoder, decoder = train(corpus, settings, device, resume, progress)
     save_csv(pd.DataFrame(history), args.history)
@@ -252,13 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("train", help="train one grid point")
     p.add_argument("--corpus", required=True)
     p.add_argument("--encoder", choices=sorted(ENCODER_SPECS), required=True)
-    p.add_argument("--estimator", choices=ESTIMATORS, default="disarm")
-    p.add_argument("--kl-gradient", choices=KL_GRADIENTS, default="estimator")
-    for name in ("depth", "bits", "width", "epochs-one-pair", "epochs-many-pairs", "many-pairs", "batch-size",
-                 "seed", "eval-batch-size", "checkpoint-every"):
+    for name in ("depth", "bits"):
         p.add_argument(f"--{name}", type=int, required=True)
-    p.add_argument("--lr", type=float, required=True)
-    p.add_argument("--reference-protocol", type=parse_bool, default=False)
+    p.add_argument("--settings", required=True,
+                   help="JSON object of the training keys of the config's semhash section: "
+                        + ", ".join(TrainSettings.config_keys()))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)

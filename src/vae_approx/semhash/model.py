@@ -14,8 +14,11 @@ Conventions
   |x| = (number of words) + 1. It is formed batch by batch (SparseCounts), never for the whole
   corpus.
 - Codes z are in {0, 1}^b, the natural space of Bernoulli variables and of the estimators'
-  indicator formulas. The decoder feeds them to its first layer as spins 2z - 1 in {-1, +1}:
-  the same family of functions (a linear layer absorbs the affine map), but centred inputs.
+  indicator formulas. The decoder's first layer reads them as bits z, as the reproduction's
+  code does, or as spins 2z - 1 in {-1, +1} (CODE_VALUES). The two are the same family of
+  functions (a linear layer absorbs the affine map) but do not train alike under Adam and the
+  default initialisation: at the paper's shape the reproduction's own script with spins trails
+  it with bits by 23 nats after 7 epochs (benchmarks/README.md).
 - Every loss is per document, shape [B] (or [samples, B]); callers average.
 - Random draws take an optional torch.Generator, which must live on the tensors' device.
 """
@@ -37,6 +40,8 @@ ESTIMATORS = ("disarm", "arm")
 # of each code added to its reconstruction (the reproduction's code), or as the analytic KL's
 # exact gradient (lower variance); both are unbiased. See surrogate_loss.
 KL_GRADIENTS = ("estimator", "analytic")
+# What the decoder's first layer reads of a code z in {0, 1}^b: z itself (the reproduction) or 2z - 1.
+CODE_VALUES = ("bits", "spins")
 _LOG2E = 1 / math.log(2)  # scores times log2(e) turn exp into the faster exp2
 # The reproduction's encoders: name -> (input representation, number of hidden layers).
 ENCODER_SPECS = {"e1": ("counts", 0), "e2": ("frequencies", 1), "e3": ("frequencies", 0)}
@@ -312,21 +317,34 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Codes z in {0,1}^b [..., b] -> log-probabilities over the vocabulary [..., V].
 
-    The first layer gets the spins 2z - 1; `hidden` are LeakyReLU widths, () for the linear
-    (depth 0) decoder; the output is a log-softmax, so every row is a normalised distribution.
+    The first layer reads `code_values` of z (CODE_VALUES: bits z or spins 2z - 1); `hidden`
+    are LeakyReLU widths, () for the linear (depth 0) decoder; the output is a log-softmax, so
+    every row is a normalised distribution.
     """
 
-    def __init__(self, bits: int, n_words: int, hidden: Sequence[int] = (), negative_slope: float = 0.01):
+    def __init__(self, bits: int, n_words: int, hidden: Sequence[int] = (), negative_slope: float = 0.01,
+                 code_values: str = "bits"):
         super().__init__()
+        if code_values not in CODE_VALUES:
+            raise ValueError(f"unknown code values '{code_values}'; expected one of {CODE_VALUES}")
         self.bits = int(bits)
+        self.code_values = code_values
         self.net = _mlp([bits, *hidden, n_words], negative_slope)  # [..., b] -> [..., H...] -> [..., V]
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.logits(codes), dim=-1)
 
+    def first_input(self, codes: torch.Tensor) -> torch.Tensor:
+        """What the first layer reads of codes z in {0, 1}: z, or the spins 2z - 1; [..., b]."""
+        return codes if self.code_values == "bits" else 2 * codes - 1
+
+    def hidden(self, codes: torch.Tensor) -> torch.Tensor:
+        """The last layer's input [..., k]: the hidden layers' output, or first_input at depth 0."""
+        return self.net[:-1](self.first_input(codes))
+
     def logits(self, codes: torch.Tensor) -> torch.Tensor:
         """Unnormalised scores h(z) [..., V]; log softmax(h) is the word distribution."""
-        return self.net(2 * codes - 1)
+        return self.net[-1](self.hidden(codes))
 
 
 class _LinearMultinomial(torch.autograd.Function):
@@ -335,7 +353,7 @@ class _LinearMultinomial(torch.autograd.Function):
 
     ll[m, d] = sum_w x_dw log softmax_w(h[m, d]), h = A W^T + bias, for x = counts + smoothing:
              = <A[m, d], x_d W> + <x_d, bias> - |x_d| logsumexp(h[m, d])
-    A [M, B, k] (last hidden layer or spins of M codes for B documents), weights g [M, B]
+    A [M, B, k] (last hidden layer, or at depth 0 the codes as Decoder.first_input, of M codes for B documents), weights g [M, B]
     -> ll [M, B] (values only) and total = sum_{m,d} g[m, d] ll[m, d] (differentiable).
 
     Why: the [M, B, V] scores are the only large tensors of training (10 pairs x 256
@@ -481,7 +499,7 @@ def sparse_log_likelihood(x: "SparseBatch", decoder: "Decoder", codes: torch.Ten
     gradient reaches the decoder's parameters (and whatever produced `codes`); it is computed
     in the forward pass (see _LinearMultinomial), so `weights` must be fixed beforehand.
     """
-    hidden = decoder.net[:-1](2 * codes - 1)                                 # [..., B, k]
+    hidden = decoder.hidden(codes)                                           # [..., B, k]
     A = hidden.reshape(-1, *hidden.shape[-2:])                               # [M, B, k]
     M, B = A.shape[:2]
     w = (weights if weights is not None else A.new_zeros(())).expand(*hidden.shape[:-1]).reshape(M, B)

@@ -8,7 +8,7 @@ epoch and the best epoch is reported. Both epoch counts come from the config.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,39 +17,13 @@ import torch
 from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
 from .data import PreparedCorpus
 from .model import Decoder, Encoder, SparseCounts, encoder_spec, evaluate_nelbo, surrogate_loss
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    encoder: str                # e1 (counts, linear), e2 (frequencies, one hidden layer), e3 (frequencies, linear)
-    depth: int                  # decoder hidden layers
-    bits: int                   # latent bits b
-    width: int                  # units of every hidden layer (encoder e2 and decoder)
-    estimator: str              # disarm or arm
-    epochs_one_pair: int        # phase 1: one antithetic pair per document
-    epochs_many_pairs: int      # phase 2: `many_pairs` pairs per document
-    many_pairs: int
-    batch_size: int
-    lr: float
-    seed: int
-    eval_batch_size: int
-    reference_protocol: bool    # evaluate frequency encoders on counts, as the reference code did
-    checkpoint_every: int       # epochs between resume checkpoints
-    kl_gradient: str = "estimator"  # estimator (the reproduction's code) or analytic; see surrogate_loss
-
-    @property
-    def epochs(self) -> int:
-        return self.epochs_one_pair + self.epochs_many_pairs
-
-    def pairs(self, epoch: int) -> int:
-        """Pairs per document in 1-based `epoch`."""
-        return 1 if epoch <= self.epochs_one_pair else self.many_pairs
+from .settings import TrainSettings  # noqa: F401  (re-exported: the trainer's settings)
 
 
 def build_models(settings: TrainSettings, n_words: int) -> tuple[Encoder, Decoder]:
     representation, hidden = encoder_spec(settings.encoder, settings.width)
     encoder = Encoder(n_words, settings.bits, hidden, representation)
-    decoder = Decoder(settings.bits, n_words, (settings.width,) * settings.depth)
+    decoder = Decoder(settings.bits, n_words, (settings.width,) * settings.depth, code_values=settings.code_values)
     return encoder, decoder
 
 
