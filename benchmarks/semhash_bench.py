@@ -1,14 +1,22 @@
-"""Semantic hashing: our trainer against the reference formulation, taking turns epoch by epoch.
+"""Semantic hashing: our trainer against the reproduction's, taking turns epoch by epoch.
 
 Both train the same Bernoulli VAE (encoder e1, decoder depth 0, 64 bits, DisARM, Adam 1e-3,
-batch 256) on the same corpus with the same seed, at the paper's shape: 11,269 training and
-7,505 test documents over 10,000 words (a synthetic corpus written and parsed in the real
-archive's format, since the real one cannot be fetched here). Each side runs a few epochs of
-each phase of the protocol, with the test NELBO evaluated after every epoch as the protocol
-does, and the whole schedule (1,000 epochs with one pair + 500 with ten) is extrapolated
-from the measured epoch times.
+batch 256) on the same archive, at the paper's shape: 11,269 training and 7,505 test documents
+over 10,000 kept words (a synthetic corpus written in the real 20news-bydate-matlab format,
+since the real one cannot be fetched here). Each side runs a few epochs of each phase of the
+protocol, with the test NELBO evaluated after every epoch as the protocol does, and the whole
+schedule (1,000 epochs with one pair + 500 with ten) is extrapolated from the measured epoch
+times.
 
-The reference formulation follows the reproduction's scripts (Kyrylov et al., ReScience C
+The reference side is, with --reference-checkout PATH (a checkout of proger/vae), the
+reproduction's own scripts/train_semhash.py: the archive is placed where its loader reads it
+(data/20news-bydate-matlab.tgz under its working directory), and the script runs as a
+subprocess, stopped (SIGSTOP) between its epochs while ours runs; its epoch times are the
+running time from one "Epoch" print to the next, its NELBOs the printed ones. It runs from a
+temporary copy in which only its seed line and its two epoch ranges are substituted (printed
+when they differ); with seed 1 and the protocol's 1,000 + 500 epochs the copy is the script.
+
+Without a checkout the reference side is a restatement in our code. It follows the reproduction's scripts (Kyrylov et al., ReScience C
 9(2) 2023: its semantic-hashing model module, training script and 20 Newsgroups loader), in
 our own code, with our layers and initial weights:
 - the training set as one dense smoothed [N, V] float tensor in a TensorDataset, batches
@@ -20,7 +28,10 @@ our own code, with our layers and initial weights:
 - every pair a separate DisARM surrogate and backward pass with retain_graph=True (one per
   batch in the one-pair phase, ten in the ten-pair phase), gradients averaged by scaling;
 - an extra decoder pass on a fresh code, with the analytic entropy, for the logged NELBO;
-- the test NELBO of each epoch from the same estimate, test batches of 256.
+- the test NELBO of each epoch from the same estimate, test batches of 256;
+- the decoder reads bits z, as the reproduction's does.
+A restatement shares our layers and initial weights, so it cannot catch a choice we made
+differently from the reproduction; the script can.
 """
 
 from __future__ import annotations
@@ -29,8 +40,15 @@ import argparse
 import io
 import math
 import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,15 +56,32 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from vae_approx.common import Progress, set_threads
-from vae_approx.semhash.data import prepare, synthetic_corpus
+from vae_approx.semhash.data import load_prepared, prepare, read_archive, save_prepared, synthetic_corpus, \
+    write_archive, write_raw_corpus
 from vae_approx.semhash.train import TrainSettings, build_models, train
 
 PROTOCOL_EPOCHS = (1000, 500)  # one-pair, ten-pair
 
 
-def corpus_at_paper_shape(seed: int):
-    raw = synthetic_corpus(11269, 7505, 61188, 20, 40, 150.0, seed)
-    return prepare(raw.train_counts, raw.test_counts, 10000, train_labels=raw.train_labels,
+PAPER_SHAPE = dict(n_train=11269, n_test=7505, raw_vocab_size=61188, n_classes=20, n_topics=40, mean_length=150.0)
+VOCAB_SIZE = 10000  # the reproduction's loader keeps 10,000 words
+
+
+def write_paper_shape_archive(path, seed: int = 0, **shape) -> None:
+    """The synthetic corpus in the real archive's format (as `python -m vae_approx.semhash
+    synthesize` writes it), at the paper's shape unless `shape` overrides it."""
+    shape = {**PAPER_SHAPE, **shape}
+    raw = synthetic_corpus(shape["n_train"], shape["n_test"], shape["raw_vocab_size"], shape["n_classes"],
+                           shape["n_topics"], shape["mean_length"], seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_raw_corpus(tmp, *raw)
+        write_archive(tmp, path)
+
+
+def prepare_archive(archive, vocab_size: int = VOCAB_SIZE):
+    """Our side's corpus from the archive, as rule prepare_corpus makes it."""
+    raw = read_archive(archive)
+    return prepare(raw.train_counts, raw.test_counts, vocab_size, train_labels=raw.train_labels,
                    test_labels=raw.test_labels)
 
 
@@ -65,7 +100,7 @@ def reference_epochs(corpus, settings: TrainSettings, kl_gradient: str = "estima
                              batch_size=settings.batch_size)
 
     def reconstruction(x, z):  # -log p(x|z) relative to the document's own distribution, [B]
-        log_probs = F.log_softmax(dec.net(2 * z - 1), dim=-1)                # a decoder pass
+        log_probs = F.log_softmax(dec.net(z), dim=-1)                        # a decoder pass, on bits z
         return (x * torch.log(x / x.sum(1, keepdim=True))).sum(1) - (x * log_probs).sum(1)
 
     def log_q_over_prior(z, a):  # log q(z|x) - log p(z) of a code, [B]
@@ -119,16 +154,16 @@ class _EpochHandoff:
 
     def log(self, epoch, force=False, **values):
         self.conn.send({"epoch": epoch, "pairs": values["pairs"], "test_nelbo": values["test_nelbo"],
-                        "seconds": values["epoch_seconds"]})
+                        "train_nelbo": values["train_nelbo"], "seconds": values["epoch_seconds"]})
         self.conn.recv()
 
     def message(self, text):
         pass
 
 
-def _worker(name: str, conn, settings: TrainSettings, threads: int) -> None:
+def _worker(name: str, conn, settings: TrainSettings, threads: int, corpus_file: str) -> None:
     """One side of the benchmark in its own process: waits for a turn, runs one epoch, reports it."""
-    corpus = corpus_at_paper_shape(0)
+    corpus = load_prepared(corpus_file)
     conn.recv()
     if name == "reference":
         torch.set_num_threads(threads)  # torch's defaults otherwise
@@ -138,32 +173,131 @@ def _worker(name: str, conn, settings: TrainSettings, threads: int) -> None:
     else:
         set_threads(threads)            # what our stages do: threads, allocator thresholds, denormals
         train(corpus, settings, torch.device("cpu"), None, _EpochHandoff(conn))
-        conn.send(None)
+    conn.send(None)
     conn.close()
 
 
-def interleaved(settings: TrainSettings, threads: int) -> dict[str, list[dict]]:
-    """Both sides in two processes that take turns epoch by epoch (which goes first alternates),
-    so that slow and fast phases of a shared machine fall on both alike."""
-    ctx = mp.get_context("spawn")
-    sides = {}
-    for name in ("reference", "ours"):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(name, child, settings, threads), daemon=True)
-        proc.start()
-        sides[name] = (proc, parent)
+class WorkerSide:
+    """Our trainer, or the restatement of the reference ("reference"), in a spawned process that
+    runs one epoch per step()."""
+
+    def __init__(self, name: str, settings: TrainSettings, threads: int, corpus_file: str):
+        parent, child = mp.get_context("spawn").Pipe()
+        self.proc = mp.get_context("spawn").Process(target=_worker, args=(name, child, settings, threads, corpus_file),
+                                                    daemon=True)
+        self.proc.start()
+        self.conn = parent
+
+    def step(self) -> dict:
+        self.conn.send("go")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send("go")
+        self.proc.join(timeout=60)
+
+
+# ---------------------------------------------------------------- the reproduction's own script
+
+SCRIPT = "scripts/train_semhash.py"
+# The script's lines a copy may change: its seed and its two epoch ranges (1,000 one-pair
+# epochs, then 500 with ten pairs); each must occur exactly once.
+SEED_LINE = "torch.manual_seed(1)"
+PHASE_ONE, PHASE_TWO = "range(1000)", "range(1000, 1500)"
+EPOCH_LINE = re.compile(r"^Epoch (\d+): train_loss=(\S+) test_loss=(\S+)$")
+START_LINE = "test documents"  # the loader's last print before the first epoch
+
+
+def script_copy(text: str, seed: int, epochs: tuple[int, int]) -> tuple[str, list[str]]:
+    """The script's source with its seed and epoch ranges replaced, and the changed lines."""
+    one, ten = epochs
+    changes = [(SEED_LINE, f"torch.manual_seed({seed})"), (PHASE_TWO, f"range({one}, {one + ten})"),
+               (PHASE_ONE, f"range({one})")]
+    for old, _ in changes:
+        if text.count(old) != 1:
+            raise SystemExit(f"{SCRIPT}: expected '{old}' once, found it {text.count(old)} times; "
+                             "is this proger/vae's script?")
+    changed = []
+    for old, new in changes:
+        text = text.replace(old, new)
+        if old != new:
+            changed.append(f"{old} -> {new}")
+    return text, changed
+
+
+class ScriptSide:
+    """The reproduction's scripts/train_semhash.py, unmodified but for script_copy's lines, as a
+    subprocess on `archive`, stopped between epochs: step() lets it run one epoch and returns
+    that epoch's time (running time only) and its printed train and test NELBO."""
+
+    def __init__(self, checkout: Path, archive: Path, settings: TrainSettings, threads: int, workdir: Path):
+        text, self.changed = script_copy((checkout / SCRIPT).read_text(), settings.seed,
+                                         (settings.epochs_one_pair, settings.epochs_many_pairs))
+        self.workdir = workdir / f"seed{settings.seed}"
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+        target = self.workdir / "data" / "20news-bydate-matlab.tgz"   # where va.newsgroups.unpack reads
+        target.unlink(missing_ok=True)
+        target.symlink_to(archive.resolve())
+        self.epochs_one_pair = settings.epochs_one_pair
+        script = self.workdir / "train_semhash.py"
+        script.write_text(text)
+        env = {**os.environ, "PYTHONPATH": str(checkout.resolve()), "PYTHONUNBUFFERED": "1",
+               "OMP_NUM_THREADS": str(threads)}
+        self.log = []
+        tic = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, str(script), "--device", "cpu", "--latent_features",
+                                      str(settings.bits), str(self.workdir / "checkpoint.pt")],
+                                     cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        self._read_until(lambda line: line.startswith(START_LINE))
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.load_seconds = time.perf_counter() - tic
+
+    def _read_until(self, done) -> str:
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.log.append(line)
+            if done(line):
+                return line
+        self.proc.wait()
+        raise SystemExit(f"{SCRIPT} ended (exit code {self.proc.returncode}) before the expected line; "
+                         "its output:\n" + "\n".join(self.log[-30:]))
+
+    def step(self) -> dict:
+        tic = time.perf_counter()
+        os.kill(self.proc.pid, signal.SIGCONT)
+        match = EPOCH_LINE.match(self._read_until(EPOCH_LINE.match))
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        seconds = time.perf_counter() - tic
+        epoch = int(match.group(1)) + 1                                      # the script counts from 0
+        return {"epoch": epoch, "pairs": 1 if epoch <= self.epochs_one_pair else 10,
+                "train_nelbo": float(match.group(2)), "test_nelbo": float(match.group(3)), "seconds": seconds}
+
+    def close(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+        try:
+            self.proc.communicate(timeout=600)                              # its last prints, the checkpoint
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+# ---------------------------------------------------------------- taking turns, and the verdicts
+
+
+def interleaved(sides: dict, epochs: int) -> dict[str, list[dict]]:
+    """The sides take turns epoch by epoch (which goes first alternates), so that slow and fast
+    phases of a shared machine fall on both alike."""
     results = {name: [] for name in sides}
-    for epoch in range(1, settings.epochs + 1):
-        for name in (("reference", "ours") if epoch % 2 else ("ours", "reference")):
-            _, conn = sides[name]
-            conn.send("go")
-            row = conn.recv()
+    names = list(sides)
+    for epoch in range(1, epochs + 1):
+        for name in (names if epoch % 2 else names[::-1]):
+            row = sides[name].step()
             results[name].append(row)
             print(f"  {name:9s} epoch {epoch} ({row['pairs']} pairs): {row['seconds']:.2f} s, "
                   f"test NELBO {row['test_nelbo']:.2f}", flush=True)
-    for proc, conn in sides.values():
-        conn.send("go")
-        proc.join(timeout=60)
+    for side in sides.values():
+        side.close()
     return results
 
 
@@ -176,102 +310,131 @@ def ours_train(corpus, settings: TrainSettings, device: str = "cpu") -> list[dic
     return history
 
 
-def phase_seconds(history: list[dict], pairs_one: bool) -> float:
-    """Median epoch time of a phase, leaving out the first epoch (warm-up)."""
-    rows = [r["seconds"] for r in history[1:] if (r["pairs"] == 1) == pairs_one] or \
-           [r["seconds"] for r in history if (r["pairs"] == 1) == pairs_one]
+def phase_seconds(histories: list[list[dict]], pairs_one: bool) -> float:
+    """Median epoch time of a phase over every run, leaving out each run's first epoch (warm-up)."""
+    rows = [r["seconds"] for h in histories for r in h[1:] if (r["pairs"] == 1) == pairs_one] or \
+           [r["seconds"] for h in histories for r in h if (r["pairs"] == 1) == pairs_one]
     return float(np.median(rows))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, nargs=2, default=(3, 2), metavar=("ONE_PAIR", "TEN_PAIRS"))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--noise-seeds", type=int, nargs="*", default=[2, 3],
-                        help="also train ours with these seeds, to show the NELBO's seed noise")
-    parser.add_argument("--reference-noise-seeds", type=int, nargs="*", default=[2, 3],
-                        help="also train the reference formulation with these seeds")
-    parser.add_argument("--ours-only", default="", metavar="DEVICE",
-                        help="time only our trainer on DEVICE (e.g. cuda), for every encoder and depth at 64 bits")
-    args = parser.parse_args()
-    # The two sides run in two processes (interleaved): the reference with torch's defaults but
-    # for the thread count, ours with its own settings (vae_approx.common.set_threads: threads,
-    # allocator thresholds, denormals), which would be process-wide.
-    torch.set_num_threads(args.threads)
-    tic = time.perf_counter()
-    corpus = corpus_at_paper_shape(0)
-    print(f"corpus: {corpus.train.shape[0]} train, {corpus.test.shape[0]} test documents, {corpus.n_words} words, "
-          f"{corpus.train.nnz / corpus.train.shape[0]:.0f} distinct words per document "
-          f"({time.perf_counter() - tic:.1f} s); {args.threads} threads", flush=True)
-    settings = TrainSettings("e1", 0, 64, 512, "disarm", args.epochs[0], args.epochs[1], 10, 256, 1e-3,
-                             args.seed, 1024, False, 10**9)
-    if args.ours_only:
-        set_threads(args.threads)
-        print("| encoder | depth | one pair (s/epoch) | ten pairs (s/epoch) | 1,000 + 500 epochs |")
-        print("|---|---|---|---|---|")
-        for encoder in ("e1", "e2", "e3"):
-            for depth in (0, 1, 2):
-                history = ours_train(corpus, replace(settings, encoder=encoder, depth=depth), args.ours_only)
-                one, ten = phase_seconds(history, True), phase_seconds(history, False)
-                total = PROTOCOL_EPOCHS[0] * one + PROTOCOL_EPOCHS[1] * ten
-                print(f"| {encoder} | {depth} | {one:.3f} | {ten:.3f} | {total / 60:.1f} min |", flush=True)
-        return
-    results = interleaved(settings, args.threads)
-    set_threads(args.threads)  # for the seed-noise runs below, in this process
-    print()
-    print("| phase | ours (s/epoch) | reference (s/epoch) | speed-up |")
-    print("|---|---|---|---|")
-    totals = {}
-    for label, one in (("one pair", True), ("ten pairs", False)):
+def speed_table(results: dict[str, list[list[dict]]], reference: str) -> str:
+    lines = [f"| phase | ours (s/epoch) | {reference} (s/epoch) | speed-up |", "|---|---|---|---|"]
+    totals = {"ours": 0.0, "reference": 0.0}
+    for label, one, epochs in (("one pair", True, PROTOCOL_EPOCHS[0]), ("ten pairs", False, PROTOCOL_EPOCHS[1])):
         o, r = phase_seconds(results["ours"], one), phase_seconds(results["reference"], one)
-        epochs = PROTOCOL_EPOCHS[0] if one else PROTOCOL_EPOCHS[1]
-        totals[label] = (o * epochs, r * epochs)
-        print(f"| {label} | {o:.2f} | {r:.2f} | {r / o:.2f}x |")
-    o_all = sum(t[0] for t in totals.values())
-    r_all = sum(t[1] for t in totals.values())
-    print(f"| whole schedule (1,000 + 500 epochs, extrapolated) | {o_all / 3600:.2f} h | {r_all / 3600:.2f} h "
-          f"| {r_all / o_all:.2f}x |")
-    print()
-    for name, history in results.items():
-        print(f"{name:9s} test NELBO per epoch: " + ", ".join(f"{r['test_nelbo']:.2f}" for r in history))
-    last = {"ours": {args.seed: results["ours"][-1]["test_nelbo"]},
-            "reference": {args.seed: results["reference"][-1]["test_nelbo"]}}
-    # seed noise: each side again with other seeds (initial weights, batch order, codes)
-    for seed in args.noise_seeds:
-        history = ours_train(corpus, replace(settings, seed=seed))
-        last["ours"][seed] = history[-1]["test_nelbo"]
-        print(f"ours      seed {seed} test NELBO per epoch: " + ", ".join(f"{r['test_nelbo']:.2f}" for r in history))
-    for seed in args.reference_noise_seeds:
-        history = list(reference_epochs(corpus, replace(settings, seed=seed)))
-        last["reference"][seed] = history[-1]["test_nelbo"]
-        print(f"reference seed {seed} test NELBO per epoch: " + ", ".join(f"{r['test_nelbo']:.2f}" for r in history))
-    print()
-    print(seed_noise_summary(last))
-
-
-def seed_noise_summary(last: dict[str, dict[int, float]]) -> str:
-    """The last epoch's test NELBO of each side over its seeds, and whether the two sides differ
-    by more than their seed noise: the difference of the means against twice its standard error
-    (Welch's, from the two sides' sample variances), and whether the two ranges overlap."""
-    lines = ["| side | seeds | last test NELBO per seed | mean | std over seeds |", "|---|---|---|---|---|"]
-    stats = {}
-    for name, per_seed in last.items():
-        values = np.array([per_seed[s] for s in sorted(per_seed)])
-        std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-        stats[name] = (values, float(values.mean()), std)
-        lines.append(f"| {name} | {', '.join(map(str, sorted(per_seed)))} | "
-                     f"{', '.join(f'{v:.2f}' for v in values)} | {values.mean():.2f} | {std:.2f} |")
-    (r, r_mean, r_std), (o, o_mean, o_std) = stats["reference"], stats["ours"]
-    diff = r_mean - o_mean
-    se = math.sqrt(r_std**2 / len(r) + o_std**2 / len(o))
-    overlap = max(r.min(), o.min()) <= min(r.max(), o.max())
-    verdict = ("within seed noise" if math.isfinite(se) and abs(diff) <= 2 * se
-               else "not shown (one seed on a side)" if not math.isfinite(se) else "beyond seed noise")
-    lines.append("")
-    lines.append(f"reference - ours, mean over seeds: {diff:+.2f} nats (standard error {se:.2f}); "
-                 f"ranges {'overlap' if overlap else 'do not overlap'}; {verdict}")
+        totals["ours"] += o * epochs
+        totals["reference"] += r * epochs
+        lines.append(f"| {label} | {o:.2f} | {r:.2f} | {r / o:.2f}x |")
+    o_all, r_all = totals["ours"], totals["reference"]
+    lines.append(f"| whole schedule (1,000 + 500 epochs, extrapolated) | {o_all / 3600:.2f} h | {r_all / 3600:.2f} h "
+                 f"| {r_all / o_all:.2f}x |")
     return "\n".join(lines)
 
+
+def agreement_table(results: dict[str, list[list[dict]]], seeds: list[int]) -> tuple[str, bool]:
+    """Test NELBO per epoch of each side over its seeds (mean, std, the per-seed values), and at
+    each epoch whether the two sides agree within their seed spread: the difference of the means
+    within twice its standard error (Welch's, from the two sides' sample variances). Returns the
+    table and whether they agree at every epoch after the first."""
+    ours = np.array([[r["test_nelbo"] for r in h] for h in results["ours"]])           # [seeds, epochs]
+    ref = np.array([[r["test_nelbo"] for r in h] for h in results["reference"]])
+    lines = [f"| epoch | pairs | ours: mean (std) | reference: mean (std) | reference - ours | 2 SE | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    agree_after_first = True
+    for e in range(ours.shape[1]):
+        o, r = ours[:, e], ref[:, e]
+        diff = r.mean() - o.mean()
+        se = math.sqrt(o.var(ddof=1) / len(o) + r.var(ddof=1) / len(r)) if min(len(o), len(r)) > 1 else float("nan")
+        ok = math.isfinite(se) and abs(diff) <= 2 * se
+        verdict = "within seed spread" if ok else ("one seed, no spread" if not math.isfinite(se) else "beyond seed spread")
+        if e > 0 and not ok:
+            agree_after_first = False
+        std = lambda v: f"{v.std(ddof=1):.2f}" if len(v) > 1 else "-"    # noqa: E731
+        lines.append(f"| {e + 1} | {results['ours'][0][e]['pairs']} | {o.mean():.2f} ({std(o)}) | {r.mean():.2f} ({std(r)}) "
+                     f"| {diff:+.2f} | {2 * se:.2f} | {verdict} |")
+    lines.append("")
+    for name, values in (("ours", ours), ("reference", ref)):
+        for seed, row in zip(seeds, values):
+            lines.append(f"{name:9s} seed {seed}: " + ", ".join(f"{v:.2f}" for v in row))
+    return "\n".join(lines), agree_after_first
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, nargs=2, default=(9, 2), metavar=("ONE_PAIR", "TEN_PAIRS"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                        help="one interleaved run per seed, on each side (the script's own seed is 1)")
+    parser.add_argument("--reference-checkout", type=Path, default=None, metavar="PATH",
+                        help="a checkout of proger/vae: run its scripts/train_semhash.py as the reference")
+    parser.add_argument("--code-values", choices=("bits", "spins"), default="bits",
+                        help="what our decoder reads of a code (semhash.code_values)")
+    parser.add_argument("--test-nelbo-batch", type=int, default=256,
+                        help="our test NELBO as the mean of batch means of this many documents, as the "
+                             "script reports it (semhash.test_nelbo_batch; 0: over documents)")
+    parser.add_argument("--small", action="store_true",
+                        help="a small corpus (600 + 200 documents, 500 words) and 8 bits, to check the wiring")
+    parser.add_argument("--ours-only", default="", metavar="DEVICE",
+                        help="time only our trainer on DEVICE (e.g. cuda), for every encoder and depth at 64 bits")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    checkout = args.reference_checkout
+    if checkout is not None and not (checkout / SCRIPT).is_file():
+        parser.error(f"--reference-checkout {checkout}: no {SCRIPT} there (a checkout of proger/vae is expected)")
+    shape = dict(n_train=600, n_test=200, raw_vocab_size=1500, mean_length=60.0) if args.small else {}
+    vocab_size = 500 if args.small else VOCAB_SIZE
+    bits = 8 if args.small else 64
+    settings = TrainSettings("e1", 0, bits, 512, "disarm", args.epochs[0], args.epochs[1], 10, 256, 1e-3,
+                             args.seeds[0], 1024, False, 10**9, code_values=args.code_values,
+                             test_nelbo_batch=args.test_nelbo_batch)
+    with tempfile.TemporaryDirectory(prefix="semhash-bench-") as tmp:
+        tmp = Path(tmp)
+        tic = time.perf_counter()
+        archive = tmp / "20news-bydate-matlab.tgz"
+        write_paper_shape_archive(archive, 0, **shape)
+        corpus = prepare_archive(archive, vocab_size)
+        corpus_file = tmp / "corpus.npz"
+        save_prepared(corpus, corpus_file)
+        print(f"corpus: {corpus.train.shape[0]} train, {corpus.test.shape[0]} test documents, {corpus.n_words} words, "
+              f"{corpus.train.nnz / corpus.train.shape[0]:.0f} distinct words per document "
+              f"({time.perf_counter() - tic:.1f} s); {args.threads} threads", flush=True)
+        if args.ours_only:
+            set_threads(args.threads)
+            print("| encoder | depth | one pair (s/epoch) | ten pairs (s/epoch) | 1,000 + 500 epochs |")
+            print("|---|---|---|---|---|")
+            for encoder in ("e1", "e2", "e3"):
+                for depth in (0, 1, 2):
+                    history = ours_train(corpus, replace(settings, encoder=encoder, depth=depth), args.ours_only)
+                    one, ten = phase_seconds([history], True), phase_seconds([history], False)
+                    total = PROTOCOL_EPOCHS[0] * one + PROTOCOL_EPOCHS[1] * ten
+                    print(f"| {encoder} | {depth} | {one:.3f} | {ten:.3f} | {total / 60:.1f} min |", flush=True)
+            return 0
+        reference = "reproduction's script" if checkout else "restatement"
+        print(f"reference side: {reference}" + (f" ({checkout / SCRIPT})" if checkout else ""), flush=True)
+        results = {"ours": [], "reference": []}
+        for seed in args.seeds:
+            seeded = replace(settings, seed=seed)
+            print(f"seed {seed}:", flush=True)
+            sides = {"ours": WorkerSide("ours", seeded, args.threads, str(corpus_file))}
+            if checkout:
+                sides["reference"] = ScriptSide(checkout, archive, seeded, args.threads, tmp)
+                print(f"  script copy: {'; '.join(sides['reference'].changed) or 'unchanged'}; "
+                      f"its loader took {sides['reference'].load_seconds:.1f} s", flush=True)
+            else:
+                sides["reference"] = WorkerSide("reference", seeded, args.threads, str(corpus_file))
+            run = interleaved({"reference": sides["reference"], "ours": sides["ours"]}, settings.epochs)
+            for name in results:
+                results[name].append(run[name])
+    print()
+    print(speed_table(results, reference))
+    print()
+    table, agree = agreement_table(results, args.seeds)
+    print(table)
+    print()
+    print(f"test NELBO, ours against the {reference}, {len(args.seeds)} seeds per side: "
+          f"{'within seed spread at every epoch after the first' if agree else 'NOT within seed spread at every epoch after the first'}")
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,7 @@ import torch
 
 from vae_approx.common import Progress, resume_path
 from vae_approx.semhash.data import load_prepared
-from vae_approx.semhash.train import TrainSettings, precision_at_k, train
+from vae_approx.semhash.train import TrainSettings, precision_at_k, reported_mean, train
 from vae_approx.semhash.settings import TrainSettings as SettingsOfTheRule
 
 
@@ -34,7 +34,8 @@ def sh(*args):
 
 SETTINGS = {"width": 16, "estimator": "disarm", "kl_gradient": "estimator", "code_values": "bits",
             "epochs_one_pair": 2, "epochs_many_pairs": 1, "many_pairs": 3, "batch_size": 64, "lr": 1e-3, "seed": 1,
-            "eval_batch_size": 128, "reference_protocol": False, "checkpoint_every": 1}
+            "eval_batch_size": 128, "reference_protocol": False, "checkpoint_every": 1,
+            "test_nelbo_batch": 0}
 TRAIN = ["--encoder", "e1", "--depth", "1", "--bits", "4", "--settings", json.dumps(SETTINGS)]
 
 
@@ -76,6 +77,13 @@ def test_train_settings_come_whole_from_the_config_section(corpus, tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode != 0 and named in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "m.pt").exists() and not (tmp_path / "h.csv").exists()
+
+
+def test_test_mean_over_documents_or_as_the_reproduction_averages_batches():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert reported_mean(values) == pytest.approx(4.0)
+    assert reported_mean(values, 2) == pytest.approx((1.5 + 3.5 + 10.0) / 3)  # the last batch of one counts as two
+    assert reported_mean(values, 5) == reported_mean(values, 100) == pytest.approx(4.0)
 
 
 def test_prepare_rejects_an_unexpected_document_count(corpus):

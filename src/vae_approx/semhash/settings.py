@@ -32,6 +32,7 @@ class TrainSettings:
     checkpoint_every: int       # epochs between resume checkpoints
     kl_gradient: str = "estimator"  # estimator (the reproduction's code) or analytic; see model.surrogate_loss
     code_values: str = "bits"   # what the decoder reads of a code: bits z (the reproduction) or spins 2z - 1
+    test_nelbo_batch: int = 0   # 0: test NELBO averaged over documents; n: mean of n-document batch means (train.reported_mean)
 
     @property
     def epochs(self) -> int:
