@@ -235,7 +235,7 @@ def hand_made():
 
 def test_prepare_keeps_words_in_most_training_documents():
     train, test = hand_made()
-    p = prepare(train, test, 3, train_labels=[0, 1, 0, 1], test_labels=[1, 1])
+    p = prepare(train, test, 3, train_labels=[0, 1, 0, 1], test_labels=[1, 1], ties="lowest_index")
     # w0 and w5 (3 documents each); w2 and w3 tie at 2, the lower index wins; w1 has the most
     # occurrences but only in one document, so it is not chosen
     assert p.vocabulary.tolist() == [0, 2, 5]
@@ -247,12 +247,34 @@ def test_prepare_keeps_words_in_most_training_documents():
     assert p.train_labels.tolist() == [0, 1, 0, 1] and p.n_words == 3
     assert p.train.has_sorted_indices and p.train.dtype == np.int32
 
-    assert prepare(train, test, 4).vocabulary.tolist() == [0, 2, 3, 5]
-    assert prepare(train, test, 1).vocabulary.tolist() == [0]
+    assert prepare(train, test, 4, ties="lowest_index").vocabulary.tolist() == [0, 2, 3, 5]
+    assert prepare(train, test, 1, ties="lowest_index").vocabulary.tolist() == [0]
+    with pytest.raises(InputError, match="unknown vocabulary tie rule 'random'"):
+        prepare(train, test, 3, ties="random")
     with pytest.raises(InputError, match="exceeds the 5 distinct words"):
         prepare(train, test, 6)
     with pytest.raises(InputError, match="labels have shape"):
         prepare(train, test, 3, train_labels=[0, 1])
+
+
+def test_vocabulary_ties_as_the_reproductions_loader_or_by_lowest_index():
+    """torch_topk keeps the tied words torch.topk returns on the document frequencies of the
+    words up to the last one seen in training (the reproduction's loader: topk over
+    (counts > 0).sum(0) of its dense matrix); both rules keep every untied word."""
+    import torch
+    rng = np.random.default_rng(3)
+    dense = (rng.random((30, 200)) < rng.random(200) * 0.3) * rng.integers(1, 4, (30, 200))
+    dense[:, 190:] = 0                                              # words never seen in training
+    train, test = sp.csr_matrix(dense), sp.csr_matrix(dense[:5])
+    df = (dense > 0).sum(0)
+    reproduction = np.sort(torch.topk(torch.as_tensor(df[:190]), 60).indices.numpy())
+    topk, lowest = (prepare(train, test, 60, ties=t).vocabulary for t in ("torch_topk", "lowest_index"))
+    assert np.array_equal(topk, reproduction)
+    cut = np.sort(df)[::-1][59]
+    assert set(np.flatnonzero(df > cut)) <= set(topk) & set(lowest)
+    assert np.all(df[topk] >= cut) and np.all(df[lowest] >= cut)
+    assert set(topk) != set(lowest)                                 # the rules do differ on ties here
+    assert np.array_equal(lowest[df[lowest] == cut], np.flatnonzero(df == cut)[:len(lowest[df[lowest] == cut])])
 
 
 def test_prepare_on_synthetic_corpus_and_save_load(corpus, tmp_path):

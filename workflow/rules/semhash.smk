@@ -82,11 +82,13 @@ rule prepare_corpus:
         runtime=15,
     params:
         vocab_size=SH["vocab_size"],
+        ties=SH["vocabulary_ties"],
         expect_train=SH["expected_documents"]["train"],
         expect_test=SH["expected_documents"]["test"],
         sha256=SH["sha256"] if SH["source"] == "download" else "",
     shell:
         "python -m vae_approx.semhash prepare --archive {input} --vocab-size {params.vocab_size}"
+        " --vocabulary-ties {params.ties}"
         " --expect-train {params.expect_train} --expect-test {params.expect_test}"
         " --sha256 '{params.sha256}' --out {output} 2> {log}"
 

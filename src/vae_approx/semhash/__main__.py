@@ -26,7 +26,7 @@ import torch
 from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, sha256,
                       save_csv, save_torch, select_device, set_threads)
 from ..tables import claims_frame, count_claim, load_published, published_columns, write_table
-from .data import load_prepared, prepare, read_archive, save_prepared, synthetic_corpus, write_archive, write_raw_corpus
+from .data import VOCABULARY_TIES, load_prepared, prepare, read_archive, save_prepared, synthetic_corpus, write_archive, write_raw_corpus
 from .model import ENCODER_SPECS, SparseCounts
 from .train import TrainSettings, binary_codes, build_models, precision_at_k, train
 
@@ -75,7 +75,7 @@ def cmd_prepare(args) -> None:
         if expected and counts.shape[0] != expected:
             raise InputError(f"{args.archive}: {counts.shape[0]} {split} documents, expected {expected}")
     corpus = prepare(raw.train_counts, raw.test_counts, args.vocab_size,
-                     train_labels=raw.train_labels, test_labels=raw.test_labels)
+                     train_labels=raw.train_labels, test_labels=raw.test_labels, ties=args.vocabulary_ties)
     save_prepared(corpus, args.out)
     print(f"[semhash prepare] {corpus.train.shape[0]} train, {corpus.test.shape[0]} test documents, "
           f"{corpus.n_words} words -> {args.out}", file=sys.stderr)
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("prepare", help="parse, choose the vocabulary, smooth; one compact file")
     p.add_argument("--archive", required=True)
     p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--vocabulary-ties", choices=VOCABULARY_TIES, default="torch_topk")
     p.add_argument("--expect-train", type=int, default=0)
     p.add_argument("--expect-test", type=int, default=0)
     p.add_argument("--sha256", default="")

@@ -448,12 +448,19 @@ def _select_columns(counts: sp.csr_matrix, column_map: np.ndarray, n_columns: in
                           indptr.astype(np.int64)), shape=(counts.shape[0], n_columns))
 
 
-def prepare(train_counts, test_counts, vocab_size: int, *, train_labels=None, test_labels=None) -> PreparedCorpus:
+VOCABULARY_TIES = ("torch_topk", "lowest_index")
+
+
+def prepare(train_counts, test_counts, vocab_size: int, *, train_labels=None, test_labels=None,
+            ties: str = "torch_topk") -> PreparedCorpus:
     """Restrict both splits to the protocol's vocabulary and compute the smoothing vector.
 
     The vocabulary is the vocab_size words present in the most training documents (document
-    frequency; ties go to the lower word index, so the choice is deterministic), listed in
-    ascending word index. The smoothing vector is (training counts of each vocabulary word
+    frequency), listed in ascending word index. Among words tied at the last place, `ties`
+    chooses: torch_topk keeps those torch.topk returns on the document frequencies, as the
+    reproduction's loader does (deterministic for a given torch build; at the paper's shape 228
+    of 600 words tied at the cut, and it keeps other words than the lowest indices would), and
+    lowest_index keeps the lowest word indices. The smoothing vector is (training counts of each vocabulary word
     + 1/vocab_size) normalised to sum 1 (Kyrylov et al. 2023, after Shekhovtsov et al. 2022).
     Words are counted from the CSR structure; no matrix is ever made dense.
     """
@@ -468,9 +475,17 @@ def prepare(train_counts, test_counts, vocab_size: int, *, train_labels=None, te
     if vocab_size > present:
         raise InputError(f"vocab_size {vocab_size} exceeds the {present} distinct words "
                          f"of the training documents")
-    # lexsort's last key is the primary one: frequency descending, then word index ascending
-    ranked = np.lexsort((np.arange(n_raw), -document_frequency))
-    vocabulary = np.sort(ranked[:vocab_size]).astype(np.int64)
+    if ties == "torch_topk":
+        import torch  # the reproduction's choice: torch.topk over the frequencies of the words up to the
+        #               last one present in training (its dense matrix's width), as int64
+        width = int(train.indices.max()) + 1 if train.nnz else n_raw
+        chosen = torch.topk(torch.as_tensor(document_frequency[:width].astype(np.int64)), vocab_size).indices.numpy()
+    elif ties == "lowest_index":
+        # lexsort's last key is the primary one: frequency descending, then word index ascending
+        chosen = np.lexsort((np.arange(n_raw), -document_frequency))[:vocab_size]
+    else:
+        raise InputError(f"unknown vocabulary tie rule '{ties}'; expected one of {VOCABULARY_TIES}")
+    vocabulary = np.sort(chosen).astype(np.int64)
 
     column_map = np.full(n_raw, -1, dtype=np.int64)
     column_map[vocabulary] = np.arange(vocab_size)
