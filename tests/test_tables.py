@@ -1,10 +1,12 @@
 """The shared table helpers: tidy metrics in, one row per stage with published numbers, claims out."""
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from vae_approx.common import InputError
-from vae_approx.tables import (CLAIM_COLUMNS, FAILS, HOLDS, direction_claim, one_value, read_claims, read_tidy,
+from vae_approx.tables import (CLAIM_COLUMNS, FAILS, HOLDS, INCONCLUSIVE, direction_claim, paired_verdict, one_value, read_claims, read_tidy,
                                stage_table, write_claims)
 
 PUBLISHED = pd.DataFrame({
@@ -58,3 +60,42 @@ def test_written_claims_read_back(tmp_path):
     claims = read_claims(tmp_path / "c.csv")
     assert claims.columns.tolist() == CLAIM_COLUMNS and claims.verdict.tolist() == [HOLDS, FAILS]
     assert claims.measured[1] == "1 -> 2 (change +1)"
+
+
+@pytest.mark.parametrize("changes, expected, tolerance, verdict", [
+    ([0.050, 0.053, 0.056], "increase", 0.0, HOLDS),      # the whole interval above 0
+    ([0.050, 0.053, 0.056], "increase", 0.07, FAILS),     # the whole interval below the tolerance
+    ([0.050, 0.053, 0.056], "decrease", 0.0, FAILS),      # the whole interval on the wrong side
+    ([-0.02, 0.01, 0.05], "increase", 0.0, INCONCLUSIVE), # the interval straddles 0
+    ([-0.050, -0.053, -0.056], "decrease", 0.01, HOLDS),
+    ([0.050, 0.053, 0.056], "increase", 0.053, INCONCLUSIVE),
+])
+def test_paired_verdict_holds_fails_or_is_inconclusive(changes, expected, tolerance, verdict):
+    assert paired_verdict(changes, expected, tolerance).verdict == verdict
+
+
+def test_paired_verdict_interval_is_the_t_interval():
+    changes = np.array([0.049, 0.051, 0.057, 0.055])
+    v = paired_verdict(changes, "increase")
+    half = stats.t.ppf(0.975, 3) * changes.std(ddof=1) / 2
+    assert v.n == 4 and v.mean == pytest.approx(changes.mean()) and v.std == pytest.approx(changes.std(ddof=1))
+    assert (v.low, v.high) == (pytest.approx(changes.mean() - half), pytest.approx(changes.mean() + half))
+    low, high = stats.t.interval(0.95, 3, loc=changes.mean(), scale=stats.sem(changes))
+    assert (v.low, v.high) == (pytest.approx(low), pytest.approx(high))
+    assert v.in_direction == 4 and v.summary() == f"+0.053 [{low:+.4g}, {high:+.4g}], 4/4 seeds"
+    assert paired_verdict([0.2, -0.1, 0.3], "increase", 0.0).in_direction == 2
+
+
+def test_paired_verdict_with_one_seed_is_the_point_comparison():
+    one = paired_verdict([0.02], "increase", 0.01)
+    assert one.verdict == HOLDS and one.summary() == "+0.02, 1 seed, no interval" and np.isnan(one.low)
+    assert paired_verdict([0.005], "increase", 0.01).verdict == FAILS
+    assert paired_verdict([-0.02], "decrease").verdict == HOLDS
+
+
+def test_paired_verdict_rejects_nothing_and_fails_on_non_finite():
+    assert paired_verdict([0.1, float("nan"), 0.2], "increase").verdict == FAILS
+    with pytest.raises(ValueError, match="at least one change"):
+        paired_verdict([], "increase")
+    with pytest.raises(ValueError, match="'increase' or 'decrease'"):
+        paired_verdict([1.0], "up")

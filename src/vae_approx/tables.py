@@ -15,8 +15,11 @@ import argparse
 import math
 import re
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .common import InputError, save_csv, save_text
 
@@ -161,6 +164,56 @@ def count_claim(experiment: str, setting: str, claim: str, metric: str, held: in
         "expected": f"all {total} cells", "measured": f"{held} of {total} cells",
         "tolerance": 0.0, "verdict": HOLDS if total > 0 and held == total else FAILS,
     }
+
+
+INCONCLUSIVE = "inconclusive"
+
+
+class PairedVerdict(NamedTuple):
+    n: int              # seeds
+    mean: float         # mean paired change over the seeds
+    std: float          # its standard deviation over seeds (nan with one seed)
+    low: float          # the 95% t-interval of the mean change (nan with one seed)
+    high: float
+    in_direction: int   # seeds whose own change lies beyond the tolerance in the expected direction
+    verdict: str        # holds, fails or inconclusive
+
+    def summary(self) -> str:
+        """'+0.053 [+0.049, +0.057], 3/3 seeds', or '+0.053, 1 seed, no interval'."""
+        if self.n == 1:
+            return f"{self.mean:+.4g}, 1 seed, no interval"
+        return f"{self.mean:+.4g} [{self.low:+.4g}, {self.high:+.4g}], {self.in_direction}/{self.n} seeds"
+
+
+def paired_verdict(changes, expected: str, tolerance: float = 0.0, confidence: float = 0.95) -> PairedVerdict:
+    """The decision rule of every claim: paired changes (one per seed: after - before of the same
+    seed, or one encoder's value minus another's in the same cell and seed) against a tolerance.
+
+    Over n seeds, the t-interval of the mean change at `confidence`: the claim `holds` when the
+    whole interval lies beyond the tolerance in the expected direction (above +tolerance for an
+    `increase`, below -tolerance for a `decrease`), `fails` when it lies entirely on the other
+    side of it, and is `inconclusive` otherwise. With one seed there is no interval: the verdict
+    is the point comparison (holds or fails). A non-finite change fails the claim.
+    """
+    if expected not in ("increase", "decrease"):
+        raise ValueError(f"expected must be 'increase' or 'decrease', got {expected!r}")
+    values = np.asarray(changes, dtype=float).ravel()
+    if values.size == 0:
+        raise ValueError("paired_verdict needs at least one change")
+    sign = 1.0 if expected == "increase" else -1.0
+    n, mean = values.size, float(values.mean())
+    in_direction = int(np.sum(sign * values > tolerance))
+    if not np.all(np.isfinite(values)):
+        return PairedVerdict(n, mean, float("nan"), float("nan"), float("nan"), in_direction, FAILS)
+    if n == 1:
+        return PairedVerdict(1, mean, float("nan"), float("nan"), float("nan"), in_direction,
+                             HOLDS if sign * mean > tolerance else FAILS)
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    low, high = mean - half, mean + half
+    near, far = sorted((sign * low, sign * high))                      # the interval in the expected direction
+    verdict = HOLDS if near > tolerance else FAILS if far < tolerance else INCONCLUSIVE
+    return PairedVerdict(n, mean, std, low, high, in_direction, verdict)
 
 
 def claims_frame(rows: list[dict]) -> pd.DataFrame:
