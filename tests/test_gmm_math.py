@@ -11,7 +11,7 @@ from scipy.stats import multivariate_normal
 from vae_approx.common import Progress
 from vae_approx.gmm.model import (
     TRUE_CENTRES, ConsistentEncoder, MixtureDecoder, exact_elbo, kl_divergence, log_likelihood,
-    log_posterior, make_encoder, sample_mixture,
+    fit_centres_ml, log_posterior, make_encoder, sample_mixture,
 )
 from vae_approx.gmm.train import TrainSettings, train
 
@@ -107,3 +107,32 @@ def test_metrics_rows_are_tidy_and_complete():
                 "mean_centre_distance"} | {f"centre_{k}_distance" for k in range(4)}
     assert all(set(r) == expected for r in rows)
     assert rows[0]["mean_centre_distance"] == 0 and rows[-1]["mean_centre_distance"] > 0
+
+
+def test_maximum_likelihood_centres_by_em():
+    """The control fit: with well-separated components the ML centres are the components' sample
+    means (closed form, as the responsibilities are 0 or 1 to float precision); on an overlapping
+    sample they are a stationary point of log p(x) (zero gradient) above the ground truth, and
+    EM's log-likelihood never decreases."""
+    far = ((-50.0, 0.0), (0.0, 0.0), (50.0, 50.0), (50.0, -50.0))
+    x, component = sample_mixture(40, 1.0, 3, centres=far)
+    centres, _ = fit_centres_ml(torch.from_numpy(x), 1.0, far)
+    means = np.stack([x[component == k].mean(0) for k in range(4)])
+    np.testing.assert_allclose(centres.numpy(), means, atol=1e-5)
+
+    x, _ = sample_mixture(200, 1.0, 4)
+    x = torch.from_numpy(x).double()
+    centres, iterations = fit_centres_ml(x, 1.0)
+    assert 1 < iterations < 10_000
+    decoder = MixtureDecoder(centres, 1.0).double()
+    ll = log_likelihood(decoder.log_joint(x)).mean()
+    (grad,) = torch.autograd.grad(ll, decoder.centres)
+    assert grad.abs().max() < 1e-8
+    truth = log_likelihood(MixtureDecoder(TRUE_CENTRES, 1.0).double().log_joint(x)).mean()
+    assert ll > truth
+    previous = truth.item()
+    for steps in (1, 2, 5, 20):
+        c, _ = fit_centres_ml(x, 1.0, max_iterations=steps)
+        now = log_likelihood(MixtureDecoder(c, 1.0).double().log_joint(x)).mean().item()
+        assert now >= previous - 1e-12
+        previous = now

@@ -59,7 +59,7 @@ def test_written_claims_read_back(tmp_path):
     write_claims(rows, tmp_path / "c.csv")
     claims = read_claims(tmp_path / "c.csv")
     assert claims.columns.tolist() == CLAIM_COLUMNS and claims.verdict.tolist() == [HOLDS, FAILS]
-    assert claims.measured[1] == "1 -> 2 (change +1)"
+    assert claims.measured[1] == "1 -> 2 (change +1), 1 seed, no interval" and claims.seeds.tolist() == [1, 1]
 
 
 @pytest.mark.parametrize("changes, expected, tolerance, verdict", [
@@ -99,3 +99,19 @@ def test_paired_verdict_rejects_nothing_and_fails_on_non_finite():
         paired_verdict([], "increase")
     with pytest.raises(ValueError, match="'increase' or 'decrease'"):
         paired_verdict([1.0], "up")
+
+
+def test_seeds_claim_rows_carry_interval_seeds_control_and_by_construction():
+    from vae_approx.tables import seeds_claim
+    row = seeds_claim("x", "s", "moves", "d", {2: 0.40, 0: 0.45, 1: 0.38}, "increase", "control fit")
+    v = paired_verdict([0.45, 0.38, 0.40], "increase")
+    assert row["verdict"] == HOLDS and row["seeds"] == 3 and row["in_direction"] == "3/3"
+    assert (row["low"], row["high"]) == (pytest.approx(v.low), pytest.approx(v.high))
+    assert row["per_seed"] == "0: +0.45; 1: +0.38; 2: +0.4" and row["control"] == "control fit"
+    assert row["measured"] == v.summary() and not row["by_construction"]
+    # "no change beyond the control": holds while the interval reaches the control's side
+    assert seeds_claim("x", "s", "stays", "d", {0: 1e-6, 1: -2e-6, 2: 3e-6}, "increase", "c",
+                       expect_change=False)["verdict"] == HOLDS
+    assert seeds_claim("x", "s", "stays", "d", {0: 0.4, 1: 0.45, 2: 0.38}, "increase", "c",
+                       expect_change=False)["verdict"] == FAILS
+    assert seeds_claim("x", "s", "rises", "e", {0: 0.1}, "increase", "c", by_construction=True)["by_construction"]

@@ -2,7 +2,7 @@
 
 An experiment reads its tidy metrics with `read_tidy` / `one_value`, lays out one row per stage
 with the published numbers beside ours (`stage_table`), writes its results tables with
-`write_table` and its claims as rows made by `direction_claim` / `bound_claim` / `count_claim`
+`write_table` and its claims as rows made by `seeds_claim` (over seeds, `paired_verdict`), `direction_claim` or `count_claim`
 (`write_claims`: one CSV per experiment); `collect_claims` stacks those files into the run's
 claims table. Nothing here knows an experiment by name.
 
@@ -23,9 +23,13 @@ from scipy import stats
 
 from .common import InputError, save_csv, save_text
 
-CLAIM_COLUMNS = ["experiment", "setting", "claim", "metric", "expected", "measured", "tolerance", "verdict"]
+# measured: the change over seeds as "+0.053 [+0.049, +0.057], 3/3 seeds" (mean, 95% t-interval,
+# seeds in the expected direction); control: what each seed's value is compared with;
+# by_construction: the claim cannot fail by the way it is trained (no evidence for the paper)
+CLAIM_COLUMNS = ["experiment", "setting", "claim", "metric", "expected", "measured", "tolerance", "control", "seeds",
+                 "per_seed", "mean_change", "low", "high", "in_direction", "by_construction", "verdict"]
 PUBLISHED_COLUMNS = ["experiment", "setting", "metric", "stage", "value", "source"]
-HOLDS, FAILS = "holds", "fails"
+HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
 
 
 def markdown(df: pd.DataFrame, title: str | None = None, note: str | None = None, floatfmt: str = ".4g") -> str:
@@ -127,46 +131,38 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _claim(experiment: str, setting: str, claim: str, metric: str, expected: str, measured: str,
+           tolerance: float, verdict: str, *, control: str = "", seeds: int = 1, per_seed: str = "",
+           mean_change: float = float("nan"), low: float = float("nan"), high: float = float("nan"),
+           in_direction: int | str = "", by_construction: bool = False) -> dict:
+    """One row of the claims table, in CLAIM_COLUMNS."""
+    return {"experiment": experiment, "setting": setting, "claim": claim, "metric": metric, "expected": expected,
+            "measured": measured, "tolerance": tolerance, "control": control, "seeds": seeds, "per_seed": per_seed,
+            "mean_change": mean_change, "low": low, "high": high, "in_direction": in_direction,
+            "by_construction": bool(by_construction), "verdict": verdict}
+
+
 def direction_claim(experiment: str, setting: str, claim: str, metric: str,
-                    before: float, after: float, expected: str, tolerance: float = 0.0) -> dict:
-    """`metric` is expected to `increase` or `decrease` from before to after by more than tolerance."""
+                    before: float, after: float, expected: str, tolerance: float = 0.0,
+                    by_construction: bool = False) -> dict:
+    """`metric` is expected to `increase` or `decrease` from before to after by more than tolerance
+    (one seed; seeds_claim decides over several)."""
     if expected not in ("increase", "decrease"):
         raise ValueError(f"expected must be 'increase' or 'decrease', got {expected!r}")
     change = after - before
     ok = change > tolerance if expected == "increase" else change < -tolerance
     if not (math.isfinite(before) and math.isfinite(after)):
         ok = False
-    return {
-        "experiment": experiment, "setting": setting, "claim": claim, "metric": metric,
-        "expected": expected, "measured": f"{_fmt(before)} -> {_fmt(after)} (change {change:+.4g})",
-        "tolerance": tolerance, "verdict": HOLDS if ok else FAILS,
-    }
-
-
-def bound_claim(experiment: str, setting: str, claim: str, metric: str,
-                value: float, expected: str, threshold: float) -> dict:
-    """`metric` is expected to be `below` or `above` threshold."""
-    if expected not in ("below", "above"):
-        raise ValueError(f"expected must be 'below' or 'above', got {expected!r}")
-    ok = value < threshold if expected == "below" else value > threshold
-    ok = ok and math.isfinite(value)
-    return {
-        "experiment": experiment, "setting": setting, "claim": claim, "metric": metric,
-        "expected": f"{expected} {threshold:g}", "measured": _fmt(value),
-        "tolerance": threshold, "verdict": HOLDS if ok else FAILS,
-    }
+    return _claim(experiment, setting, claim, metric, expected,
+                  f"{_fmt(before)} -> {_fmt(after)} (change {change:+.4g}), 1 seed, no interval", tolerance,
+                  HOLDS if ok else FAILS, control="the same run before", per_seed=_fmt(change),
+                  mean_change=change, in_direction=f"{int(ok)}/1", by_construction=by_construction)
 
 
 def count_claim(experiment: str, setting: str, claim: str, metric: str, held: int, total: int) -> dict:
     """A claim that must hold in every one of `total` cells; reports how many do."""
-    return {
-        "experiment": experiment, "setting": setting, "claim": claim, "metric": metric,
-        "expected": f"all {total} cells", "measured": f"{held} of {total} cells",
-        "tolerance": 0.0, "verdict": HOLDS if total > 0 and held == total else FAILS,
-    }
-
-
-INCONCLUSIVE = "inconclusive"
+    return _claim(experiment, setting, claim, metric, f"all {total} cells", f"{held} of {total} cells, 1 seed",
+                  0.0, HOLDS if total > 0 and held == total else FAILS, control="the other encoders, same cell")
 
 
 class PairedVerdict(NamedTuple):
@@ -216,6 +212,30 @@ def paired_verdict(changes, expected: str, tolerance: float = 0.0, confidence: f
     return PairedVerdict(n, mean, std, low, high, in_direction, verdict)
 
 
+def seeds_claim(experiment: str, setting: str, claim: str, metric: str, changes: dict, expected: str,
+                control: str, tolerance: float = 0.0, by_construction: bool = False,
+                expect_change: bool = True) -> dict:
+    """A claim decided by paired_verdict over seeds: `changes` {seed: paired change}, each the
+    seed's value minus its `control` (the same seed before training, or the control fit).
+
+    expect_change=False states that no change beyond the tolerance in the expected direction
+    occurs (the consistent encoder's centres drift no further than the maximum-likelihood fit's):
+    it fails when the whole interval lies beyond the tolerance, and holds otherwise (the interval
+    reaches the control's side)."""
+    seeds = sorted(changes)
+    pv = paired_verdict([changes[k] for k in seeds], expected, tolerance)
+    if expect_change:
+        verdict = pv.verdict
+        wanted = f"{expected} beyond {tolerance:+g}" if tolerance else expected
+    else:
+        verdict = FAILS if pv.verdict == HOLDS else HOLDS
+        wanted = f"no {expected} beyond {tolerance:+g}"
+    per_seed = "; ".join(f"{k}: {changes[k]:+.4g}" for k in seeds)
+    return _claim(experiment, setting, claim, metric, wanted, pv.summary(), tolerance, verdict, control=control,
+                  seeds=pv.n, per_seed=per_seed, mean_change=pv.mean, low=pv.low, high=pv.high,
+                  in_direction=f"{pv.in_direction}/{pv.n}", by_construction=by_construction)
+
+
 def claims_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
@@ -231,10 +251,10 @@ def read_claims(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"claims: file not found: {path}")
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype={"per_seed": str, "in_direction": str})  # text, kept as written
     if list(df.columns) != CLAIM_COLUMNS:
         raise InputError(f"claims {path}: columns {list(df.columns)}, expected {CLAIM_COLUMNS}")
-    bad = set(df.verdict) - {HOLDS, FAILS}
+    bad = set(df.verdict) - {HOLDS, FAILS, INCONCLUSIVE}
     if bad:
         raise InputError(f"claims {path}: unknown verdicts {sorted(bad)}")
     return df
@@ -242,9 +262,18 @@ def read_claims(path) -> pd.DataFrame:
 
 def collect_claims(inputs: list, csv_path, md_path) -> pd.DataFrame:
     df = pd.concat([read_claims(p) for p in inputs], ignore_index=True)
-    held = int((df.verdict == HOLDS).sum())
-    note = f"{held} of {len(df)} claims hold. Each row names its tolerance (0 = any change in the expected direction)."
-    write_table(df, csv_path, md_path, title="Claims of the paper, checked on this run", note=note)
+    evidence = df[~df.by_construction.astype(bool)]
+    counts = {v: int((evidence.verdict == v).sum()) for v in (HOLDS, FAILS, INCONCLUSIVE)}
+    note = (f"Of {len(evidence)} claims that could fail, {counts[HOLDS]} hold, {counts[FAILS]} fail and "
+            f"{counts[INCONCLUSIVE]} are inconclusive; {len(df) - len(evidence)} more hold by construction "
+            "(by_construction: true) and are no evidence. A claim holds when the 95% t-interval of its change "
+            "over seeds (each seed against its control) lies beyond the tolerance in the expected direction, "
+            "fails when it lies on the other side, and is inconclusive otherwise; with one seed the point decides. "
+            "Per-seed changes: claims.csv.")
+    shown = df[["experiment", "setting", "claim", "expected", "measured", "tolerance", "control",
+                "by_construction", "verdict"]]
+    save_csv(df, csv_path)
+    save_text(markdown(shown, title="Claims of the paper, checked on this run", note=note), md_path)
     return df
 
 

@@ -45,7 +45,21 @@ def gmm_targets():
     return expand(
         f"{RESULTS}/gmm/{{encoder}}/{{name}}",
         encoder=config["gmm"]["encoders"],
-        name=["table.csv", "table.md", "regions.png", "curves.png"],
+        name=["table.csv", "table.md"],
+    ) + expand(
+        f"{RESULTS}/gmm/seed{{seed}}/{{encoder}}/{{name}}",
+        seed=config["gmm"]["seeds"],
+        encoder=config["gmm"]["encoders"],
+        name=["regions.png", "curves.png"],
+    )
+
+
+def gmm_seeds(name):
+    """One file per GMM seed, in the config's seed order; `name` may hold {encoder}."""
+    return expand(
+        f"{RESULTS}/gmm/seed{{seed}}/{name}",
+        seed=config["gmm"]["seeds"],
+        allow_missing=True,
     )
 
 

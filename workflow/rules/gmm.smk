@@ -1,15 +1,21 @@
-# Gaussian mixture: ground-truth sample -> encoder pretraining -> joint training -> plots, tables.
+# Gaussian mixture, per seed: ground-truth sample -> encoder pretraining -> joint training, and
+# the maximum-likelihood fit of the centres (the control); over seeds: tables and claims.
 
 GMM = f"{RESULTS}/gmm"
+SEEDED = f"{GMM}/seed{{seed}}"
+
+
+wildcard_constraints:
+    seed=r"\d+",
 
 
 rule sample_gmm:
     output:
-        f"{GMM}/data.npz",
+        f"{SEEDED}/data.npz",
     log:
-        f"{LOGS}/gmm/data.log",
+        f"{LOGS}/gmm/seed{{seed}}/data.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/data.tsv"
+        f"{BENCHMARKS}/gmm/seed{{seed}}/data.tsv"
     conda:
         ENV
     threads: 1
@@ -19,22 +25,40 @@ rule sample_gmm:
     params:
         n=config["gmm"]["n_per_component"],
         variance=config["gmm"]["variance"],
-        seed=config["gmm"]["data_seed"],
     shell:
         "python -m vae_approx.gmm sample --n-per-component {params.n} --variance {params.variance}"
-        " --seed {params.seed} --out {output} 2> {log}"
+        " --seed {wildcards.seed} --out {output} 2> {log}"
+
+
+rule fit_gmm_ml:
+    input:
+        f"{SEEDED}/data.npz",
+    output:
+        f"{SEEDED}/ml_fit.csv",
+    log:
+        f"{LOGS}/gmm/seed{{seed}}/ml_fit.log",
+    benchmark:
+        f"{BENCHMARKS}/gmm/seed{{seed}}/ml_fit.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m vae_approx.gmm fit-ml --data {input} --out {output} 2> {log}"
 
 
 rule pretrain_gmm_encoder:
     input:
-        data=f"{GMM}/data.npz",
+        data=f"{SEEDED}/data.npz",
     output:
-        model=f"{GMM}/{{encoder}}/pretrained.pt",
-        metrics=f"{GMM}/{{encoder}}/pretrain_metrics.csv",
+        model=f"{SEEDED}/{{encoder}}/pretrained.pt",
+        metrics=f"{SEEDED}/{{encoder}}/pretrain_metrics.csv",
     log:
-        f"{LOGS}/gmm/{{encoder}}/pretrained.log",
+        f"{LOGS}/gmm/seed{{seed}}/{{encoder}}/pretrained.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/{{encoder}}/pretrained.tsv"
+        f"{BENCHMARKS}/gmm/seed{{seed}}/{{encoder}}/pretrained.tsv"
     conda:
         ENV
     threads: config["gmm"]["threads"]
@@ -45,14 +69,13 @@ rule pretrain_gmm_encoder:
         hidden=config["gmm"]["hidden"],
         steps=config["gmm"]["pretrain"]["steps"],
         lr=config["gmm"]["pretrain"]["lr"],
-        seed=config["gmm"]["seed"],
         eval_every=config["gmm"]["eval_every"],
         checkpoint_every=config["gmm"]["checkpoint_every"],
         device=config["device"],
     shell:
         "python -m vae_approx.gmm train --phase pretrain --encoder {wildcards.encoder}"
         " --hidden {params.hidden} --data {input.data} --steps {params.steps} --lr {params.lr}"
-        " --seed {params.seed} --eval-every {params.eval_every}"
+        " --seed {wildcards.seed} --eval-every {params.eval_every}"
         " --checkpoint-every {params.checkpoint_every} --threads {threads}"
         " --device {params.device}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
@@ -60,15 +83,15 @@ rule pretrain_gmm_encoder:
 
 rule train_gmm_joint:
     input:
-        data=f"{GMM}/data.npz",
-        init=f"{GMM}/{{encoder}}/pretrained.pt",
+        data=f"{SEEDED}/data.npz",
+        init=f"{SEEDED}/{{encoder}}/pretrained.pt",
     output:
-        model=f"{GMM}/{{encoder}}/joint.pt",
-        metrics=f"{GMM}/{{encoder}}/joint_metrics.csv",
+        model=f"{SEEDED}/{{encoder}}/joint.pt",
+        metrics=f"{SEEDED}/{{encoder}}/joint_metrics.csv",
     log:
-        f"{LOGS}/gmm/{{encoder}}/joint.log",
+        f"{LOGS}/gmm/seed{{seed}}/{{encoder}}/joint.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/{{encoder}}/joint.tsv"
+        f"{BENCHMARKS}/gmm/seed{{seed}}/{{encoder}}/joint.tsv"
     conda:
         ENV
     threads: config["gmm"]["threads"]
@@ -79,14 +102,13 @@ rule train_gmm_joint:
         hidden=config["gmm"]["hidden"],
         steps=config["gmm"]["joint"]["steps"],
         lr=config["gmm"]["joint"]["lr"],
-        seed=config["gmm"]["seed"],
         eval_every=config["gmm"]["eval_every"],
         checkpoint_every=config["gmm"]["checkpoint_every"],
         device=config["device"],
     shell:
         "python -m vae_approx.gmm train --phase joint --encoder {wildcards.encoder}"
         " --hidden {params.hidden} --data {input.data} --init {input.init}"
-        " --steps {params.steps} --lr {params.lr} --seed {params.seed}"
+        " --steps {params.steps} --lr {params.lr} --seed {wildcards.seed}"
         " --eval-every {params.eval_every} --checkpoint-every {params.checkpoint_every}"
         " --threads {threads} --device {params.device}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
@@ -94,30 +116,30 @@ rule train_gmm_joint:
 
 rule plot_gmm:
     input:
-        data=f"{GMM}/data.npz",
-        pretrained=f"{GMM}/{{encoder}}/pretrained.pt",
-        joint=f"{GMM}/{{encoder}}/joint.pt",
+        data=f"{SEEDED}/data.npz",
+        pretrained=f"{SEEDED}/{{encoder}}/pretrained.pt",
+        joint=f"{SEEDED}/{{encoder}}/joint.pt",
         metrics=[
-            f"{GMM}/{{encoder}}/pretrain_metrics.csv",
-            f"{GMM}/{{encoder}}/joint_metrics.csv",
+            f"{SEEDED}/{{encoder}}/pretrain_metrics.csv",
+            f"{SEEDED}/{{encoder}}/joint_metrics.csv",
         ],
     output:
         regions=report(
-            f"{GMM}/{{encoder}}/regions.png",
+            f"{SEEDED}/{{encoder}}/regions.png",
             caption="../report/gmm_regions.rst",
             category="Gaussian mixture",
             subcategory="{encoder} encoder",
         ),
         curves=report(
-            f"{GMM}/{{encoder}}/curves.png",
+            f"{SEEDED}/{{encoder}}/curves.png",
             caption="../report/gmm_curves.rst",
             category="Gaussian mixture",
             subcategory="{encoder} encoder",
         ),
     log:
-        f"{LOGS}/gmm/{{encoder}}/plots.log",
+        f"{LOGS}/gmm/seed{{seed}}/{{encoder}}/plots.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/{{encoder}}/plots.tsv"
+        f"{BENCHMARKS}/gmm/seed{{seed}}/{{encoder}}/plots.tsv"
     conda:
         ENV
     threads: 1
@@ -132,10 +154,9 @@ rule plot_gmm:
 
 rule tabulate_gmm:
     input:
-        metrics=[
-            f"{GMM}/{{encoder}}/pretrain_metrics.csv",
-            f"{GMM}/{{encoder}}/joint_metrics.csv",
-        ],
+        pretrain=gmm_seeds("{encoder}/pretrain_metrics.csv"),
+        joint=gmm_seeds("{encoder}/joint_metrics.csv"),
+        ml=gmm_seeds("ml_fit.csv"),
         published=config["published_results"],
     output:
         csv=report(
@@ -145,6 +166,7 @@ rule tabulate_gmm:
             subcategory="{encoder} encoder",
         ),
         md=f"{GMM}/{{encoder}}/table.md",
+        per_seed=f"{GMM}/{{encoder}}/table_per_seed.csv",
         claims=f"{GMM}/{{encoder}}/claims.csv",
     log:
         f"{LOGS}/gmm/{{encoder}}/table.log",
@@ -156,9 +178,7 @@ rule tabulate_gmm:
     resources:
         mem_mb=1000,
         runtime=5,
-    params:
-        centre_tolerance=config["gmm"]["centre_tolerance"],
     shell:
-        "python -m vae_approx.gmm tabulate --encoder {wildcards.encoder} --metrics {input.metrics}"
-        " --published {input.published} --centre-tolerance {params.centre_tolerance}"
-        " --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"
+        "python -m vae_approx.gmm tabulate --encoder {wildcards.encoder} --pretrain {input.pretrain}"
+        " --joint {input.joint} --ml {input.ml} --published {input.published}"
+        " --per-seed {output.per_seed} --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"

@@ -110,3 +110,26 @@ def log_posterior(log_joint: torch.Tensor) -> torch.Tensor:
 def kl_divergence(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     """KL(q || p) over the codes; log p(x) - ELBO(x) = KL(q(z|x) || p(z|x))."""
     return (log_q.exp() * (log_q - log_p)).sum(dim=1)
+
+
+def fit_centres_ml(x: torch.Tensor, variance: float, centres=TRUE_CENTRES, tol: float = 1e-10,
+                   max_iterations: int = 10_000) -> tuple[torch.Tensor, int]:
+    """Maximum-likelihood centres of the mixture on the sample x [N, D], by EM from `centres`.
+
+    The control of the centre-drift claims: the best any decoder of this family can do on the
+    same sample, with no encoder (uniform weights and the variance fixed, as in the VAE; EM
+    increases log p(x) at every step). E-step: the exact posterior r = p(z|x); M-step: each
+    centre the r-weighted mean of the points. Stops when no centre moves by more than `tol`.
+    Returns the centres [K, D] (float64) and the number of iterations.
+    """
+    decoder = MixtureDecoder(centres, variance).double()
+    x = x.double()
+    with torch.no_grad():
+        for iteration in range(1, max_iterations + 1):
+            r = log_posterior(decoder.log_joint(x)).exp()                      # [N, K]
+            new = (r.T @ x) / r.sum(0)[:, None]                                # [K, D]
+            moved = (new - decoder.centres).abs().max().item()
+            decoder.centres.copy_(new)
+            if moved <= tol:
+                break
+    return decoder.centres.detach().clone(), iteration
