@@ -265,8 +265,8 @@ def collect_claims(inputs: list, csv_path, md_path) -> pd.DataFrame:
     evidence = df[~df.by_construction.astype(bool)]
     counts = {v: int((evidence.verdict == v).sum()) for v in (HOLDS, FAILS, INCONCLUSIVE)}
     note = (f"Of {len(evidence)} claims that could fail, {counts[HOLDS]} hold, {counts[FAILS]} fail and "
-            f"{counts[INCONCLUSIVE]} are inconclusive; {len(df) - len(evidence)} more hold by construction "
-            "(by_construction: true) and are no evidence. A claim holds when the 95% t-interval of its change "
+            f"{counts[INCONCLUSIVE]} are inconclusive; {len(df) - len(evidence)} more cannot fail by the way "
+            "they are trained (by_construction: true) and are no evidence. A claim holds when the 95% t-interval of its change "
             "over seeds (each seed against its control) lies beyond the tolerance in the expected direction, "
             "fails when it lies on the other side, and is inconclusive otherwise; with one seed the point decides. "
             "Per-seed changes: claims.csv.")
