@@ -183,9 +183,9 @@ class WorkerSide:
     runs one epoch per step()."""
 
     def __init__(self, name: str, settings: TrainSettings, threads: int, corpus_file: str):
-        parent, child = mp.get_context("spawn").Pipe()
-        self.proc = mp.get_context("spawn").Process(target=_worker, args=(name, child, settings, threads, corpus_file),
-                                                    daemon=True)
+        spawn = mp.get_context("spawn")
+        parent, child = spawn.Pipe()
+        self.proc = spawn.Process(target=_worker, args=(name, child, settings, threads, corpus_file), daemon=True)
         self.proc.start()
         self.conn = parent
 

@@ -80,7 +80,6 @@ def settings(seed: int, one: int, ten: int) -> TrainSettings:
 
 
 def test_script_copy_changes_only_seed_and_epoch_ranges():
-    text = (Path(__file__).parent / "test_semhash_bench.py").read_text()  # any text with the three lines once
     source = STAND_IN
     same, changed = bench.script_copy(source, 1, (1000, 500))
     assert same == source and changed == []
@@ -90,7 +89,7 @@ def test_script_copy_changes_only_seed_and_epoch_ranges():
     differing = [(a, b) for a, b in zip(source.splitlines(), copy.splitlines()) if a != b]
     assert len(differing) == 3 and len(copy.splitlines()) == len(source.splitlines())
     with pytest.raises(SystemExit, match="expected 'torch.manual_seed\\(1\\)' once"):
-        bench.script_copy(text.replace("torch.manual_seed(1)", "torch.manual_seed(2)"), 1, (1, 1))
+        bench.script_copy(source.replace("torch.manual_seed(1)", "torch.manual_seed(2)"), 1, (1, 1))
 
 
 def test_script_side_runs_stops_and_parses_the_script(checkout, archive, tmp_path):
