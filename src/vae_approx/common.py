@@ -150,6 +150,26 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
         fig.savefig(tmp, format=Path(path).suffix.lstrip("."), **kwargs)
 
 
+def seed_of(path) -> int:
+    """The replicate of a per-seed file: .../seed<k>/... -> k."""
+    for part in Path(path).parts:
+        if part.startswith("seed") and part[4:].isdigit():
+            return int(part[4:])
+    raise InputError(f"{path}: not a per-seed file (no seed<k> folder in its path)")
+
+
+def plot_seeds(ax, curves, colour: str, label: str) -> None:
+    """Curves (x, y) of several seeds on one axis: each seed as a thin line, their mean as a thick
+    one, labelled with the number of seeds. The seeds share one schedule, so the mean is taken
+    point by point (over the points every seed has)."""
+    for x, y in curves:
+        ax.plot(x, y, c=colour, lw=0.6, alpha=0.45)
+    n = min(len(y) for _, y in curves)
+    mean = np.mean([np.asarray(y, dtype=float)[:n] for _, y in curves], axis=0)
+    ax.plot(np.asarray(curves[0][0])[:n], mean, c=colour, lw=1.6,
+            label=f"{label} ({len(curves)} seeds, mean)" if len(curves) > 1 else label)
+
+
 def load_torch(path: str | os.PathLike, what: str) -> Any:
     """torch.load with an error that names the file and what it was supposed to be."""
     path = Path(path)

@@ -2,8 +2,9 @@
 
 An experiment reads its tidy metrics with `read_tidy` / `one_value`, lays out one row per stage
 with the published numbers beside ours (`stage_table`), writes its results tables with
-`write_table` and its claims as rows made by `seeds_claim` (over seeds, `paired_verdict`), `direction_claim` or `count_claim`
-(`write_claims`: one CSV per experiment); `collect_claims` stacks those files into the run's
+`write_table` (over seeds: `mean_std`, `with_spread`) and its claims as rows made by `seeds_claim` (one
+claim decided over seeds by `paired_verdict`) or `cells_claim` (a claim that must hold in every cell of a
+grid) (`write_claims`: one CSV per experiment); `collect_claims` stacks those files into the run's
 claims table. Nothing here knows an experiment by name.
 
     python -m vae_approx.tables claims --inputs a.csv b.csv --csv claims.csv --md claims.md
@@ -41,9 +42,10 @@ def markdown(df: pd.DataFrame, title: str | None = None, note: str | None = None
 
 
 def write_table(df: pd.DataFrame, csv_path, md_path, title: str | None = None, note: str | None = None) -> None:
-    """The same table as tidy CSV (for code) and Markdown (for people), both written atomically."""
+    """The same table as tidy CSV (for code) and Markdown (for people), both written atomically; in
+    the Markdown, a column with a `<column> std` beside it reads 'mean (std)' (with_spread)."""
     save_csv(df, csv_path)
-    save_text(markdown(df, title, note), md_path)
+    save_text(markdown(spread_text(df), title, note), md_path)
 
 
 def read_tidy(path, what: str, columns) -> pd.DataFrame:
@@ -124,6 +126,38 @@ def stage_table(stages: dict[str, dict], pub: pd.DataFrame, experiment: str, met
     return pd.DataFrame(rows)
 
 
+def mean_std(df: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+    """One row per group of `by` (in first-seen order): `seeds`, the rows in the group, then each of
+    `columns` as its mean over them and `<column> std`, the standard deviation (nan with one row)."""
+    rows = []
+    for key, group in df.groupby(by, sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)), seeds=len(group))
+        for column in columns:
+            values = group[column].dropna()
+            if len(values):
+                row[column] = values.mean()
+                row[f"{column} std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def with_spread(mean: float, std: float, fmt: str = ".4g") -> str:
+    """'93.1 (0.21)': a mean and its standard deviation over seeds, or the mean alone without one."""
+    if not math.isfinite(std):
+        return format(mean, fmt)
+    return f"{mean:{fmt}} ({std:.2g})"
+
+
+def spread_text(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each column that has a `<column> std` beside it as text 'mean (std)', the std gone."""
+    shown = df.copy()
+    for column in df.columns:
+        if f"{column} std" in df.columns:
+            shown[column] = [with_spread(m, sd) if pd.notna(m) else "" for m, sd in zip(df[column], df[f"{column} std"])]
+            shown = shown.drop(columns=f"{column} std")
+    return shown
+
+
 # ---------------------------------------------------------------- claims
 
 
@@ -140,29 +174,6 @@ def _claim(experiment: str, setting: str, claim: str, metric: str, expected: str
             "measured": measured, "tolerance": tolerance, "control": control, "seeds": seeds, "per_seed": per_seed,
             "mean_change": mean_change, "low": low, "high": high, "in_direction": in_direction,
             "by_construction": bool(by_construction), "verdict": verdict}
-
-
-def direction_claim(experiment: str, setting: str, claim: str, metric: str,
-                    before: float, after: float, expected: str, tolerance: float = 0.0,
-                    by_construction: bool = False) -> dict:
-    """`metric` is expected to `increase` or `decrease` from before to after by more than tolerance
-    (one seed; seeds_claim decides over several)."""
-    if expected not in ("increase", "decrease"):
-        raise ValueError(f"expected must be 'increase' or 'decrease', got {expected!r}")
-    change = after - before
-    ok = change > tolerance if expected == "increase" else change < -tolerance
-    if not (math.isfinite(before) and math.isfinite(after)):
-        ok = False
-    return _claim(experiment, setting, claim, metric, expected,
-                  f"{_fmt(before)} -> {_fmt(after)} (change {change:+.4g}), 1 seed, no interval", tolerance,
-                  HOLDS if ok else FAILS, control="the same run before", per_seed=_fmt(change),
-                  mean_change=change, in_direction=f"{int(ok)}/1", by_construction=by_construction)
-
-
-def count_claim(experiment: str, setting: str, claim: str, metric: str, held: int, total: int) -> dict:
-    """A claim that must hold in every one of `total` cells; reports how many do."""
-    return _claim(experiment, setting, claim, metric, f"all {total} cells", f"{held} of {total} cells, 1 seed",
-                  0.0, HOLDS if total > 0 and held == total else FAILS, control="the other encoders, same cell")
 
 
 class PairedVerdict(NamedTuple):
@@ -234,6 +245,39 @@ def seeds_claim(experiment: str, setting: str, claim: str, metric: str, changes:
     return _claim(experiment, setting, claim, metric, wanted, pv.summary(), tolerance, verdict, control=control,
                   seeds=pv.n, per_seed=per_seed, mean_change=pv.mean, low=pv.low, high=pv.high,
                   in_direction=f"{pv.in_direction}/{pv.n}", by_construction=by_construction)
+
+
+def cells_claim(experiment: str, setting: str, claim: str, metric: str, cells: dict, expected: str,
+                control: str, cells_file: str, tolerance: float = 0.0) -> tuple[dict, list[dict]]:
+    """A claim that must hold in every cell of a grid: `cells` {cell name: {seed: paired change}},
+    each cell decided by seeds_claim. It holds when every cell holds, fails when any cell fails
+    and is inconclusive otherwise (no cells: fails). The summary row names the inconclusive and
+    failing cells and shows the least clear cell's interval (its end nearest the tolerance);
+    `cells_file` is where the per-cell rows (the second return value) are written."""
+    rows = [seeds_claim(experiment, cell, claim, metric, changes, expected, control, tolerance)
+            for cell, changes in cells.items()]
+    sign = 1.0 if expected == "increase" else -1.0
+    by_verdict = {v: [r["setting"] for r in rows if r["verdict"] == v] for v in (HOLDS, FAILS, INCONCLUSIVE)}
+    verdict = (FAILS if by_verdict[FAILS] or not rows else
+               HOLDS if len(by_verdict[HOLDS]) == len(rows) else INCONCLUSIVE)
+    if not rows:
+        return _claim(experiment, setting, claim, metric, "in every cell", "no cells to compare", tolerance,
+                      FAILS, control=control, seeds=0, per_seed=cells_file), rows
+
+    def near_end(r):  # how far the cell's interval (the point, with one seed) stays beyond the tolerance
+        ends = [r["mean_change"]] if r["seeds"] == 1 else [r["low"], r["high"]]
+        return min(sign * e for e in ends)
+
+    least = min(rows, key=near_end)
+    measured = f"{len(by_verdict[HOLDS])} of {len(rows)} cells hold"
+    for v in (INCONCLUSIVE, FAILS):
+        measured += f"; {v}: {', '.join(by_verdict[v]) or 'none'}"
+    measured += f"; least clear, {least['setting']}: {least['measured']}"
+    wanted = f"{expected} beyond {tolerance:+g}" if tolerance else expected
+    return _claim(experiment, setting, claim, metric, f"{wanted} in every cell", measured, tolerance, verdict,
+                  control=control, seeds=least["seeds"], per_seed=f"per cell: {cells_file}",
+                  mean_change=least["mean_change"], low=least["low"], high=least["high"],
+                  in_direction=least["in_direction"]), rows
 
 
 def claims_frame(rows: list[dict]) -> pd.DataFrame:

@@ -26,6 +26,11 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 
 
+# Replicates: the seed wildcard of every experiment's per-seed paths (seed<k>/).
+wildcard_constraints:
+    seed=r"\d+",
+
+
 def all_targets():
     """The final products of every experiment named in config['experiments']."""
     targets = [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md"]
@@ -45,12 +50,11 @@ def gmm_targets():
     return expand(
         f"{RESULTS}/gmm/{{encoder}}/{{name}}",
         encoder=config["gmm"]["encoders"],
-        name=["table.csv", "table.md"],
+        name=["table.csv", "table.md", "curves.png"],
     ) + expand(
-        f"{RESULTS}/gmm/seed{{seed}}/{{encoder}}/{{name}}",
+        f"{RESULTS}/gmm/seed{{seed}}/{{encoder}}/regions.png",
         seed=config["gmm"]["seeds"],
         encoder=config["gmm"]["encoders"],
-        name=["regions.png", "curves.png"],
     )
 
 
@@ -86,9 +90,10 @@ def semhash_archive():
 
 
 def semhash_grid(name):
-    """One file per training job of the grid (encoder x decoder depth x bits), in one fixed order."""
+    """One file per training job (seed x encoder x decoder depth x bits), in one fixed order."""
     return expand(
-        f"{RESULTS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/{name}",
+        f"{RESULTS}/semhash/seed{{seed}}/{{encoder}}/depth{{depth}}/{{bits}}bits/{name}",
+        seed=config["semhash"]["seeds"],
         encoder=config["semhash"]["encoders"],
         depth=config["semhash"]["depths"],
         bits=config["semhash"]["bits"],

@@ -5,10 +5,6 @@ GMM = f"{RESULTS}/gmm"
 SEEDED = f"{GMM}/seed{{seed}}"
 
 
-wildcard_constraints:
-    seed=r"\d+",
-
-
 rule sample_gmm:
     output:
         f"{SEEDED}/data.npz",
@@ -114,32 +110,22 @@ rule train_gmm_joint:
         " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
-rule plot_gmm:
+rule plot_gmm_regions:
     input:
         data=f"{SEEDED}/data.npz",
         pretrained=f"{SEEDED}/{{encoder}}/pretrained.pt",
         joint=f"{SEEDED}/{{encoder}}/joint.pt",
-        metrics=[
-            f"{SEEDED}/{{encoder}}/pretrain_metrics.csv",
-            f"{SEEDED}/{{encoder}}/joint_metrics.csv",
-        ],
     output:
-        regions=report(
+        report(
             f"{SEEDED}/{{encoder}}/regions.png",
             caption="../report/gmm_regions.rst",
             category="Gaussian mixture",
             subcategory="{encoder} encoder",
         ),
-        curves=report(
-            f"{SEEDED}/{{encoder}}/curves.png",
-            caption="../report/gmm_curves.rst",
-            category="Gaussian mixture",
-            subcategory="{encoder} encoder",
-        ),
     log:
-        f"{LOGS}/gmm/seed{{seed}}/{{encoder}}/plots.log",
+        f"{LOGS}/gmm/seed{{seed}}/{{encoder}}/regions.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/seed{{seed}}/{{encoder}}/plots.tsv"
+        f"{BENCHMARKS}/gmm/seed{{seed}}/{{encoder}}/regions.tsv"
     conda:
         ENV
     threads: 1
@@ -147,9 +133,34 @@ rule plot_gmm:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m vae_approx.gmm plot --encoder {wildcards.encoder} --data {input.data}"
-        " --pretrained {input.pretrained} --joint {input.joint} --metrics {input.metrics}"
-        " --regions {output.regions} --curves {output.curves} 2> {log}"
+        "python -m vae_approx.gmm regions --encoder {wildcards.encoder} --data {input.data}"
+        " --pretrained {input.pretrained} --joint {input.joint} --out {output} 2> {log}"
+
+
+rule plot_gmm_curves:
+    input:
+        pretrain=gmm_seeds("{encoder}/pretrain_metrics.csv"),
+        joint=gmm_seeds("{encoder}/joint_metrics.csv"),
+    output:
+        report(
+            f"{GMM}/{{encoder}}/curves.png",
+            caption="../report/gmm_curves.rst",
+            category="Gaussian mixture",
+            subcategory="{encoder} encoder",
+        ),
+    log:
+        f"{LOGS}/gmm/{{encoder}}/curves.log",
+    benchmark:
+        f"{BENCHMARKS}/gmm/{{encoder}}/curves.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m vae_approx.gmm curves --encoder {wildcards.encoder} --pretrain {input.pretrain}"
+        " --joint {input.joint} --out {output} 2> {log}"
 
 
 rule tabulate_gmm:

@@ -1,7 +1,9 @@
 # Semantic hashing: corpus (real archive or synthetic, same raw format) -> prepared sparse
-# corpus -> one Bernoulli VAE per (encoder, decoder depth, bits) -> retrieval -> tables, claims.
+# corpus -> one Bernoulli VAE per (seed, encoder, decoder depth, bits) -> retrieval -> tables and
+# claims over seeds.
 
 SEMHASH = f"{RESULTS}/semhash"
+RUN_DIR = "seed{seed}/{encoder}/depth{depth}/{bits}bits"  # one training job of the grid
 SH = config["semhash"]
 # The other tables of tabulate_semhash, beside the two the report shows.
 SEMHASH_TABLES = [
@@ -97,12 +99,12 @@ rule train_semhash:
     input:
         corpus=f"{SEMHASH}/corpus.npz",
     output:
-        model=f"{SEMHASH}/{{encoder}}/depth{{depth}}/{{bits}}bits/model.pt",
-        history=f"{SEMHASH}/{{encoder}}/depth{{depth}}/{{bits}}bits/history.csv",
+        model=f"{SEMHASH}/{RUN_DIR}/model.pt",
+        history=f"{SEMHASH}/{RUN_DIR}/history.csv",
     log:
-        f"{LOGS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/model.log",
+        f"{LOGS}/semhash/{RUN_DIR}/model.log",
     benchmark:
-        f"{BENCHMARKS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/model.tsv"
+        f"{BENCHMARKS}/semhash/{RUN_DIR}/model.tsv"
     conda:
         ENV
     threads: SH["threads"]
@@ -115,7 +117,8 @@ rule train_semhash:
         device=config["device"],
     shell:
         "python -m vae_approx.semhash train --corpus {input.corpus} --encoder {wildcards.encoder}"
-        " --depth {wildcards.depth} --bits {wildcards.bits} --settings {params.settings}"
+        " --depth {wildcards.depth} --bits {wildcards.bits} --seed {wildcards.seed}"
+        " --settings {params.settings}"
         " --threads {threads} --device {params.device}"
         " --out {output.model} --history {output.history} 2> {log}"
 
@@ -123,13 +126,13 @@ rule train_semhash:
 rule evaluate_retrieval:
     input:
         corpus=f"{SEMHASH}/corpus.npz",
-        model=f"{SEMHASH}/{{encoder}}/depth{{depth}}/{{bits}}bits/model.pt",
+        model=f"{SEMHASH}/{RUN_DIR}/model.pt",
     output:
-        f"{SEMHASH}/{{encoder}}/depth{{depth}}/{{bits}}bits/retrieval.csv",
+        f"{SEMHASH}/{RUN_DIR}/retrieval.csv",
     log:
-        f"{LOGS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/retrieval.log",
+        f"{LOGS}/semhash/{RUN_DIR}/retrieval.log",
     benchmark:
-        f"{BENCHMARKS}/semhash/{{encoder}}/depth{{depth}}/{{bits}}bits/retrieval.tsv"
+        f"{BENCHMARKS}/semhash/{RUN_DIR}/retrieval.tsv"
     conda:
         ENV
     threads: 1
@@ -185,6 +188,7 @@ rule tabulate_semhash:
         tables=expand(f"{SEMHASH}/{{table}}", table=SEMHASH_TABLES),
         results=f"{SEMHASH}/results.csv",
         claims=f"{SEMHASH}/claims.csv",
+        claims_cells=f"{SEMHASH}/claims_cells.csv",
     log:
         f"{LOGS}/semhash/tables.log",
     benchmark:

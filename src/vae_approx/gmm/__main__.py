@@ -2,7 +2,8 @@
 
     python -m vae_approx.gmm sample   --out data.npz ...
     python -m vae_approx.gmm train    --phase pretrain|joint --data data.npz --out model.pt ...
-    python -m vae_approx.gmm plot     --data data.npz --pretrained a.pt --joint b.pt ...
+    python -m vae_approx.gmm regions  --data data.npz --pretrained a.pt --joint b.pt --out regions.png ...
+    python -m vae_approx.gmm curves   --pretrain P.csv ... --joint J.csv ... --out curves.png ...
     python -m vae_approx.gmm fit-ml   --data data.npz --out ml_fit.csv
     python -m vae_approx.gmm tabulate --pretrain P.csv ... --joint J.csv ... --ml M.csv ... --published ref.csv ...
 """
@@ -17,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage,
-                      save_csv, save_torch, seed_everything, select_device, set_threads)
-from ..tables import claims_frame, load_published, published_columns, seeds_claim, write_table
+from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, save_csv, save_torch,
+                      seed_everything, seed_of, select_device, set_threads)
+from ..tables import claims_frame, load_published, mean_std, published_columns, read_tidy, seeds_claim, write_table
 from .model import (ENCODERS, TRUE_CENTRES, MixtureDecoder, fit_centres_ml, log_likelihood, make_encoder,
                     sample_mixture)
 from .train import PHASES, TrainSettings, train
@@ -97,22 +98,39 @@ def cmd_train(args) -> None:
     progress.message(f"done: ELBO {rows[-1]['elbo']:.4f}, log-likelihood {rows[-1]['log_likelihood']:.4f}")
 
 
-def cmd_plot(args) -> None:
-    from .plots import plot_curves, plot_regions
+def cmd_regions(args) -> None:
+    from .plots import plot_regions
 
     x, _ = load_data(args.data)
     models = {"after encoder pretraining": build(load_model(args.pretrained, "pretrained GMM model")),
               "after joint training": build(load_model(args.joint, "jointly trained GMM model"))}
-    plot_regions(x, models, torch.tensor(TRUE_CENTRES), args.encoder, args.regions)
-    metrics = pd.concat([pd.read_csv(p) for p in args.metrics], ignore_index=True)
-    plot_curves(metrics, args.encoder, args.curves)
+    plot_regions(x, models, torch.tensor(TRUE_CENTRES), f"{args.encoder} encoder, seed {seed_of(args.data)}",
+                 args.out)
+
+
+def cmd_curves(args) -> None:
+    from .plots import plot_curves
+
+    if len(args.pretrain) != len(args.joint):
+        raise InputError("gmm curves: --pretrain and --joint need one file per seed each")
+    runs = []
+    for pre_file, joint_file in zip(args.pretrain, args.joint):
+        if seed_of(pre_file) != seed_of(joint_file):
+            raise InputError(f"gmm curves: files of different seeds together: {pre_file}, {joint_file}")
+        runs.append(pd.concat([final_rows(pre_file, "pretrain"), final_rows(joint_file, "joint")], ignore_index=True))
+    plot_curves(runs, args.encoder, args.out)
+
+
+def final_rows(path, phase: str) -> pd.DataFrame:
+    """A training stage's metrics table, which must hold rows of `phase` only."""
+    df = read_tidy(path, "GMM metrics", ["phase", "step", "elbo", "log_likelihood", "mean_centre_distance"])
+    if set(df.phase) != {phase}:
+        raise InputError(f"GMM metrics {path}: expected rows of phase '{phase}'")
+    return df
 
 
 def final_row(path, phase: str) -> pd.Series:
-    df = pd.read_csv(path)
-    if df.empty or set(df.phase) != {phase}:
-        raise InputError(f"GMM metrics {path}: expected rows of phase '{phase}'")
-    return df.iloc[-1]
+    return final_rows(path, phase).iloc[-1]
 
 
 def cmd_fit_ml(args) -> None:
@@ -134,14 +152,6 @@ def cmd_fit_ml(args) -> None:
     print(f"[gmm fit-ml] {len(x)} points: EM converged in {iterations} iterations, mean centre distance "
           f"{row['mean_centre_distance']:.4f}, log-likelihood {row['log_likelihood']:.5f} "
           f"(ground truth {truth_ll:.5f}) -> {args.out}", file=sys.stderr)
-
-
-def seed_of(path) -> int:
-    """.../gmm/seed<k>/... -> k."""
-    for part in Path(path).parts:
-        if part.startswith("seed") and part[4:].isdigit():
-            return int(part[4:])
-    raise InputError(f"GMM tabulate: no seed<k> folder in {path}")
 
 
 def cmd_tabulate(args) -> None:
@@ -173,23 +183,17 @@ def cmd_tabulate(args) -> None:
     save_csv(table, args.per_seed)
     numeric = ["elbo", "log_likelihood", "kl_to_posterior", "kl_to_true_posterior", "mean_centre_distance",
                "max_centre_distance"]
-    summary = []
-    for stage, group in table.groupby("stage", sort=False):
-        entry = {"encoder": args.encoder, "stage": stage, "seeds": len(group)}
-        for column in numeric:
-            values = group[column].dropna()
-            if len(values):
-                entry[column] = values.mean()
-                entry[f"{column} std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
-        entry.update(published_columns(pub, EXPERIMENT, "elbo", stage, setting))
-        summary.append(entry)
+    summary = mean_std(table, ["encoder", "stage"], numeric)
+    for column, values in pd.DataFrame([published_columns(pub, EXPERIMENT, "elbo", stage, setting)
+                                        for stage in summary.stage]).items():
+        summary[column] = values
     note = (f"Mean and standard deviation over {len(per_seed)} seed(s) (each its own data sample and encoder "
             "initialisation; per-seed rows in table_per_seed.csv). ELBO and log-likelihood are averages per "
             "data point (nats); centre distances are Euclidean, in data units, from the ground-truth centres. "
             "The maximum-likelihood fit (EM on the same sample, no encoder) is the drift sampling noise alone "
             "gives the best decoder. Published ELBOs use the reproduction's setting (variance 1, 2000 points per "
             "component, 10,000 + 10,000 steps); Shekhovtsov et al. 2022 is quoted by Kyrylov et al. 2023.")
-    write_table(pd.DataFrame(summary), args.csv, args.md, title=f"Gaussian mixture, {setting}", note=note)
+    write_table(summary, args.csv, args.md, title=f"Gaussian mixture, {setting}", note=note)
 
     change = lambda f: {k: f(*v) for k, v in per_seed.items()}  # noqa: E731
     ml_control = "maximum-likelihood fit on the same sample (EM, no encoder)"
@@ -250,15 +254,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", required=True)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("plot", help="decision regions and training curves")
+    p = sub.add_parser("regions", help="one seed's decision regions and centres, before and after joint training")
     p.add_argument("--encoder", choices=ENCODERS, required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="the seed's data.npz (under seed<k>/)")
     p.add_argument("--pretrained", required=True)
     p.add_argument("--joint", required=True)
-    p.add_argument("--metrics", nargs=2, required=True)
-    p.add_argument("--regions", required=True)
-    p.add_argument("--curves", required=True)
-    p.set_defaults(func=cmd_plot)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_regions)
+
+    p = sub.add_parser("curves", help="training curves of one encoder family, one thin line per seed and the mean")
+    p.add_argument("--encoder", choices=ENCODERS, required=True)
+    p.add_argument("--pretrain", nargs="+", required=True, help="pretrain_metrics.csv of every seed")
+    p.add_argument("--joint", nargs="+", required=True, help="joint_metrics.csv of every seed, same order")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_curves)
 
     p = sub.add_parser("fit-ml", help="the control: maximum-likelihood centres on the sample (EM)")
     p.add_argument("--data", required=True)

@@ -11,13 +11,13 @@ import pandas as pd
 import torch
 from matplotlib.colors import ListedColormap
 
-from ..common import save_figure
+from ..common import plot_seeds, save_figure
 
 COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
 
 
 @torch.no_grad()
-def plot_regions(x: torch.Tensor, models: dict, true_centres: torch.Tensor, encoder_name: str, path) -> None:
+def plot_regions(x: torch.Tensor, models: dict, true_centres: torch.Tensor, name: str, path) -> None:
     """The data, the ground-truth and learned centres, and the encoder's most probable code."""
     lo, hi = x.min(0).values - 0.5, x.max(0).values + 0.5
     gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing="xy")
@@ -34,7 +34,7 @@ def plot_regions(x: torch.Tensor, models: dict, true_centres: torch.Tensor, enco
                    label="decoder centres")
         for t, l in zip(true_centres, learned):
             ax.annotate("", xy=tuple(l.tolist()), xytext=tuple(t.tolist()), arrowprops={"arrowstyle": "->"})
-        ax.set_title(f"{encoder_name} encoder, {title}")
+        ax.set_title(f"{name}, {title}")
         ax.set_xlabel("x1")
         ax.set_aspect("equal")
     np.atleast_1d(axes)[0].set_ylabel("x2")
@@ -44,24 +44,28 @@ def plot_regions(x: torch.Tensor, models: dict, true_centres: torch.Tensor, enco
     plt.close(fig)
 
 
-def plot_curves(metrics: pd.DataFrame, encoder_name: str, path) -> None:
-    """ELBO and true log-likelihood over both phases (the joint phase's steps follow on)."""
-    pre = metrics[metrics.phase == "pretrain"]
-    offset = pre.step.max() if len(pre) else 0
-    step = np.where(metrics.phase == "joint", metrics.step + offset, metrics.step)
+def plot_curves(runs: list[pd.DataFrame], encoder_name: str, path) -> None:
+    """ELBO, true log-likelihood and centre drift over both phases (the joint phase's steps follow
+    on), one thin line per seed (`runs`: each seed's pretraining and joint metrics) and the mean."""
+    offset = max(run.step[run.phase == "pretrain"].max() for run in runs)
+    curves = {}
+    for run in runs:
+        step = np.where(run.phase == "joint", run.step + offset, run.step)
+        for column in ("elbo", "log_likelihood", "mean_centre_distance"):
+            curves.setdefault(column, []).append((step, run[column].to_numpy()))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].plot(step, metrics.elbo, label="ELBO")
-    axes[0].plot(step, metrics.log_likelihood, label="log-likelihood")
+    plot_seeds(axes[0], curves["elbo"], "tab:blue", "ELBO")
+    plot_seeds(axes[0], curves["log_likelihood"], "tab:orange", "log-likelihood")
     axes[0].set_ylabel("nats per point")
-    axes[1].plot(step, metrics.mean_centre_distance, c="tab:red")
+    plot_seeds(axes[1], curves["mean_centre_distance"], "tab:red", "mean centre drift")
     axes[1].set_ylabel("mean centre drift (data units)")
     for ax in axes:
         ax.axvline(offset, c="0.5", ls="--", lw=1)
         ax.set_xlabel("step (pretraining, then joint training after the dashed line)")
-    axes[0].legend()
+        ax.legend(fontsize=8)
     # The pretraining's first steps span a range that hides the joint phase's change.
-    tail = metrics.elbo[len(metrics) // 5:]
-    axes[0].set_ylim(min(tail.min(), metrics.log_likelihood.min()) - 0.02, max(tail.max(), metrics.log_likelihood.max()) + 0.02)
+    tail = np.concatenate([y[len(y) // 5:] for _, y in curves["elbo"] + curves["log_likelihood"]])
+    axes[0].set_ylim(tail.min() - 0.02, tail.max() + 0.02)
     fig.suptitle(f"Gaussian mixture, {encoder_name} encoder")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)

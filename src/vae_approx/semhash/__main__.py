@@ -25,7 +25,7 @@ import torch
 
 from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, sha256,
                       save_csv, save_torch, select_device, set_threads)
-from ..tables import claims_frame, count_claim, load_published, published_columns, write_table
+from ..tables import cells_claim, load_published, mean_std, published_columns, write_claims, write_table
 from .data import VOCABULARY_TIES, load_prepared, prepare, read_archive, save_prepared, synthetic_corpus, write_archive, write_raw_corpus
 from .model import ENCODER_SPECS, SparseCounts
 from .train import TrainSettings, binary_codes, build_models, precision_at_k, train
@@ -88,7 +88,7 @@ def settings_from(args) -> TrainSettings:
         section = json.loads(args.settings)
         if not isinstance(section, dict):
             raise ValueError("not a JSON object")
-        return TrainSettings.from_config(section, args.encoder, args.depth, args.bits)
+        return TrainSettings.from_config(section, args.encoder, args.depth, args.bits, args.seed)
     except (ValueError, TypeError) as exc:
         raise InputError(f"semhash train --settings: {exc}") from exc
 
@@ -98,7 +98,7 @@ def cmd_train(args) -> None:
     device = select_device(args.device)
     corpus = load_prepared(args.corpus)
     settings = settings_from(args)
-    name = f"semhash {args.encoder} depth {args.depth} {args.bits} bits"
+    name = f"semhash {args.encoder} depth {args.depth} {args.bits} bits seed {args.seed}"
     progress = Progress(name, settings.epochs, 1)
     progress.message(f"{corpus.train.shape[0]} documents, {corpus.n_words} words, {settings.epochs} epochs, "
                      f"{settings.estimator} (KL gradient: {settings.kl_gradient}), decoder reads "
@@ -125,14 +125,24 @@ def cmd_retrieval(args) -> None:
         raise InputError(f"{args.corpus}: has no labels; retrieval needs them")
     precision = precision_at_k(queries, corpus.test_labels, database, corpus.train_labels, args.k)
     save_csv(pd.DataFrame([{"encoder": settings.encoder, "depth": settings.depth, "bits": settings.bits,
-                            f"precision_at_{args.k}": precision}]), args.out)
+                            "seed": settings.seed, f"precision_at_{args.k}": precision}]), args.out)
 
 
-def grid_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Rows encoder x decoder depth, columns bits, as the papers lay them out."""
-    table = df.pivot_table(index=["encoder", "depth"], columns="bits", values=value)
-    table.columns = [f"{b} bits" for b in table.columns]
-    return table.reset_index()
+GRID = ["encoder", "depth", "bits"]
+RESULT_VALUES = ["test_nelbo_best", "test_nelbo_last", "train_nelbo_last", "precision"]
+CLAIMS_CELLS = "claims_cells.csv"  # beside the claims file: the per-cell rows of the encoder claims
+
+
+def grid_table(results: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Rows encoder x decoder depth, columns bits, as the papers lay them out: each cell's mean over
+    seeds, and its standard deviation as '<b> bits std'."""
+    summary = mean_std(results, GRID, [value])
+    numbers = summary.pivot_table(index=["encoder", "depth"], columns="bits", values=[value, f"{value} std"],
+                                  dropna=False)
+    table = numbers.index.to_frame(index=False)
+    for b in sorted(summary.bits.unique()):
+        table[f"{b} bits"], table[f"{b} bits std"] = numbers[(value, b)].to_numpy(), numbers[(f"{value} std", b)].to_numpy()
+    return table
 
 
 def read_csv(path, what: str, columns: list[str]) -> pd.DataFrame:
@@ -146,32 +156,60 @@ def read_csv(path, what: str, columns: list[str]) -> pd.DataFrame:
     return df
 
 
+def run_of(path) -> tuple[int, str, int, int]:
+    """(seed, encoder, depth, bits) of a grid file .../seed<k>/<encoder>/depth<d>/<b>bits/<name>."""
+    parts = Path(path).parts
+    try:
+        seed, encoder, depth, bits = parts[-5], parts[-4], parts[-3], parts[-2]
+        return int(seed.removeprefix("seed")), encoder, int(depth.removeprefix("depth")), int(bits.removesuffix("bits"))
+    except (IndexError, ValueError):
+        raise InputError(f"{path}: not a grid file (expected .../seed<k>/<encoder>/depth<d>/<b>bits/...)") from None
+
+
 def grid_results(histories, retrievals, k: int) -> pd.DataFrame:
-    """One row per grid point: test NELBO at the best and last epoch, train NELBO, precision@k."""
+    """One row per grid point and seed: test NELBO at the best and last epoch, train NELBO, precision@k."""
     if len(histories) != len(retrievals):
         raise InputError(f"semhash tabulate: {len(histories)} histories but {len(retrievals)} retrieval files")
     rows = []
     for history_file, retrieval_file in zip(histories, retrievals):
         history = read_csv(history_file, "training history", ["epoch", "train_nelbo", "test_nelbo"])
-        retrieval = read_csv(retrieval_file, "retrieval", ["encoder", "depth", "bits", f"precision_at_{k}"]).iloc[0]
+        retrieval = read_csv(retrieval_file, "retrieval", [*GRID, "seed", f"precision_at_{k}"]).iloc[0]
+        run = (int(retrieval.seed), retrieval.encoder, int(retrieval.depth), int(retrieval.bits))
+        if run_of(history_file) != run:
+            raise InputError(f"semhash tabulate: {history_file} and {retrieval_file} are not of the same run")
         best = history.loc[history.test_nelbo.idxmin()]
-        rows.append({"encoder": retrieval.encoder, "depth": int(retrieval.depth), "bits": int(retrieval.bits),
+        rows.append({"encoder": run[1], "depth": run[2], "bits": run[3], "seed": run[0],
                      "test_nelbo_best": best.test_nelbo, "best_epoch": int(best.epoch),
                      "test_nelbo_last": history.test_nelbo.iloc[-1],
                      "train_nelbo_last": history.train_nelbo.iloc[-1], "epochs": int(history.epoch.iloc[-1]),
                      "precision": retrieval[f"precision_at_{k}"]})
-    return pd.DataFrame(rows).sort_values(["encoder", "depth", "bits"], ignore_index=True)
+    return pd.DataFrame(rows).sort_values([*GRID, "seed"], ignore_index=True)
 
 
-def e1_claim(results: pd.DataFrame) -> dict:
-    """e1 has a lower best test NELBO than e2 and e3 in every (depth, bits) cell of the grid."""
-    best = results.pivot_table(index=["depth", "bits"], columns="encoder", values="test_nelbo_best")
-    others = [e for e in ("e2", "e3") if e in best.columns]
-    cells = best.dropna(subset=["e1", *others]) if "e1" in best.columns and others else best.iloc[0:0]
-    held = int(sum(all(r["e1"] < r[o] for o in others) for _, r in cells.iterrows()))
-    return count_claim(EXPERIMENT, f"encoders e1 vs {', '.join(others) or 'none'}",
-                       "a linear encoder on word counts (e1) reaches a lower test NELBO than the frequency encoders",
-                       "test_nelbo_best", held, len(cells))
+def e1_claims(results: pd.DataFrame, cells_file: str) -> tuple[list[dict], list[dict]]:
+    """e1 reaches a lower best test NELBO than e2, and than e3, in every (depth, bits) cell: per cell,
+    the paired change e1 minus the other encoder in the same cell and seed, over seeds."""
+    best = results.pivot_table(index=["depth", "bits", "seed"], columns="encoder", values="test_nelbo_best")
+    claims, cells_rows = [], []
+    for other in ("e2", "e3"):
+        if "e1" not in best.columns or other not in best.columns:
+            continue
+        pairs = best[["e1", other]].dropna()
+        cells = {}
+        for (depth, bits), group in pairs.groupby(level=["depth", "bits"]):
+            cells[f"decoder depth {depth}, {bits} bits"] = {
+                int(seed): float(row["e1"] - row[other]) for (_, _, seed), row in group.iterrows()}
+        claim, rows = cells_claim(
+            EXPERIMENT, f"encoders e1 vs {other}, every (depth, bits) cell",
+            f"a linear encoder on word counts (e1) reaches a lower test NELBO than {other} "
+            f"({ENCODER_NAMES[other]})", "test_nelbo_best", cells, "decrease",
+            f"{other} in the same cell and seed", cells_file)
+        claims.append(claim)
+        cells_rows += rows
+    return claims, cells_rows
+
+
+ENCODER_NAMES = {"e1": "counts, linear", "e2": "frequencies, one hidden layer", "e3": "frequencies, linear"}
 
 
 def cmd_tabulate(args) -> None:
@@ -179,6 +217,10 @@ def cmd_tabulate(args) -> None:
     out = Path(args.out_dir)
     save_csv(results, out / "results.csv")
     pub = load_published(args.published)
+    seeds = sorted(results.seed.unique())
+    spread = (f"Mean (standard deviation) over {len(seeds)} seeds ({', '.join(map(str, seeds))}; each its own "
+              "initialisation, batch order and code samples on the same corpus; per-seed rows in results.csv)"
+              if len(seeds) > 1 else f"One seed ({seeds[0]}), no spread")
     notes = {
         "test_nelbo_best": "test NELBO (nats per document, relative to the document's empirical distribution) "
                            "at the best epoch, the protocol's number",
@@ -189,13 +231,18 @@ def cmd_tabulate(args) -> None:
     }
     for value, note in notes.items():
         table = grid_table(results, value)
+        note = f"{note}. {spread}"
         if value == "test_nelbo_best":
             published = published_columns(pub, EXPERIMENT, "test_nelbo", "best epoch")
             if published:
                 note += "; published (e1, decoder depth 0, 64 bits, real 20 Newsgroups): " + ", ".join(
                     f"{k.split('(')[-1].rstrip(')')}: {v:g}" for k, v in published.items())
-        write_table(table, out / f"{value}.csv", out / f"{value}.md", title=f"Semantic hashing: {value}", note=note)
-    save_csv(claims_frame([e1_claim(results)]), args.claims)
+        write_table(table, out / f"{value}.csv", out / f"{value}.md", title=f"Semantic hashing: {value}",
+                    note=note + ".")
+    cells_file = Path(args.claims).with_name(CLAIMS_CELLS)
+    claims, cells = e1_claims(results, cells_file.name)
+    write_claims(cells, cells_file)
+    write_claims(claims, args.claims)
 
 
 def cmd_plot(args) -> None:
@@ -203,22 +250,21 @@ def cmd_plot(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..common import save_figure
-    runs = []
+    from ..common import plot_seeds, save_figure
+    runs = {}  # (depth, bits) -> encoder -> [history of each seed]
     for path in args.histories:
+        _, encoder, depth, bits = run_of(path)
         history = read_csv(path, "training history", ["epoch", "test_nelbo"])
-        parts = Path(path).parts  # .../<encoder>/depth<d>/<b>bits/history.csv
-        runs.append((parts[-4], parts[-3], parts[-2], history))
-    cells = sorted({(depth, bits) for _, depth, bits, _ in runs}, key=lambda c: (c[0], int(c[1].rstrip("bits"))))
+        runs.setdefault((depth, bits), {}).setdefault(encoder, []).append(history)
+    cells = sorted(runs)
     fig, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.2), squeeze=False, sharey=False)
-    for ax, (depth, bits) in zip(axes[0], cells):
-        for encoder, d, b, history in runs:
-            if (d, b) == (depth, bits):
-                ax.plot(history.epoch, history.test_nelbo, label=encoder, lw=1)
-        low = min(h.test_nelbo.min() for _, d, b, h in runs if (d, b) == (depth, bits))
-        high = min(h.test_nelbo.quantile(0.9) for _, d, b, h in runs if (d, b) == (depth, bits))
+    for ax, cell in zip(axes[0], cells):
+        for i, (encoder, histories) in enumerate(sorted(runs[cell].items())):
+            plot_seeds(ax, [(h.epoch, h.test_nelbo) for h in histories], f"C{i}", encoder)
+        values = pd.concat([h.test_nelbo for hs in runs[cell].values() for h in hs])
+        low, high = values.min(), min(h.test_nelbo.quantile(0.9) for hs in runs[cell].values() for h in hs)
         ax.set_ylim(low - 0.05 * (high - low + 1), high + 0.1 * (high - low + 1))
-        ax.set_title(f"decoder {depth}, {bits}")
+        ax.set_title(f"decoder depth {cell[0]}, {cell[1]} bits")
         ax.set_xlabel("epoch")
         ax.legend()
     axes[0][0].set_ylabel("test NELBO (nats per document)")
@@ -263,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--encoder", choices=sorted(ENCODER_SPECS), required=True)
     for name in ("depth", "bits"):
         p.add_argument(f"--{name}", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True, help="replicate: initialisation, batch order, code samples")
     p.add_argument("--settings", required=True,
                    help="JSON object of the training keys of the config's semhash section: "
                         + ", ".join(TrainSettings.config_keys()))
@@ -280,16 +327,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_retrieval)
 
-    p = sub.add_parser("tabulate", help="grid tables and the claim")
+    p = sub.add_parser("tabulate", help="grid tables over seeds and the claims")
     p.add_argument("--histories", nargs="+", required=True, help="history.csv of every grid point")
     p.add_argument("--retrievals", nargs="+", required=True, help="retrieval.csv of every grid point, same order")
     p.add_argument("--k", type=int, default=100, help="the k of precision@k in the retrieval files")
     p.add_argument("--published", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--claims", required=True)
+    p.add_argument("--claims", required=True, help="the claims file; its per-cell rows go beside it, " + CLAIMS_CELLS)
     p.set_defaults(func=cmd_tabulate)
 
-    p = sub.add_parser("plot", help="test NELBO per epoch, one panel per (depth, bits)")
+    p = sub.add_parser("plot", help="test NELBO per epoch, one panel per (depth, bits), one thin line per seed and the mean")
     p.add_argument("--histories", nargs="+", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_plot)

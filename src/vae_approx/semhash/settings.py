@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 
-# Set per job by the rule's wildcards, not by the config section.
-GRID_FIELDS = ("encoder", "depth", "bits")
+# Set per job by the rule's wildcards, not by the config section (the seed: one of semhash.seeds).
+GRID_FIELDS = ("encoder", "depth", "bits", "seed")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class TrainSettings:
     many_pairs: int
     batch_size: int
     lr: float
-    seed: int
+    seed: int                   # replicate: initialisation, batch order and code samples (the corpus stays)
     eval_batch_size: int
     reference_protocol: bool    # evaluate frequency encoders on counts, as the reference code did
     checkpoint_every: int       # epochs between resume checkpoints
@@ -53,12 +53,12 @@ class TrainSettings:
         return json.dumps({key: section[key] for key in cls.config_keys()}, sort_keys=True)
 
     @classmethod
-    def from_config(cls, section: dict, encoder: str, depth: int, bits: int) -> "TrainSettings":
-        """One grid point's settings: `section` holds exactly config_keys() (extra keys are an error,
+    def from_config(cls, section: dict, encoder: str, depth: int, bits: int, seed: int) -> "TrainSettings":
+        """One grid point and replicate's settings: `section` holds exactly config_keys() (extra keys are an error,
         so a key the stage would silently ignore cannot exist)."""
         keys = set(cls.config_keys())
         missing, unknown = sorted(keys - set(section)), sorted(set(section) - keys)
         if missing or unknown:
             raise ValueError(f"semhash training settings: missing {missing}, unknown {unknown}; "
                              f"expected the keys {sorted(keys)}")
-        return cls(encoder=encoder, depth=int(depth), bits=int(bits), **section)
+        return cls(encoder=encoder, depth=int(depth), bits=int(bits), seed=int(seed), **section)
