@@ -11,7 +11,7 @@ from vae_approx.common import NonFiniteLossError, Progress, resume_path
 from vae_approx.images.__main__ import main
 from vae_approx.images.model import Encoder, Generator
 from vae_approx.images.train import GanSettings, VaeSettings, ground_truth, train_gan, train_vae
-from vae_approx.tables import CLAIM_COLUMNS
+from vae_approx.tables import CLAIM_COLUMNS, paired_verdict
 
 CPU = torch.device("cpu")
 
@@ -122,88 +122,122 @@ def test_the_stage_chain_on_digits(tmp_path):
     assert list(pd.read_csv(d / "joint.csv").columns) == ["phase", "step", "elbo", "reconstruction", "kl"]
     run("evaluate", "--generator", d / "generator.pt", "--pretrained", d / "encoder.pt", "--joint", d / "joint.pt",
         *features, "--n-samples", 40, "--batch-size", 16, "--n-eval", 20, "--grid-size", 16, "--seed", 0,
-        "--grids", d / "grids", "--out", d / "metrics.csv")
+        "--grids", d / "grids", "--out", d / "seed0" / "metrics.csv")
     assert sorted(p.name for p in (d / "grids").iterdir()) == [
         "ground_truth.png", "ground_truth_resample.png", "joint_prior.png", "joint_reconstruction.png",
         "pretrained_reconstruction.png"]
-    metrics = pd.read_csv(d / "metrics.csv")
+    metrics = pd.read_csv(d / "seed0" / "metrics.csv")
     assert np.isfinite(metrics.value).all()
     assert set(metrics.metric) == {"fd_digits", "decoder_drift", "elbo", "reconstruction", "kl", "sigma",
                                    "reference_protocol"}
-    run("tabulate", "--metrics", d / "metrics.csv", "--published", "reference/published_results.csv",
-        "--setting", "digits", "--csv", d / "t.csv", "--md", d / "t.md", "--claims", d / "claims.csv")
+    run("tabulate", "--metrics", d / "seed0" / "metrics.csv", "--published", "reference/published_results.csv",
+        "--setting", "digits", "--per-seed", d / "p.csv", "--csv", d / "t.csv", "--md", d / "t.md",
+        "--claims", d / "claims.csv")
     assert len(pd.read_csv(d / "claims.csv")) == 3
     assert "reference code's protocol" not in (d / "t.md").read_text()
     # the reference's sampling, for comparison: other distances, the same ELBOs, and it says so
     run("evaluate", "--generator", d / "generator.pt", "--pretrained", d / "encoder.pt", "--joint", d / "joint.pt",
         *features, "--n-samples", 40, "--batch-size", 16, "--n-eval", 20, "--grid-size", 16, "--seed", 0,
-        "--reference-protocol", "true", "--grids", d / "grids_ref", "--out", d / "metrics_ref.csv")
-    ref = pd.read_csv(d / "metrics_ref.csv")
+        "--reference-protocol", "true", "--grids", d / "grids_ref", "--out", d / "ref" / "seed0" / "metrics.csv")
+    ref = pd.read_csv(d / "ref" / "seed0" / "metrics.csv")
     same = metrics.metric.isin(["elbo", "reconstruction", "kl", "sigma"])
     assert np.array_equal(ref.value[same], metrics.value[same])
     assert not np.array_equal(ref.value[metrics.metric == "fd_digits"], metrics.value[metrics.metric == "fd_digits"])
-    run("tabulate", "--metrics", d / "metrics_ref.csv", "--published", "reference/published_results.csv",
-        "--setting", "digits", "--csv", d / "t.csv", "--md", d / "t.md", "--claims", d / "claims.csv")
+    run("tabulate", "--metrics", d / "ref" / "seed0" / "metrics.csv", "--published", "reference/published_results.csv",
+        "--setting", "digits", "--per-seed", d / "p.csv", "--csv", d / "t.csv", "--md", d / "t.md",
+        "--claims", d / "claims.csv")
     assert "reference code's protocol" in (d / "t.md").read_text()
 
 
-def fake_metrics(path, fd_pre, fd_joint, elbo_pre=-300.0, elbo_joint=900.0, metric="fd_digits", unverified=None):
-    rows = [("ground truth", metric, "ground_truth_resample", 0.01), ("pretrain", metric, "pretrained_reconstruction", fd_pre),
-            ("joint", metric, "joint_reconstruction", fd_joint), ("joint", metric, "joint_prior", 0.5),
+def fake_metrics(path, fd_pre, fd_joint, elbo_pre=-300.0, elbo_joint=900.0, metric="fd_digits", unverified=None,
+                 floor=0.01, prior=0.5):
+    rows = [("ground truth", metric, "ground_truth_resample", floor), ("pretrain", metric, "pretrained_reconstruction", fd_pre),
+            ("joint", metric, "joint_reconstruction", fd_joint), ("joint", metric, "joint_prior", prior),
             ("joint", "decoder_drift", "joint_prior", 0.004), ("pretrain", "elbo", "heldout", elbo_pre),
             ("joint", "elbo", "heldout", elbo_joint), ("joint", "sigma", "", 0.05)]
     if unverified is not None:  # evaluate writes this row with Inception features
         rows.append(("all", "inception_unverified", "", float(unverified)))
+    path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["stage", "metric", "image_set", "value"]).assign(n=100).to_csv(path, index=False)
 
 
+def tabulate(tmp_path, metrics, *extra):
+    out = {k: tmp_path / k for k in ("p.csv", "t.csv", "t.md", "c.csv")}
+    main(["tabulate", "--metrics", *map(str, metrics), "--published", "reference/published_results.csv",
+          "--setting", "digits 32x32", *extra, "--per-seed", str(out["p.csv"]), "--csv", str(out["t.csv"]),
+          "--md", str(out["t.md"]), "--claims", str(out["c.csv"])])
+    return (pd.read_csv(out["t.csv"]), out["t.md"].read_text(),
+            pd.read_csv(out["c.csv"], dtype={"per_seed": str, "in_direction": str}))
+
+
 def test_tabulate_writes_the_table_and_honest_claims(tmp_path):
-    fake_metrics(tmp_path / "m.csv", fd_pre=0.2, fd_joint=0.1)
-    out = {k: tmp_path / f"{k}" for k in ("t.csv", "t.md", "c.csv")}
-    main(["tabulate", "--metrics", str(tmp_path / "m.csv"), "--published", "reference/published_results.csv",
-          "--setting", "digits 32x32", "--csv", str(out["t.csv"]), "--md", str(out["t.md"]), "--claims", str(out["c.csv"])])
-    table = pd.read_csv(out["t.csv"])
+    fake_metrics(tmp_path / "seed0" / "m.csv", fd_pre=0.2, fd_joint=0.1)
+    table, md, claims = tabulate(tmp_path, [tmp_path / "seed0" / "m.csv"], "--fd-tolerance", "0")
     assert list(table.stage) == ["encoder pretrained (decoder frozen)", "joint training"]
     assert list(table.elbo) == [-300.0, 900.0] and list(table["fd_digits reconstructions"]) == [0.2, 0.1]
     assert list(table.decoder_drift) == [0.0, 0.004]
     assert table["elbo published (Kyrylov et al. 2023)"].tolist() == [-19072.746, 5137.171]
     assert table["fid published (Kyrylov et al. 2023)"].tolist() == [1.311, 71.852]
-    assert "not FID" in out["t.md"].read_text()
-    claims = pd.read_csv(out["c.csv"])
+    assert "not FID" in md and "One seed (0)" in md
     assert list(claims.columns) == CLAIM_COLUMNS and list(claims.by_construction) == [True, False, False]
     assert list(claims.verdict) == ["holds", "fails", "holds"]  # the FD fell: reported as failing, with the numbers
-    assert "0.2 -> 0.1" in claims.measured[1]
+    assert claims.measured[1] == "-0.1, 1 seed, no interval" and list(claims.seeds) == [1, 1, 1]
 
-    fake_metrics(tmp_path / "m2.csv", fd_pre=1.3, fd_joint=71.9, metric="fid")
-    main(["tabulate", "--metrics", str(tmp_path / "m2.csv"), "--published", "reference/published_results.csv",
-          "--setting", "CelebA", "--fd-tolerance", "1", "--csv", str(out["t.csv"]), "--md", str(out["t.md"]),
-          "--claims", str(out["c.csv"])])
-    claims = pd.read_csv(out["c.csv"])
+    fake_metrics(tmp_path / "c" / "seed0" / "m.csv", fd_pre=1.3, fd_joint=71.9, metric="fid")
+    _, md, claims = tabulate(tmp_path, [tmp_path / "c" / "seed0" / "m.csv"], "--fd-tolerance", "1")
     assert list(claims.verdict) == ["holds", "holds", "fails"] and "FID" in claims.claim[1]  # prior: 0.01 -> 0.5 < tolerance 1
-    assert "FID (Inception features)" in out["t.md"].read_text() and "UNVERIFIED" not in out["t.md"].read_text()
+    assert "FID (Inception features)" in md and "UNVERIFIED" not in md
     # Inception weights that failed their SHA-256 check (accepted by the tests-only opt-out): never called FID
     for unverified, said in ((0, False), (1, True)):
-        fake_metrics(tmp_path / "m2u.csv", fd_pre=1.3, fd_joint=71.9, metric="fid", unverified=unverified)
-        main(["tabulate", "--metrics", str(tmp_path / "m2u.csv"), "--published", "reference/published_results.csv",
-              "--setting", "CelebA", "--csv", str(out["t.csv"]), "--md", str(out["t.md"]), "--claims", str(out["c.csv"])])
-        md, claims = out["t.md"].read_text(), pd.read_csv(out["c.csv"])
+        fake_metrics(tmp_path / f"u{unverified}" / "seed0" / "m.csv", fd_pre=1.3, fd_joint=71.9, metric="fid",
+                     unverified=unverified)
+        _, md, claims = tabulate(tmp_path, [tmp_path / f"u{unverified}" / "seed0" / "m.csv"])
         assert ("UNVERIFIED" in md and "NOT FID" in md) == said and ("FID (Inception features)" in md) != said
         assert all("not FID" in claim for claim in claims.claim[1:]) == said
-    # 'floor': a rise must exceed the distance between two independent ground-truth draws (0.01 here)
-    fake_metrics(tmp_path / "m3.csv", fd_pre=0.2, fd_joint=0.205)
-    main(["tabulate", "--metrics", str(tmp_path / "m3.csv"), "--published", "reference/published_results.csv",
-          "--setting", "digits", "--fd-tolerance", "floor", "--csv", str(out["t.csv"]), "--md", str(out["t.md"]),
-          "--claims", str(out["c.csv"])])
-    claims = pd.read_csv(out["c.csv"])
-    assert list(claims.verdict) == ["holds", "fails", "holds"] and list(claims.tolerance) == [0, 0.01, 0.01]
+    # 'floor': each seed's rise must exceed its own floor, the distance between two independent
+    # ground-truth draws (0.01 here)
+    fake_metrics(tmp_path / "f" / "seed0" / "m.csv", fd_pre=0.2, fd_joint=0.205)
+    _, _, claims = tabulate(tmp_path, [tmp_path / "f" / "seed0" / "m.csv"], "--fd-tolerance", "floor")
+    assert list(claims.verdict) == ["holds", "fails", "holds"] and list(claims.tolerance) == [0, 0, 0]
+    assert claims.mean_change.tolist() == pytest.approx([1200, 0.005 - 0.01, 0.5 - 0.01 - 0.01])
     with pytest.raises(SystemExit):
-        main(["tabulate", "--metrics", str(tmp_path / "m3.csv"), "--published", "x", "--setting", "x",
-              "--fd-tolerance", "noise", "--csv", "a", "--md", "b", "--claims", "c"])
-    bad = tmp_path / "bad.csv"
+        main(["tabulate", "--metrics", str(tmp_path / "f" / "seed0" / "m.csv"), "--published", "x", "--setting", "x",
+              "--fd-tolerance", "noise", "--per-seed", "p", "--csv", "a", "--md", "b", "--claims", "c"])
+    bad = tmp_path / "seed3" / "bad.csv"
+    bad.parent.mkdir()
     pd.DataFrame({"stage": ["joint"], "metric": ["elbo"], "image_set": [""], "value": [1.0]}).to_csv(bad, index=False)
     with pytest.raises(SystemExit, match="bad.csv: expected exactly one distance"):
-        main(["tabulate", "--metrics", str(bad), "--published", "reference/published_results.csv", "--setting", "x",
-              "--csv", str(out["t.csv"]), "--md", str(out["t.md"]), "--claims", str(out["c.csv"])])
+        tabulate(tmp_path, [bad])
+    with pytest.raises(SystemExit, match="not a per-seed file"):
+        tabulate(tmp_path, [tmp_path / "m_without_seed.csv"])
+
+
+def test_tabulate_over_seeds_takes_each_seeds_floor_off_its_rise(tmp_path):
+    """Three seeds: the table is their mean and standard deviation, and the reconstruction claim
+    is the decision rule on (rise - floor) per seed, so the floor's spread enters the interval."""
+    seeds = {0: (0.20, 0.40, 0.010), 1: (0.22, 0.45, 0.015), 2: (0.18, 0.41, 0.012)}  # fd_pre, fd_joint, floor
+    files = []
+    for seed, (pre, joint, floor) in seeds.items():
+        files.append(tmp_path / f"seed{seed}" / "metrics.csv")
+        fake_metrics(files[-1], fd_pre=pre, fd_joint=joint, floor=floor, elbo_joint=900.0 + seed)
+    table, md, claims = tabulate(tmp_path, files, "--fd-tolerance", "floor")
+    joint = table.set_index("stage").loc["joint training"]
+    assert joint.seeds == 3 and joint["fd_digits reconstructions"] == pytest.approx(np.mean([0.40, 0.45, 0.41]))
+    assert joint["fd_digits reconstructions std"] == pytest.approx(np.std([0.40, 0.45, 0.41], ddof=1))
+    assert "Mean (standard deviation) over 3 seeds" in md
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 6
+    changes = [joint_ - pre - floor for pre, joint_, floor in seeds.values()]
+    expected = paired_verdict(changes, "increase")
+    rec = claims.iloc[1]
+    assert rec.verdict == expected.verdict == "holds" and rec.seeds == 3 and rec.in_direction == "3/3"
+    assert (rec.low, rec.high) == (pytest.approx(expected.low), pytest.approx(expected.high))
+    assert "each seed's rise minus its floor" in rec.control
+    # two files of one seed, or seeds from different configurations, are refused
+    with pytest.raises(SystemExit, match="two metrics files of one seed"):
+        tabulate(tmp_path, [files[0], files[0]])
+    fake_metrics(tmp_path / "x" / "seed5" / "metrics.csv", 0.2, 0.3, metric="fid")
+    with pytest.raises(SystemExit, match="differ in distance"):
+        tabulate(tmp_path, [files[0], tmp_path / "x" / "seed5" / "metrics.csv"])
 
 
 def test_batchnorm_recalibration_averages_the_final_statistics():

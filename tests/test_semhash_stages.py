@@ -33,10 +33,10 @@ def sh(*args):
 
 
 SETTINGS = {"width": 16, "estimator": "disarm", "kl_gradient": "estimator", "code_values": "bits",
-            "epochs_one_pair": 2, "epochs_many_pairs": 1, "many_pairs": 3, "batch_size": 64, "lr": 1e-3, "seed": 1,
+            "epochs_one_pair": 2, "epochs_many_pairs": 1, "many_pairs": 3, "batch_size": 64, "lr": 1e-3,
             "eval_batch_size": 128, "reference_protocol": False, "checkpoint_every": 1,
             "test_nelbo_batch": 0}
-TRAIN = ["--encoder", "e1", "--depth", "1", "--bits", "4", "--settings", json.dumps(SETTINGS)]
+TRAIN = ["--encoder", "e1", "--depth", "1", "--bits", "4", "--seed", "1", "--settings", json.dumps(SETTINGS)]
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +67,14 @@ def test_train_settings_come_whole_from_the_config_section(corpus, tmp_path):
     assert sorted(TrainSettings.config_keys()) == sorted(SETTINGS)
     section = {**SETTINGS, "precision_k": 100, "threads": 2}       # the section has other keys too
     assert json.loads(TrainSettings.config_json(section)) == SETTINGS
-    built = TrainSettings.from_config(SETTINGS, "e2", "1", "8")
-    assert (built.encoder, built.depth, built.bits, built.code_values) == ("e2", 1, 8, "bits")
+    built = TrainSettings.from_config(SETTINGS, "e2", "1", "8", "3")
+    assert (built.encoder, built.depth, built.bits, built.seed, built.code_values) == ("e2", 1, 8, 3, "bits")
+    with pytest.raises(ValueError, match=r"unknown \['seed'\]"):  # the seed comes from semhash.seeds, per job
+        TrainSettings.from_config({**SETTINGS, "seed": 1}, "e2", 1, 8, 3)
     for bad, named in (({k: v for k, v in SETTINGS.items() if k != "code_values"}, "missing ['code_values']"),
                        ({**SETTINGS, "lr_decay": 0.5}, "unknown ['lr_decay']")):
         proc = subprocess.run([sys.executable, "-m", "vae_approx.semhash", "train", "--corpus", str(corpus / "corpus.npz"),
-                               "--encoder", "e1", "--depth", "0", "--bits", "4", "--settings", json.dumps(bad),
+                               "--encoder", "e1", "--depth", "0", "--bits", "4", "--seed", "1", "--settings", json.dumps(bad),
                                "--out", str(tmp_path / "m.pt"), "--history", str(tmp_path / "h.csv")],
                               capture_output=True, text=True)
         assert proc.returncode != 0 and named in proc.stderr and "Traceback" not in proc.stderr
@@ -115,3 +117,46 @@ def test_an_interrupted_training_resumes_to_the_same_history(corpus, tmp_path):
     resumed, _, _ = train(data, settings, torch.device("cpu"), resume, quiet())
     cols = ["epoch", "pairs", "train_nelbo", "test_nelbo"]
     pd.testing.assert_frame_equal(pd.DataFrame(resumed)[cols], pd.DataFrame(full)[cols])
+
+
+def test_tabulate_decides_the_encoder_claims_per_cell_over_seeds(tmp_path):
+    """Fake histories of 3 seeds x {e1, e2} x {8, 16} bits: at 8 bits e1 is clearly lower in every
+    seed (holds), at 16 bits the difference changes sign between seeds (inconclusive), so the
+    claim over the grid is inconclusive and names the 16-bit cell."""
+    from vae_approx.semhash.__main__ import main
+    from vae_approx.tables import paired_verdict
+
+    e1_minus_e2 = {8: [-5.0, -5.5, -4.5], 16: [-1.0, 2.0, -0.5]}
+    histories, retrievals = [], []
+    for seed in (1, 2, 3):
+        for encoder in ("e1", "e2"):
+            for bits in (8, 16):
+                run = tmp_path / f"seed{seed}" / encoder / "depth0" / f"{bits}bits"
+                run.mkdir(parents=True)
+                best = 100.0 + (e1_minus_e2[bits][seed - 1] if encoder == "e1" else 0.0)
+                pd.DataFrame({"epoch": [1, 2], "pairs": [1, 1], "train_nelbo": [150.0, 120.0],
+                              "test_nelbo": [best + 20, best]}).to_csv(run / "history.csv", index=False)
+                pd.DataFrame([{"encoder": encoder, "depth": 0, "bits": bits, "seed": seed,
+                               "precision_at_100": 0.5}]).to_csv(run / "retrieval.csv", index=False)
+                histories.append(run / "history.csv")
+                retrievals.append(run / "retrieval.csv")
+    main(["tabulate", "--histories", *map(str, histories), "--retrievals", *map(str, retrievals),
+          "--published", "reference/published_results.csv", "--out-dir", str(tmp_path), "--claims",
+          str(tmp_path / "claims.csv")])
+    table = pd.read_csv(tmp_path / "test_nelbo_best.csv").set_index("encoder")
+    assert table.loc["e1", "8 bits"] == pytest.approx(100 - 5.0) and table.loc["e2", "16 bits std"] == 0
+    assert table.loc["e1", "16 bits std"] == pytest.approx(np.std(e1_minus_e2[16], ddof=1))
+    assert "Mean (standard deviation) over 3 seeds" in (tmp_path / "test_nelbo_best.md").read_text()
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 12
+    cells = pd.read_csv(tmp_path / "claims_cells.csv").set_index("setting")
+    for bits, verdict in ((8, "holds"), (16, "inconclusive")):
+        row, pv = cells.loc[f"decoder depth 0, {bits} bits"], paired_verdict(e1_minus_e2[bits], "decrease")
+        assert row.verdict == pv.verdict == verdict and row.low == pytest.approx(pv.low)
+    claim = pd.read_csv(tmp_path / "claims.csv").iloc[0]
+    assert claim.verdict == "inconclusive" and claim.setting.startswith("encoders e1 vs e2")
+    assert "1 of 2 cells hold; inconclusive: decoder depth 0, 16 bits; fails: none" in claim.measured
+    # a history and a retrieval file of different runs are refused
+    with pytest.raises(SystemExit, match="not of the same run"):
+        main(["tabulate", "--histories", str(histories[0]), "--retrievals", str(retrievals[1]),
+              "--published", "reference/published_results.csv", "--out-dir", str(tmp_path), "--claims",
+              str(tmp_path / "c.csv")])

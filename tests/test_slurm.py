@@ -50,7 +50,7 @@ PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 # Rules of the paper preset's DAG. Training and FID: at least these ask for a GPU.
 GPU_RULES = {"pretrain_gmm_encoder", "train_gmm_joint", "train_semhash", "train_gan", "choose_generator",
              "pretrain_images_encoder", "train_images_joint", "evaluate_images"}
-CPU_RULES = {"sample_gmm", "plot_gmm", "tabulate_gmm", "collect_claims", "prepare_corpus", "evaluate_retrieval",
+CPU_RULES = {"sample_gmm", "plot_gmm_regions", "plot_gmm_curves", "plot_images_curves", "tabulate_gmm", "collect_claims", "prepare_corpus", "evaluate_retrieval",
              "tabulate_semhash", "download_celeba", "prepare_celeba", "download_inception",
              "tabulate_images"}  # never these
 REQUIRED = os.environ.get("VAE_APPROX_REQUIRE_SLURM") == "1"

@@ -6,8 +6,9 @@ import pytest
 from scipy import stats
 
 from vae_approx.common import InputError
-from vae_approx.tables import (CLAIM_COLUMNS, FAILS, HOLDS, INCONCLUSIVE, direction_claim, paired_verdict, one_value, read_claims, read_tidy,
-                               stage_table, write_claims)
+from vae_approx.tables import (CLAIM_COLUMNS, FAILS, HOLDS, INCONCLUSIVE, cells_claim, mean_std, one_value,
+                               paired_verdict, read_claims, read_tidy, seeds_claim, spread_text, with_published,
+                               write_claims)
 
 PUBLISHED = pd.DataFrame({
     "experiment": ["x", "x", "x", "y"],
@@ -44,8 +45,9 @@ def test_one_value_wants_exactly_one_matching_row():
         one_value(df, "t", stage="c", metric="m")
 
 
-def test_stage_table_puts_the_published_numbers_beside_ours():
-    table = stage_table({"before": {"elbo": -3.0}, "after": {"elbo": -0.5}}, PUBLISHED, "x", ["elbo", "fid"])
+def test_with_published_puts_the_published_numbers_beside_ours():
+    table = with_published(pd.DataFrame({"stage": ["before", "after"], "elbo": [-3.0, -0.5]}), PUBLISHED, "x",
+                           ["elbo", "fid"])
     assert table.columns.tolist() == ["stage", "elbo", "elbo published (Kyrylov et al. 2023)",
                                       "fid published (Kyrylov et al. 2023)"]
     assert table.stage.tolist() == ["before", "after"]
@@ -53,13 +55,44 @@ def test_stage_table_puts_the_published_numbers_beside_ours():
     assert pd.isna(table["fid published (Kyrylov et al. 2023)"][0]) and table["fid published (Kyrylov et al. 2023)"][1] == 70
 
 
+def test_mean_std_and_its_text_over_seeds():
+    per_seed = pd.DataFrame({"stage": ["a", "a", "a", "b"], "seed": [0, 1, 2, 0], "v": [1.0, 2.0, 4.0, 5.0]})
+    summary = mean_std(per_seed, ["stage"], ["v"])
+    assert summary.stage.tolist() == ["a", "b"] and summary.seeds.tolist() == [3, 1]
+    assert summary.v.tolist() == pytest.approx([7 / 3, 5.0])
+    assert summary["v std"][0] == pytest.approx(np.std([1, 2, 4], ddof=1)) and np.isnan(summary["v std"][1])
+    text = spread_text(summary)
+    assert text.columns.tolist() == ["stage", "seeds", "v"] and text.v.tolist() == ["2.333 (1.5)", "5"]
+
+
 def test_written_claims_read_back(tmp_path):
-    rows = [direction_claim("x", "s", "rises", "elbo", -3.0, -1.0, "increase"),
-            direction_claim("x", "s", "rises by more than 5", "fid", 1.0, 2.0, "increase", tolerance=5.0)]
+    rows = [seeds_claim("x", "s", "rises", "elbo", {0: 2.0}, "increase", "before"),
+            seeds_claim("x", "s", "rises by more than 5", "fid", {0: 1.0}, "increase", "before", tolerance=5.0)]
     write_claims(rows, tmp_path / "c.csv")
     claims = read_claims(tmp_path / "c.csv")
     assert claims.columns.tolist() == CLAIM_COLUMNS and claims.verdict.tolist() == [HOLDS, FAILS]
-    assert claims.measured[1] == "1 -> 2 (change +1), 1 seed, no interval" and claims.seeds.tolist() == [1, 1]
+    assert claims.measured[1] == "+1, 1 seed, no interval" and claims.seeds.tolist() == [1, 1]
+    assert claims.in_direction.tolist() == ["1/1", "0/1"] and claims.per_seed.tolist() == ["0: +2", "0: +1"]
+
+
+def test_cells_claim_holds_in_every_cell_fails_in_any_and_is_otherwise_inconclusive():
+    clear = {0: -1.0, 1: -1.1, 2: -0.9}      # interval wholly below 0
+    unclear = {0: -1.0, 1: 0.5, 2: -0.2}     # straddles 0
+    wrong = {0: 1.0, 1: 1.1, 2: 0.9}         # wholly above 0
+    def claim(cells):
+        return cells_claim("x", "grid", "lower", "nelbo", cells, "decrease", "other encoder", "cells.csv")
+    row, cells = claim({"c1": clear, "c2": clear})
+    assert row["verdict"] == HOLDS and [c["verdict"] for c in cells] == [HOLDS, HOLDS]
+    assert [c["setting"] for c in cells] == ["c1", "c2"] and row["per_seed"] == "per cell: cells.csv"
+    row, cells = claim({"c1": clear, "c2": unclear})
+    assert row["verdict"] == INCONCLUSIVE and "inconclusive: c2; fails: none" in row["measured"]
+    pv = paired_verdict(list(unclear.values()), "decrease")
+    assert (row["low"], row["high"]) == (pytest.approx(pv.low), pytest.approx(pv.high))  # the least clear cell
+    assert "least clear, c2" in row["measured"] and row["measured"].startswith("1 of 2 cells hold")
+    row, _ = claim({"c1": unclear, "c2": wrong, "c3": clear})
+    assert row["verdict"] == FAILS and "fails: c2" in row["measured"]
+    row, cells = claim({})
+    assert row["verdict"] == FAILS and cells == []
 
 
 @pytest.mark.parametrize("changes, expected, tolerance, verdict", [
@@ -102,7 +135,6 @@ def test_paired_verdict_rejects_nothing_and_fails_on_non_finite():
 
 
 def test_seeds_claim_rows_carry_interval_seeds_control_and_by_construction():
-    from vae_approx.tables import seeds_claim
     row = seeds_claim("x", "s", "moves", "d", {2: 0.40, 0: 0.45, 1: 0.38}, "increase", "control fit")
     v = paired_verdict([0.45, 0.38, 0.40], "increase")
     assert row["verdict"] == HOLDS and row["seeds"] == 3 and row["in_direction"] == "3/3"

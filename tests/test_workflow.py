@@ -79,13 +79,11 @@ def image_metric(metrics, stage, metric, image_set=None):
     return float(row.value.iloc[0])
 
 
-def check_images_results(out, config, fd):
-    """What every images run must show, whatever its numbers: the table and the claims are the
-    metrics' numbers, each verdict is what those numbers say, and the grids are PNG images."""
-    images = out / "images"
-    metrics = pd.read_csv(images / "metrics.csv")
+def seed_metrics(images, seed, fd):
+    """One faces seed's numbers, from its metrics file, in the table's columns."""
+    metrics = pd.read_csv(images / f"seed{seed}" / "metrics.csv")
     floor = image_metric(metrics, "ground truth", fd, "ground_truth_resample")
-    ours = {
+    return metrics, floor, {
         PRETRAIN: {"elbo": image_metric(metrics, "pretrain", "elbo"),
                    f"{fd} reconstructions": image_metric(metrics, "pretrain", fd, "pretrained_reconstruction"),
                    f"{fd} prior samples": floor, "decoder_drift": 0.0},
@@ -94,40 +92,64 @@ def check_images_results(out, config, fd):
                 f"{fd} prior samples": image_metric(metrics, "joint", fd, "joint_prior"),
                 "decoder_drift": image_metric(metrics, "joint", "decoder_drift")},
     }
+
+
+def check_images_results(out, config, fd):
+    """What every images run must show, whatever its numbers: the table is the mean of the seeds'
+    metrics, each claim is the decision rule applied to the per-seed changes, and every seed's
+    grids are PNG images."""
+    images = out / "images"
+    seeds = config["images"]["seeds"]
+    per_seed = {k: seed_metrics(images, k, fd) for k in seeds}
     table = pd.read_csv(images / "table.csv").set_index("stage")
-    assert list(table.index) == [PRETRAIN, JOINT]
-    for stage, values in ours.items():
-        for column, value in values.items():
-            assert table.loc[stage, column] == pytest.approx(value, rel=1e-9, abs=1e-12), (stage, column)
+    assert list(table.index) == [PRETRAIN, JOINT] and (table.seeds == len(seeds)).all()
+    for stage in (PRETRAIN, JOINT):
+        for column in per_seed[seeds[0]][2][stage]:
+            values = [per_seed[k][2][stage][column] for k in seeds]
+            assert table.loc[stage, column] == pytest.approx(np.mean(values), rel=1e-9, abs=1e-12), (stage, column)
+            if len(seeds) > 1:
+                assert table.loc[stage, f"{column} std"] == pytest.approx(np.std(values, ddof=1), rel=1e-6, abs=1e-12)
     published = pd.read_csv(out.parents[1] / "reference" / "published_results.csv")
     for metric, stage, value in published[published.experiment == "images"][["metric", "stage", "value"]].itertuples(index=False):
         assert table.loc[stage, f"{metric} published (Kyrylov et al. 2023)"] == pytest.approx(value)
-    assert ours[JOINT]["decoder_drift"] > 0
+    assert all(per_seed[k][2][JOINT]["decoder_drift"] > 0 for k in seeds)
+    rows = pd.read_csv(images / "table_per_seed.csv")
+    assert sorted(set(rows.seed)) == sorted(seeds) and len(rows) == 2 * len(seeds)
     md = (images / "table.md").read_text()
     assert f"{fd} reconstructions" in md and "Faces experiment" in md
 
-    tolerance = floor if config["images"]["fd_tolerance"] == "floor" else float(config["images"]["fd_tolerance"])
-    claims = pd.read_csv(images / "claims.csv", dtype={"per_seed": str})
+    # each seed's rise less its own floor (or the fixed tolerance), through the one decision rule
+    floor_rule = config["images"]["fd_tolerance"] == "floor"
+    tolerance = 0.0 if floor_rule else float(config["images"]["fd_tolerance"])
+    allowance = {k: per_seed[k][1] if floor_rule else 0.0 for k in seeds}
+    def change(column, allow=True):
+        return [per_seed[k][2][JOINT][column] - per_seed[k][2][PRETRAIN][column] - (allowance[k] if allow else 0)
+                for k in seeds]
+    expected = [paired_verdict(change("elbo", False), "increase"),
+                paired_verdict(change(f"{fd} reconstructions"), "increase", tolerance),
+                paired_verdict(change(f"{fd} prior samples"), "increase", tolerance)]
+    claims = pd.read_csv(images / "claims.csv", dtype={"per_seed": str, "in_direction": str})
     assert list(claims.columns) == CLAIM_COLUMNS and set(claims.experiment) == {"images"}
-    expected = [ours[JOINT]["elbo"] > ours[PRETRAIN]["elbo"],
-                ours[JOINT][f"{fd} reconstructions"] - ours[PRETRAIN][f"{fd} reconstructions"] > tolerance,
-                ours[JOINT][f"{fd} prior samples"] - floor > tolerance]
-    assert list(claims.verdict) == [HOLDS if e else FAILS for e in expected], claims
+    assert list(claims.verdict) == [e.verdict for e in expected], claims
+    assert claims.mean_change.tolist() == pytest.approx([e.mean for e in expected])
+    assert list(claims.in_direction) == [f"{e.in_direction}/{len(seeds)}" for e in expected]
     assert list(claims.metric) == ["elbo", f"{fd} reconstructions", f"{fd} prior samples"]
     assert claims.tolerance.tolist() == pytest.approx([0.0, tolerance, tolerance])
-    assert f"{ours[PRETRAIN]['elbo']:.4g} -> {ours[JOINT]['elbo']:.4g}" in claims.measured[0]
-    stacked = pd.read_csv(out / "claims.csv", dtype={"per_seed": str})
+    assert list(claims.by_construction) == [True, False, False] and claims.control.str.len().min() > 0
+    stacked = pd.read_csv(out / "claims.csv", dtype={"per_seed": str, "in_direction": str})
     pd.testing.assert_frame_equal(stacked[stacked.experiment == "images"].reset_index(drop=True), claims)
 
     size = config["images"]["image_size"]
-    for name in IMAGE_SETS:
-        png = images / "grids" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-        with Image.open(png) as im:
-            im.verify()
-        with Image.open(png) as im:
-            assert min(im.size) >= size, (png, im.size)
-    return metrics, table, claims
+    for seed in seeds:
+        for name in IMAGE_SETS:
+            png = images / f"seed{seed}" / "grids" / f"{name}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+            with Image.open(png) as im:
+                im.verify()
+            with Image.open(png) as im:
+                assert min(im.size) >= size, (png, im.size)
+    assert (images / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return {k: v[0] for k, v in per_seed.items()}, table, claims
 
 
 def test_outputs_exist_and_tables_parse(smoke):
@@ -147,10 +169,10 @@ def test_outputs_exist_and_tables_parse(smoke):
         # the summary is the mean of the per-seed rows
         joint = per_seed[per_seed.stage == "joint training"]
         assert table.set_index("stage").loc["joint training", "elbo"] == pytest.approx(joint.elbo.mean())
+        assert (d / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # every seed in one figure
         for seed in seeds:
             s = out / "gmm" / f"seed{seed}" / encoder
-            for name in ("regions.png", "curves.png"):
-                assert (s / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert (s / "regions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             for phase in ("pretrain", "joint"):
                 metrics = pd.read_csv(s / f"{phase}_metrics.csv")
                 assert set(metrics.phase) == {phase} and metrics.step.is_monotonic_increasing
@@ -164,28 +186,45 @@ def test_outputs_exist_and_tables_parse(smoke):
     assert factorized.filter(like="published").iloc[:2].notna().all().all()
 
 
-def test_semantic_hashing_tables_and_claim_follow_the_histories(smoke):
+def test_semantic_hashing_tables_and_claims_follow_the_histories(smoke):
     out = results(smoke) / "semhash"
-    preset = yaml.safe_load((smoke / "presets" / "smoke.yaml").read_text())["semhash"]
+    preset = merged_config(smoke, "presets/smoke.yaml")["semhash"]
+    seeds, encoders = preset["seeds"], preset["encoders"]
+    assert len(seeds) >= 2
     epochs = preset["epochs_one_pair"] + preset["epochs_many_pairs"]
     best = {}
-    for encoder in preset["encoders"]:
-        run = out / encoder / "depth0" / "8bits"
-        history = pd.read_csv(run / "history.csv")
-        assert list(history.epoch) == list(range(1, epochs + 1))
-        assert list(history.pairs) == [1] * preset["epochs_one_pair"] + [preset["many_pairs"]] * preset["epochs_many_pairs"]
-        best[encoder] = history.test_nelbo.min()
-        precision = pd.read_csv(run / "retrieval.csv").precision_at_100.item()
-        assert 0 <= precision <= 1
-        assert (results(smoke) / "benchmarks" / "semhash" / encoder / "depth0" / "8bits" / "model.tsv").is_file()
+    for seed in seeds:
+        for encoder in encoders:
+            run = out / f"seed{seed}" / encoder / "depth0" / "8bits"
+            history = pd.read_csv(run / "history.csv")
+            assert list(history.epoch) == list(range(1, epochs + 1))
+            assert list(history.pairs) == [1] * preset["epochs_one_pair"] + [preset["many_pairs"]] * preset["epochs_many_pairs"]
+            best[seed, encoder] = history.test_nelbo.min()
+            retrieval = pd.read_csv(run / "retrieval.csv").iloc[0]
+            assert 0 <= retrieval.precision_at_100 <= 1 and retrieval.seed == seed
+            assert (results(smoke) / "benchmarks" / "semhash" / f"seed{seed}" / encoder / "depth0" / "8bits" / "model.tsv").is_file()
+            assert f"seed {seed}" in (results(smoke) / "logs" / "semhash" / f"seed{seed}" / encoder / "depth0" / "8bits" / "model.log").read_text()
+    # seeds differ: each its own initialisation, batch order and code samples
+    assert best[seeds[0], encoders[0]] != best[seeds[1], encoders[0]]
     table = pd.read_csv(out / "test_nelbo_best.csv").set_index("encoder")
-    for encoder, value in best.items():
-        assert table.loc[encoder, "8 bits"] == pytest.approx(value)
+    for encoder in encoders:
+        values = [best[k, encoder] for k in seeds]
+        assert table.loc[encoder, "8 bits"] == pytest.approx(np.mean(values))
+        assert table.loc[encoder, "8 bits std"] == pytest.approx(np.std(values, ddof=1))
     assert "8 bits" in (out / "precision.md").read_text()
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    claim = pd.read_csv(out / "claims.csv").iloc[0]
-    holds = all(best["e1"] < v for e, v in best.items() if e != "e1")
-    assert (claim.verdict == HOLDS) == holds and claim.measured == f"{int(holds)} of 1 cells, 1 seed"
+    # e1 against each other encoder, per cell over seeds, through the one decision rule
+    claims = pd.read_csv(out / "claims.csv", dtype={"per_seed": str, "in_direction": str})
+    cells = pd.read_csv(out / "claims_cells.csv", dtype={"per_seed": str, "in_direction": str})
+    others = [e for e in ("e2", "e3") if e in encoders]
+    assert list(claims.columns) == list(cells.columns) == CLAIM_COLUMNS and len(claims) == len(cells) == len(others)
+    for other, claim, cell in zip(others, claims.itertuples(), cells.itertuples()):
+        pv = paired_verdict([best[k, "e1"] - best[k, other] for k in seeds], "decrease")
+        assert cell.setting == "decoder depth 0, 8 bits" and cell.verdict == pv.verdict and other in cell.claim
+        assert (cell.mean_change, cell.low, cell.high) == pytest.approx((pv.mean, pv.low, pv.high))
+        assert claim.verdict == pv.verdict  # one cell: the claim is that cell's verdict
+        assert claim.measured.startswith(f"{int(pv.verdict == HOLDS)} of 1 cells hold")
+        assert claim.per_seed == "per cell: claims_cells.csv" and claim.control == f"{other} in the same cell and seed"
 
 
 def test_the_images_table_claims_and_grids_follow_the_metrics(smoke):
@@ -205,12 +244,19 @@ def test_the_images_table_claims_and_grids_follow_the_metrics(smoke):
     chosen = distances.epoch[distances.fd_digits.idxmin()]
     assert distances.chosen.tolist() == [e == chosen for e in distances.epoch]
     assert torch.load(out / "images" / "gan" / "generator.pt", weights_only=False)["epoch"] == chosen
-    for name, phase in (("pretrain_curve.csv", "pretrain"), ("joint_curve.csv", "joint")):
-        curve = pd.read_csv(out / "images" / name)
-        assert set(curve.phase) == {phase} and curve.step.max() == im[phase]["iterations"]
-    for job in ("classifier/classifier", "gan/generators", "gan/generator", "pretrained", "joint", "metrics"):
+    for seed in im["seeds"]:
+        for name, phase in (("pretrain_curve.csv", "pretrain"), ("joint_curve.csv", "joint")):
+            curve = pd.read_csv(out / "images" / f"seed{seed}" / name)
+            assert set(curve.phase) == {phase} and curve.step.max() == im[phase]["iterations"]
+        for job in ("pretrained", "joint", "metrics"):
+            assert (out / "benchmarks" / "images" / f"seed{seed}" / f"{job}.tsv").is_file(), job
+        assert re.search(r"step \d+/\d+ .*elapsed", (out / "logs" / "images" / f"seed{seed}" / "joint.log").read_text())
+    for job in ("classifier/classifier", "gan/generators", "gan/generator"):  # shared by the seeds
         assert (out / "benchmarks" / "images" / f"{job}.tsv").is_file(), job
-    assert re.search(r"step \d+/\d+ .*elapsed", (out / "logs" / "images" / "joint.log").read_text())
+    # the seeds differ from the encoder's initialisation on, and one generator is the truth of all
+    first, second = (torch.load(out / "images" / f"seed{k}" / "pretrained.pt", weights_only=False) for k in im["seeds"][:2])
+    assert not torch.equal(next(iter(first["encoder"].values())), next(iter(second["encoder"].values())))
+    assert first["generator_epoch"] == second["generator_epoch"] == chosen
 
 
 def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
@@ -219,11 +265,16 @@ def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
     assert proc.returncode == 0, proc.stderr
     jobs = planned_jobs(proc.stdout)
     assert jobs["download_20newsgroups"] == 1 and jobs["prepare_corpus"] == 1
-    assert jobs["train_semhash"] == 36 and jobs["evaluate_retrieval"] == 36 and jobs["tabulate_semhash"] == 1
+    paper = merged_config(smoke, "presets/paper.yaml")
+    assert len(paper["gmm"]["seeds"]) == 5 and len(paper["semhash"]["seeds"]) == len(paper["images"]["seeds"]) == 3
+    assert jobs["train_semhash"] == 36 * 3 and jobs["evaluate_retrieval"] == 36 * 3 and jobs["tabulate_semhash"] == 1
+    assert jobs["pretrain_gmm_encoder"] == jobs["train_gmm_joint"] == 2 * 5
     assert "synthesize_corpus" not in jobs
     for rule in ("download_celeba", "prepare_celeba", "download_inception", "train_gan", "choose_generator",
-                 "pretrain_images_encoder", "train_images_joint", "evaluate_images", "tabulate_images"):
+                 "tabulate_images"):
         assert jobs.get(rule) == 1, (rule, jobs)
+    for rule in ("pretrain_images_encoder", "train_images_joint", "evaluate_images"):
+        assert jobs.get(rule) == 3, (rule, jobs)
     assert "prepare_digits" not in jobs and "train_digits_classifier" not in jobs  # FID, not the digits distance
 
 
@@ -280,13 +331,21 @@ def test_a_changed_hyperparameter_reruns_only_what_depends_on_it(smoke):
     changed = smoke / "changed.yaml"
     cases = [
         ({"gmm": {"joint": {"lr": 0.002}}},
-         {"train_gmm_joint": 4, "plot_gmm": 4, "tabulate_gmm": 2, "collect_claims": 1, "all": 1}),
-        # a new seed: only its jobs, and the tables over seeds
+         {"train_gmm_joint": 4, "plot_gmm_regions": 4, "plot_gmm_curves": 2, "tabulate_gmm": 2, "collect_claims": 1,
+          "all": 1}),
+        # a new seed: only its jobs, and the tables and curves over seeds
         ({"gmm": {"seeds": [0, 1, 7]}},
-         {"sample_gmm": 1, "fit_gmm_ml": 1, "pretrain_gmm_encoder": 2, "train_gmm_joint": 2, "plot_gmm": 2,
-          "tabulate_gmm": 2, "collect_claims": 1, "all": 1}),
+         {"sample_gmm": 1, "fit_gmm_ml": 1, "pretrain_gmm_encoder": 2, "train_gmm_joint": 2, "plot_gmm_regions": 2,
+          "plot_gmm_curves": 2, "tabulate_gmm": 2, "collect_claims": 1, "all": 1}),
+        ({"semhash": {"seeds": [1, 2, 5]}},
+         {"train_semhash": 2, "evaluate_retrieval": 2, "plot_semhash": 1, "tabulate_semhash": 1, "collect_claims": 1,
+          "all": 1}),
+        ({"images": {"seeds": [0, 1, 4]}},
+         {"pretrain_images_encoder": 1, "train_images_joint": 1, "evaluate_images": 1, "plot_images_curves": 1,
+          "tabulate_images": 1, "collect_claims": 1, "all": 1}),
         ({"images": {"joint": {"lr": 2.0e-4}}},
-         {"train_images_joint": 1, "evaluate_images": 1, "tabulate_images": 1, "collect_claims": 1, "all": 1}),
+         {"train_images_joint": 2, "evaluate_images": 2, "plot_images_curves": 1, "tabulate_images": 1,
+          "collect_claims": 1, "all": 1}),
         ({"images": {"fd_tolerance": 0.5}}, {"tabulate_images": 1, "collect_claims": 1, "all": 1}),
     ]
     for change, expected in cases:
@@ -294,12 +353,13 @@ def test_a_changed_hyperparameter_reruns_only_what_depends_on_it(smoke):
         proc = snakemake(smoke, "-n", "--configfile", "presets/smoke.yaml", str(changed))
         assert planned_jobs(proc.stdout) == expected, change
 
+
 def test_the_report_holds_every_plot_and_table(smoke):
     report = results(smoke) / "report.html"
     snakemake(smoke, "--report", str(report.relative_to(smoke)))
     html = report.read_text(errors="replace")
     for name in ("regions.png", "curves.png", "table.csv", "claims.csv", "Gaussian mixture", "Semantic hashing",
-                 "test_nelbo_best.csv", "Faces", *(f"{name}.png" for name in IMAGE_SETS)):
+                 "test_nelbo_best.csv", "Faces", "seed 1", *(f"{name}.png" for name in IMAGE_SETS)):
         assert name in html, name
 
 
@@ -316,6 +376,7 @@ PAPER_SYNTHETIC = {
         "gan": {"nz": 8, "ngf": 8, "ndf": 8, "epochs": 2, "batch_size": 20, "checkpoint_every": 2},
         "generator_epoch": 2,
         "choose": {"n_samples": 4},
+        "seeds": [0, 1],
         "encoder_ndf": 8,
         "pretrain": {"iterations": 2, "batch_size": 4},
         "joint": {"iterations": 2, "batch_size": 4},
@@ -363,9 +424,9 @@ def paper_synthetic(tmp_path_factory):
 def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthetic):
     workdir = paper_synthetic["workdir"]
     planned = paper_synthetic["planned"]
-    assert planned == {"prepare_celeba": 1, "train_gan": 1, "choose_generator": 1, "pretrain_images_encoder": 1,
-                       "train_images_joint": 1, "evaluate_images": 1, "tabulate_images": 1, "collect_claims": 1,
-                       "all": 1}  # the zip and the weights placed by hand are used as is: no download jobs
+    assert planned == {"prepare_celeba": 1, "train_gan": 1, "choose_generator": 1, "pretrain_images_encoder": 2,
+                       "train_images_joint": 2, "evaluate_images": 2, "plot_images_curves": 1, "tabulate_images": 1,
+                       "collect_claims": 1, "all": 1}  # the zip and the weights placed by hand are used as is: no download jobs
     assert digest(paper_synthetic["zip"]) == paper_synthetic["placed"]["zip"]
     assert digest(paper_synthetic["weights"]) == paper_synthetic["placed"]["weights"]
     assert not (workdir / "elsewhere").exists()
@@ -382,15 +443,16 @@ def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthe
     # Both FID jobs check the hand-placed weights' SHA-256; the random ones pass only through the
     # opt-out, and every output says that their distances are not FID.
     commands = [line for line in paper_synthetic["dry"].splitlines() if "--features inception" in line]
-    assert len(commands) == 2, paper_synthetic["dry"]
+    assert len(commands) == 1 + len(config["images"]["seeds"]), paper_synthetic["dry"]
     assert all("--inception-sha256 '' --inception-unverified-ok true" in line for line in commands), commands
     assert distances.inception_unverified.tolist() == [True]
-    metrics = pd.read_csv(out / "images" / "metrics.csv")
-    assert image_metric(metrics, "all", "inception_unverified") == 1
+    for seed in config["images"]["seeds"]:
+        metrics = pd.read_csv(out / "images" / f"seed{seed}" / "metrics.csv")
+        assert image_metric(metrics, "all", "inception_unverified") == 1
     md = (out / "images" / "table.md").read_text()
     assert "UNVERIFIED" in md and "NOT FID" in md and "FID (Inception features)" not in md
     assert all("not FID" in claim for claim in pd.read_csv(out / "images" / "claims.csv").claim[1:])
-    for log in ("gan/generator.log", "metrics.log"):
+    for log in ("gan/generator.log", "seed0/metrics.log"):
         text = (out / "logs" / "images" / log).read_text()
         assert "UNVERIFIED" in text and "NOT FID" in text, log
 

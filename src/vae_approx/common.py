@@ -70,6 +70,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed of one stage of replicate `seed`. Each (replicate, stage) draws its own stream:
+    seeding every stage with the replicate's seed itself would start joint training on the
+    pretraining's first batches, and replicate 1's draws would overlap replicate 0's shifted ones."""
+    tag = int.from_bytes(hashlib.sha256(stage.encode()).digest()[:4], "little")
+    return int(np.random.SeedSequence([seed, tag]).generate_state(1)[0])
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

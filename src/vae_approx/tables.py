@@ -1,7 +1,7 @@
 """Result tables, published numbers and the claims table, shared by every experiment.
 
 An experiment reads its tidy metrics with `read_tidy` / `one_value`, lays out one row per stage
-with the published numbers beside ours (`stage_table`), writes its results tables with
+with the published numbers beside ours (`with_published`), writes its results tables with
 `write_table` (over seeds: `mean_std`, `with_spread`) and its claims as rows made by `seeds_claim` (one
 claim decided over seeds by `paired_verdict`) or `cells_claim` (a claim that must hold in every cell of a
 grid) (`write_claims`: one CSV per experiment); `collect_claims` stacks those files into the run's
@@ -113,17 +113,13 @@ def published_columns(df: pd.DataFrame, experiment: str, metric: str, stage: str
     return {f"{metric} published ({short_source(s)})": v for v, s in published(df, experiment, metric, stage, setting)}
 
 
-def stage_table(stages: dict[str, dict], pub: pd.DataFrame, experiment: str, metrics, setting: str | None = None,
-                label: str = "stage") -> pd.DataFrame:
-    """One row per stage ({stage label: {column: our value}}), followed by one column per published
+def with_published(table: pd.DataFrame, pub: pd.DataFrame, experiment: str, metrics, setting: str | None = None,
+                   label: str = "stage") -> pd.DataFrame:
+    """`table` (one row per stage, named in column `label`) followed by one column per published
     (metric, source) for that stage."""
-    rows = []
-    for stage, values in stages.items():
-        row = {label: stage, **values}
-        for metric in metrics:
-            row.update(published_columns(pub, experiment, metric, stage, setting))
-        rows.append(row)
-    return pd.DataFrame(rows)
+    published = [{k: v for metric in metrics for k, v in published_columns(pub, experiment, metric, stage, setting).items()}
+                 for stage in table[label]]
+    return pd.concat([table.reset_index(drop=True), pd.DataFrame(published, index=range(len(table)))], axis=1)
 
 
 def mean_std(df: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:

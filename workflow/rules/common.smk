@@ -111,8 +111,10 @@ IMAGE_SETS = [
 
 
 def images_targets():
-    return [f"{RESULTS}/images/table.md"] + expand(
-        f"{RESULTS}/images/grids/{{name}}.png", name=IMAGE_SETS
+    return [f"{RESULTS}/images/table.md", f"{RESULTS}/images/curves.png"] + expand(
+        f"{RESULTS}/images/seed{{seed}}/grids/{{name}}.png",
+        seed=config["images"]["seeds"],
+        name=IMAGE_SETS,
     )
 
 

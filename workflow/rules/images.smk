@@ -2,12 +2,15 @@
 # epoch -> the ground-truth generator (a fixed epoch or the lowest distance to the data) ->
 # encoder pretraining on its samples -> joint training by ELBO -> image sets, FID (Inception)
 # or fd_digits (a digits classifier trained here), ELBOs, decoder drift, grids -> table, claims.
+# The generator is trained once (the ground truth every replicate shares); pretraining, joint
+# training and evaluation run once per seed of images.seeds (seed<k>/).
 # choose_generator and evaluate_images load the Inception weights and check their SHA-256 there
 # (features_args: images.inception_sha256, and images.inception_unverified_ok for tests only),
 # since a file placed by hand never passes through download_inception.
 
 IMG = f"{RESULTS}/images"
 IM = config["images"]
+IMG_SEEDED = f"{IMG}/seed{{seed}}"
 
 if IM["generator_epoch"] != "auto" and IM["generator_epoch"] > IM["gan"]["epochs"]:
     raise ConfigError(
@@ -195,12 +198,12 @@ rule pretrain_images_encoder:
     input:
         generator=f"{IMG}/gan/generator.pt",
     output:
-        model=f"{IMG}/pretrained.pt",
-        metrics=f"{IMG}/pretrain_curve.csv",
+        model=f"{IMG_SEEDED}/pretrained.pt",
+        metrics=f"{IMG_SEEDED}/pretrain_curve.csv",
     log:
-        f"{LOGS}/images/pretrained.log",
+        f"{LOGS}/images/seed{{seed}}/pretrained.log",
     benchmark:
-        f"{BENCHMARKS}/images/pretrained.tsv"
+        f"{BENCHMARKS}/images/seed{{seed}}/pretrained.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -221,21 +224,21 @@ rule pretrain_images_encoder:
         " --ndf {params.ndf} --iterations {params.iterations} --batch-size {params.batch_size}"
         " --lr {params.lr} --beta1 {params.beta1} --log-every {params.log_every}"
         " --checkpoint-every {params.checkpoint_every} --bn-batches {params.bn_batches}"
-        " --channels-last {params.channels_last} --seed {params.seed} --threads {threads}"
+        " --channels-last {params.channels_last} --seed {wildcards.seed} --threads {threads}"
         " --device {params.device} --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
 rule train_images_joint:
     input:
         generator=f"{IMG}/gan/generator.pt",
-        encoder=f"{IMG}/pretrained.pt",
+        encoder=f"{IMG_SEEDED}/pretrained.pt",
     output:
-        model=f"{IMG}/joint.pt",
-        metrics=f"{IMG}/joint_curve.csv",
+        model=f"{IMG_SEEDED}/joint.pt",
+        metrics=f"{IMG_SEEDED}/joint_curve.csv",
     log:
-        f"{LOGS}/images/joint.log",
+        f"{LOGS}/images/seed{{seed}}/joint.log",
     benchmark:
-        f"{BENCHMARKS}/images/joint.tsv"
+        f"{BENCHMARKS}/images/seed{{seed}}/joint.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -256,31 +259,31 @@ rule train_images_joint:
         " --batch-size {params.batch_size} --lr {params.lr} --beta1 {params.beta1}"
         " --log-every {params.log_every} --checkpoint-every {params.checkpoint_every}"
         " --bn-batches {params.bn_batches} --channels-last {params.channels_last}"
-        " --seed {params.seed} --threads {threads} --device {params.device}"
+        " --seed {wildcards.seed} --threads {threads} --device {params.device}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
 rule evaluate_images:
     input:
         generator=f"{IMG}/gan/generator.pt",
-        pretrained=f"{IMG}/pretrained.pt",
-        joint=f"{IMG}/joint.pt",
+        pretrained=f"{IMG_SEEDED}/pretrained.pt",
+        joint=f"{IMG_SEEDED}/joint.pt",
         features=images_features(),
     output:
-        metrics=f"{IMG}/metrics.csv",
+        metrics=f"{IMG_SEEDED}/metrics.csv",
         grids=[
             report(
-                f"{IMG}/grids/{name}.png",
+                f"{IMG_SEEDED}/grids/{name}.png",
                 caption=f"../report/images_grid_{name}.rst",
                 category="Faces",
-                subcategory="image grids",
+                subcategory="image grids, seed {seed}",
             )
             for name in IMAGE_SETS
         ],
     log:
-        f"{LOGS}/images/metrics.log",
+        f"{LOGS}/images/seed{{seed}}/metrics.log",
     benchmark:
-        f"{BENCHMARKS}/images/metrics.tsv"
+        f"{BENCHMARKS}/images/seed{{seed}}/metrics.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -302,13 +305,51 @@ rule evaluate_images:
         " --n-samples {params.n_samples} --batch-size {params.batch_size}"
         " --n-eval {params.n_eval} --grid-size {params.grid_size}"
         " --reference-protocol {params.reference_protocol}"
-        " --channels-last {params.channels_last} --seed {params.seed} --threads {threads}"
+        " --channels-last {params.channels_last} --seed {wildcards.seed} --threads {threads}"
         " --device {params.device} --grids {params.grids} --out {output.metrics} 2> {log}"
+
+
+def images_setting():
+    """The setting's name in the faces table, claims and curves."""
+    kind = "CelebA" if IM["source"] == "celeba" else "digits"
+    return f"{kind} {IM['image_size']}x{IM['image_size']} DCGAN, sigma {IM['sigma']:g}"
+
+
+def images_seeds(name):
+    """One file per faces seed, in the config's seed order."""
+    return expand(f"{IMG}/seed{{seed}}/{name}", seed=IM["seeds"])
+
+
+rule plot_images_curves:
+    input:
+        pretrain=images_seeds("pretrain_curve.csv"),
+        joint=images_seeds("joint_curve.csv"),
+    output:
+        report(
+            f"{IMG}/curves.png",
+            caption="../report/images_curves.rst",
+            category="Faces",
+        ),
+    log:
+        f"{LOGS}/images/curves.log",
+    benchmark:
+        f"{BENCHMARKS}/images/curves.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        setting=images_setting(),
+    shell:
+        "python -m vae_approx.images curves --pretrain {input.pretrain} --joint {input.joint}"
+        " --setting '{params.setting}' --out {output} 2> {log}"
 
 
 rule tabulate_images:
     input:
-        metrics=f"{IMG}/metrics.csv",
+        metrics=images_seeds("metrics.csv"),
         published=config["published_results"],
     output:
         csv=report(
@@ -317,6 +358,7 @@ rule tabulate_images:
             category="Faces",
         ),
         md=f"{IMG}/table.md",
+        per_seed=f"{IMG}/table_per_seed.csv",
         claims=f"{IMG}/claims.csv",
     log:
         f"{LOGS}/images/table.log",
@@ -329,14 +371,10 @@ rule tabulate_images:
         mem_mb=1000,
         runtime=5,
     params:
-        setting=(
-            f"CelebA {IM['image_size']}x{IM['image_size']} DCGAN, sigma {IM['sigma']:g}"
-            if IM["source"] == "celeba"
-            else f"digits {IM['image_size']}x{IM['image_size']} DCGAN, sigma {IM['sigma']:g}"
-        ),
+        setting=images_setting(),
         fd_tolerance=IM["fd_tolerance"],
     shell:
         "python -m vae_approx.images tabulate --metrics {input.metrics}"
         " --published {input.published} --setting '{params.setting}'"
-        " --fd-tolerance {params.fd_tolerance}"
+        " --fd-tolerance {params.fd_tolerance} --per-seed {output.per_seed}"
         " --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"

@@ -20,7 +20,8 @@ import torch
 
 from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, save_csv, save_torch,
                       seed_everything, seed_of, select_device, set_threads)
-from ..tables import claims_frame, load_published, mean_std, published_columns, read_tidy, seeds_claim, write_table
+from ..tables import (claims_frame, load_published, mean_std, published_columns, read_tidy, seeds_claim, with_published,
+                      write_table)
 from .model import (ENCODERS, TRUE_CENTRES, MixtureDecoder, fit_centres_ml, log_likelihood, make_encoder,
                     sample_mixture)
 from .train import PHASES, TrainSettings, train
@@ -183,10 +184,7 @@ def cmd_tabulate(args) -> None:
     save_csv(table, args.per_seed)
     numeric = ["elbo", "log_likelihood", "kl_to_posterior", "kl_to_true_posterior", "mean_centre_distance",
                "max_centre_distance"]
-    summary = mean_std(table, ["encoder", "stage"], numeric)
-    for column, values in pd.DataFrame([published_columns(pub, EXPERIMENT, "elbo", stage, setting)
-                                        for stage in summary.stage]).items():
-        summary[column] = values
+    summary = with_published(mean_std(table, ["encoder", "stage"], numeric), pub, EXPERIMENT, ["elbo"], setting)
     note = (f"Mean and standard deviation over {len(per_seed)} seed(s) (each its own data sample and encoder "
             "initialisation; per-seed rows in table_per_seed.csv). ELBO and log-likelihood are averages per "
             "data point (nats); centre distances are Euclidean, in data units, from the ground-truth centres. "

@@ -11,7 +11,8 @@
     python -m vae_approx.images pretrain          --generator generator.pt --out encoder.pt --metrics curve.csv ...
     python -m vae_approx.images joint             --generator generator.pt --encoder encoder.pt --out joint.pt ...
     python -m vae_approx.images evaluate          --generator G --pretrained E --joint J --out metrics.csv ...
-    python -m vae_approx.images tabulate          --metrics metrics.csv --published ref.csv --csv --md --claims
+    python -m vae_approx.images curves            --pretrain P.csv ... --joint J.csv ... --out curves.png
+    python -m vae_approx.images tabulate          --metrics M.csv ... --published ref.csv --per-seed --csv --md --claims
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import pandas as pd
 import torch
 
 from ..common import (InputError, Progress, load_torch, parse_bool, resume_path, run_stage, save_csv, save_torch,
-                      seed_everything, select_device, set_threads)
-from ..tables import direction_claim, load_published, one_value, read_tidy, stage_table, write_claims, write_table
+                      seed_everything, seed_of, select_device, set_threads, stage_seed)
+from ..tables import (load_published, mean_std, one_value, read_tidy, seeds_claim, with_published, with_spread,
+                      write_claims, write_table)
 from . import data as D
 from .evaluate import Models, evaluate
 from .metrics import (FEATURES, GaussianStats, classifier_file, frechet_distance, make_extractor,
@@ -198,7 +200,9 @@ def cmd_choose_generator(args) -> None:
 
 
 def vae_settings(args, phase: str) -> VaeSettings:
-    return VaeSettings(phase, args.iterations, args.batch_size, args.lr, args.beta1, args.sigma, args.seed,
+    """The stage's settings; its seed is the replicate's (--seed) stream for this stage."""
+    return VaeSettings(phase, args.iterations, args.batch_size, args.lr, args.beta1, args.sigma,
+                       stage_seed(args.seed, phase),
                        args.log_every, args.checkpoint_every, getattr(args, "ndf", 64),
                        getattr(args, "learn_sigma", False), args.channels_last, args.bf16, args.bn_batches)
 
@@ -262,7 +266,8 @@ def cmd_evaluate(args) -> None:
                                args.inception_sha256, args.inception_unverified_ok)
     progress = Progress("images evaluate", args.n_samples, args.batch_size)
     progress.message(f"{args.n_samples} images per set, distance: {extractor.label}, on {device}")
-    rows = evaluate(models, extractor, args.n_samples, args.batch_size, args.seed, args.n_eval, args.grid_size,
+    rows = evaluate(models, extractor, args.n_samples, args.batch_size, stage_seed(args.seed, "evaluate"),
+                    args.n_eval, args.grid_size,
                     Path(args.grids), device, progress, args.reference_protocol, args.channels_last)
     save_csv(pd.DataFrame(rows), args.out)
 
@@ -270,9 +275,35 @@ def cmd_evaluate(args) -> None:
 METRIC_COLUMNS = ["stage", "metric", "image_set", "value"]
 
 
-def cmd_tabulate(args) -> None:
-    what = f"images metrics {args.metrics}"
-    df = read_tidy(args.metrics, "images metrics", METRIC_COLUMNS)
+def cmd_curves(args) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..common import plot_seeds, save_figure
+    if len(args.pretrain) != len(args.joint) or [seed_of(p) for p in args.pretrain] != [seed_of(p) for p in args.joint]:
+        raise InputError("images curves: --pretrain and --joint need one file per seed each, in the same seed order")
+    pretrain = [read_tidy(p, "pretraining curve", ["step", "loss"]) for p in args.pretrain]
+    joint = [read_tidy(p, "joint-training curve", ["step", "elbo", "reconstruction", "kl"]) for p in args.joint]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    plot_seeds(axes[0], [(c.step, c.loss) for c in pretrain], "tab:blue", "-log q(z|x)")
+    axes[0].set_title("encoder pretraining")
+    axes[0].set_ylabel("nats per image (training batches)")
+    plot_seeds(axes[1], [(c.step, c.elbo) for c in joint], "tab:green", "ELBO")
+    axes[1].set_title("joint training")
+    for ax in axes:
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Faces experiment, {args.setting}")
+    fig.tight_layout()
+    save_figure(fig, args.out, dpi=110)
+    plt.close(fig)
+
+
+def seed_values(path) -> tuple[str, dict, bool, bool]:
+    """One seed's metrics file: (distance name, {stage: {column: value}}, unverified, reference protocol)."""
+    what = f"images metrics {path}"
+    df = read_tidy(path, "images metrics", METRIC_COLUMNS)
     try:
         df["value"] = df["value"].astype(float)
     except ValueError as exc:
@@ -296,9 +327,29 @@ def cmd_tabulate(args) -> None:
                   f"{fd} prior samples": value("joint", fd, "joint_prior"),
                   "decoder_drift": value("joint", "decoder_drift")},
     }
+    flag = lambda metric: bool(((df.metric == metric) & (df.value == 1)).any())  # noqa: E731
+    return fd, values, flag("inception_unverified"), flag("reference_protocol")
+
+
+def cmd_tabulate(args) -> None:
+    per_seed = {seed_of(path): seed_values(path) for path in args.metrics}
+    if len(per_seed) != len(args.metrics):
+        raise InputError(f"images tabulate: two metrics files of one seed among {args.metrics}")
+    kinds = {(fd, unverified, reference) for fd, _, unverified, reference in per_seed.values()}
+    if len(kinds) != 1:
+        raise InputError("images tabulate: the seeds' metrics differ in distance, Inception verification or "
+                         f"sampling protocol ({sorted(kinds)}); they come from different configurations")
+    (fd, unverified, reference), = kinds
+    seeds = sorted(per_seed)
+    values = {seed: per_seed[seed][1] for seed in seeds}
+    floor = {seed: values[seed]["pretrain"][f"{fd} prior samples"] for seed in seeds}
+    rows = [{"seed": seed, "stage": PHASES[phase], **entry} for seed in seeds for phase, entry in values[seed].items()]
+    table = pd.DataFrame(rows)
+    save_csv(table, args.per_seed)
+    columns = [c for c in table.columns if c not in ("seed", "stage")]
+    summary = mean_std(table, ["stage"], columns)
     pub = load_published(args.published)
-    table = stage_table({PHASES[phase]: entry for phase, entry in values.items()}, pub, EXPERIMENT, ["elbo", "fid"])
-    unverified = ((df.metric == "inception_unverified") & (df.value == 1)).any()
+    summary = with_published(summary, pub, EXPERIMENT, ["elbo", "fid"])
     if fd != "fid":
         name = "Frechet distance on digits-classifier features (fd_digits, not FID)"
     elif unverified:
@@ -307,35 +358,53 @@ def cmd_tabulate(args) -> None:
                 "for tests and wiring checks only)")
     else:
         name = "FID (Inception features)"
-    note = (f"ELBO: nats per image on a fixed held-out set of ground-truth samples (one z sample per image, "
-            f"analytic KL). {name} against ground-truth decoder samples; reconstructions go through the stage's "
-            f"encoder and decoder; the pretrain row's prior samples are an independent ground-truth draw, i.e. the "
-            f"distance's floor at this sample size ({floor:.4g}). Decoder drift: mean squared difference per pixel "
-            f"between the jointly trained and the ground-truth decoder's means on the same z (0 before joint "
-            f"training by construction). Published numbers are for CelebA 64x64 with sigma 0.05 (FID between "
+    floors = np.array(list(floor.values()))
+    floor_text = with_spread(floors.mean(), floors.std(ddof=1) if len(floors) > 1 else float("nan"))
+    spread = (f"Mean (standard deviation) over {len(seeds)} seeds ({', '.join(map(str, seeds))}; each its own encoder "
+              "initialisation, pretraining and joint-training draws and evaluation draws, one shared ground-truth "
+              "generator; per-seed rows in table_per_seed.csv)" if len(seeds) > 1 else f"One seed ({seeds[0]})")
+    note = (f"{spread}. ELBO: nats per image on a fixed held-out set of ground-truth samples (one z sample per "
+            f"image, analytic KL). {name} against ground-truth decoder samples; reconstructions go through the "
+            f"stage's encoder and decoder; the pretrain row's prior samples are an independent ground-truth draw, "
+            f"i.e. the distance's floor at this sample size ({floor_text}). Decoder drift: mean squared difference "
+            f"per pixel between the jointly trained and the ground-truth decoder's means on the same z (0 before "
+            f"joint training by construction). Published numbers are for CelebA 64x64 with sigma 0.05 (FID between "
             f"ground-truth samples and reconstructions) and are comparable only in the paper preset.")
-    reference = (df.metric == "reference_protocol") & (df.value == 1)
-    if reference.any():
+    if reference:
         note += (" Image sets drawn with the reference code's protocol (training-mode BatchNorm, pixel noise on "
                  "the joint reconstructions only), not the corrected one.")
-    write_table(table, args.csv, args.md, title=f"Faces experiment, {args.setting}", note=note)
-    tolerance = floor if args.fd_tolerance == "floor" else float(args.fd_tolerance)
+    write_table(summary, args.csv, args.md, title=f"Faces experiment, {args.setting}", note=note)
     if unverified:
         distance_name = "Frechet distance on unverified Inception weights (not FID)"
-        print(f"[images tabulate] WARNING: {args.metrics} comes from UNVERIFIED Inception weights: its 'fid' "
+        print(f"[images tabulate] WARNING: {args.metrics} come from UNVERIFIED Inception weights: their 'fid' "
               "numbers are NOT FID, and the table and claims say so", file=sys.stderr, flush=True)
     else:
         distance_name = "FID" if fd == "fid" else "Frechet distance"
+    # A rise must exceed the noise of the distance: each seed's own floor (two independent ground-truth
+    # draws) is taken off its rise, so the interval over seeds carries the floor's spread too.
+    if args.fd_tolerance == "floor":
+        allowance, beyond = floor, (f"; each seed's rise minus its floor (two independent ground-truth draws, "
+                                    f"{floor_text})")
+        tolerance = 0.0
+    else:
+        allowance, beyond, tolerance = dict.fromkeys(seeds, 0.0), "", float(args.fd_tolerance)
+
+    def rise(column):
+        return {k: values[k]["joint"][column] - values[k]["pretrain"][column] - allowance[k] for k in seeds}
+
+    elbo_rise = {k: values[k]["joint"]["elbo"] - values[k]["pretrain"]["elbo"] for k in seeds}
     write_claims([
-        direction_claim(EXPERIMENT, args.setting, "joint training raises the ELBO", "elbo",
-                        values["pretrain"]["elbo"], values["joint"]["elbo"], "increase", by_construction=True),
-        direction_claim(EXPERIMENT, args.setting, f"joint training raises the {distance_name} of the reconstructions",
-                        f"{fd} reconstructions", values["pretrain"][f"{fd} reconstructions"],
-                        values["joint"][f"{fd} reconstructions"], "increase", tolerance),
-        direction_claim(EXPERIMENT, args.setting, "joint training moves the decoder away from the ground truth: "
-                        f"{distance_name} of its prior samples rises", f"{fd} prior samples",
-                        values["pretrain"][f"{fd} prior samples"], values["joint"][f"{fd} prior samples"],
-                        "increase", tolerance),
+        seeds_claim(EXPERIMENT, args.setting, "joint training raises the ELBO", "elbo", elbo_rise, "increase",
+                    "the same seed after pretraining", by_construction=True),
+        seeds_claim(EXPERIMENT, args.setting, f"joint training raises the {distance_name} of the reconstructions "
+                    "beyond the floor" if allowance is floor else
+                    f"joint training raises the {distance_name} of the reconstructions",
+                    f"{fd} reconstructions", rise(f"{fd} reconstructions"), "increase",
+                    f"the same seed's pretrained reconstructions{beyond}", tolerance),
+        seeds_claim(EXPERIMENT, args.setting, "joint training moves the decoder away from the ground truth: "
+                    f"{distance_name} of its prior samples rises" + (" beyond the floor" if allowance is floor else ""),
+                    f"{fd} prior samples", rise(f"{fd} prior samples"), "increase",
+                    f"the ground-truth decoder's samples of the same seed (the floor){beyond}", tolerance),
     ], args.claims)
 
 
@@ -494,8 +563,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="metrics (tidy CSV)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("tabulate", help="results table and claims")
-    p.add_argument("--metrics", required=True, help="evaluate's CSV")
+    p = sub.add_parser("curves", help="training curves, one thin line per seed and the mean")
+    p.add_argument("--pretrain", nargs="+", required=True, help="pretrain_curve.csv of every seed")
+    p.add_argument("--joint", nargs="+", required=True, help="joint_curve.csv of every seed, same order")
+    p.add_argument("--setting", required=True, help="the setting's name in the title")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_curves)
+
+    p = sub.add_parser("tabulate", help="results table and claims, over seeds")
+    p.add_argument("--metrics", nargs="+", required=True, help="evaluate's CSV of every seed (under seed<k>/)")
+    p.add_argument("--per-seed", required=True, help="the table's per-seed rows (CSV)")
     p.add_argument("--published", required=True)
     p.add_argument("--setting", required=True, help="the setting's name in the table and claims")
     p.add_argument("--fd-tolerance", type=_tolerance, default="0",
