@@ -118,6 +118,20 @@ def images_targets():
     )
 
 
+def images_seeds(name):
+    """One file per faces seed, in the config's seed order."""
+    return expand(
+        f"{RESULTS}/images/seed{{seed}}/{name}", seed=config["images"]["seeds"]
+    )
+
+
+def images_setting():
+    """The faces setting's name in its table, claims and curves."""
+    im = config["images"]
+    kind = "CelebA" if im["source"] == "celeba" else "digits"
+    return f"{kind} {im['image_size']}x{im['image_size']} DCGAN, sigma {im['sigma']:g}"
+
+
 INCEPTION_WEIGHTS = f"{config['images']['torch_home']}/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth"
 
 

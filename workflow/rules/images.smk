@@ -309,17 +309,6 @@ rule evaluate_images:
         " --device {params.device} --grids {params.grids} --out {output.metrics} 2> {log}"
 
 
-def images_setting():
-    """The setting's name in the faces table, claims and curves."""
-    kind = "CelebA" if IM["source"] == "celeba" else "digits"
-    return f"{kind} {IM['image_size']}x{IM['image_size']} DCGAN, sigma {IM['sigma']:g}"
-
-
-def images_seeds(name):
-    """One file per faces seed, in the config's seed order."""
-    return expand(f"{IMG}/seed{{seed}}/{name}", seed=IM["seeds"])
-
-
 rule plot_images_curves:
     input:
         pretrain=images_seeds("pretrain_curve.csv"),
