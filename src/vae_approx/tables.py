@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .common import InputError, save_csv, save_text
 
@@ -211,6 +210,8 @@ def paired_verdict(changes, expected: str, tolerance: float = 0.0, confidence: f
     if n == 1:
         return PairedVerdict(1, mean, float("nan"), float("nan"), float("nan"), in_direction,
                              HOLDS if sign * mean > tolerance else FAILS)
+    from scipy import stats  # here, not at the top: it costs every stage's start about a second
+
     std = float(values.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     low, high = mean - half, mean + half
