@@ -1,13 +1,14 @@
 """Bad configs are rejected before any job starts, with a message naming the key."""
 
 import copy
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vae_approx.config import ConfigError, validate_config
+from vae_approx.config import ConfigError, check_inputs, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -84,6 +85,16 @@ BAD = [
     (("images", "celeba", "zip"), "faces.tar", ["images.celeba.zip"]),
     (("images", "channels_last"), "yes", ["images.channels_last", "not of type 'boolean'"]),
     (("images", "threads"), DELETE, ["'threads' is a required property"]),
+    # a plain folder name: '..' would put the outputs in the repository's root
+    (("run",), "..", ["config key 'run'", "not '.' or '..'"]),
+    (("run",), ".", ["config key 'run'", "plain folder name"]),
+    # NaN passes every bound of a schema, and infinity every bound but a maximum
+    (("gmm", "joint", "lr"), float("nan"), ["config key 'gmm.joint.lr': nan is not a finite number"]),
+    (("gmm", "variance"), float("nan"), ["config key 'gmm.variance': nan is not a finite number"]),
+    (("semhash", "lr"), float("nan"), ["config key 'semhash.lr': nan"]),
+    (("gmm", "variance"), float("inf"), ["config key 'gmm.variance': inf is not a finite number"]),
+    (("images", "fd_tolerance"), float("inf"), ["config key 'images.fd_tolerance': inf"]),
+    (("semhash", "synthetic", "mean_length"), float("-inf"), ["semhash.synthetic.mean_length", "-inf"]),
 ]
 
 
@@ -121,4 +132,46 @@ def test_the_generator_epoch_must_be_one_the_gan_trains(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert "images.generator_epoch" in proc.stdout + proc.stderr and "images.gan.epochs (30)" in proc.stdout + proc.stderr
+    assert not (ROOT / "results" / "badrun").exists()
+
+
+def test_inputs_are_checked_against_the_files_before_any_job(tmp_path):
+    """What the schema cannot see: downloads land under resources/, an archive path names a file,
+    the published numbers exist, and precision@k fits the corpus the config describes."""
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / "published_results.csv").write_text("x\n")
+    check_inputs(merged(), tmp_path)
+    check_inputs(merged("paper.yaml"), tmp_path)
+    cases = [
+        (("semhash", "archive"), "/tmp/20news.tgz", "config key 'semhash.archive': '/tmp/20news.tgz' is not under resources/"),
+        (("semhash", "archive"), "resources/../../x.tgz", "'semhash.archive'"),
+        (("images", "celeba", "zip"), "data/img_align_celeba.zip", "'images.celeba.zip': 'data/img_align_celeba.zip' is not under resources/"),
+        (("images", "torch_home"), "..", "'images.torch_home'"),
+        (("published_results",), "reference/missing.csv", "'published_results': 'reference/missing.csv' is not a file"),
+        (("semhash", "precision_k"), 100000, "'semhash.precision_k': 100000 is more than the 2000 training documents"),
+    ]
+    for path, value, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_inputs(edit(path, value), tmp_path)
+    paper = merged("paper.yaml")
+    paper["semhash"]["precision_k"] = 20000
+    with pytest.raises(ConfigError, match="20000 is more than the 11269 training documents"):
+        check_inputs(paper, tmp_path)
+    paper["semhash"]["expected_documents"]["train"] = 0  # unknown until prepare_corpus: retrieval checks it
+    check_inputs(paper, tmp_path)
+    (tmp_path / "resources" / "20news-bydate-matlab.tgz").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="'semhash.archive': 'resources/20news-bydate-matlab.tgz' is a directory"):
+        check_inputs(merged(), tmp_path)
+
+
+def test_snakemake_refuses_bad_inputs_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"run": "badrun", "semhash": {"precision_k": 100000}, "gmm": {"variance": float("nan")}}))
+    proc = subprocess.run(["snakemake", "-n", "--cores", "1", "--configfile", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "gmm.variance" in proc.stdout + proc.stderr
+    bad.write_text(yaml.safe_dump({"run": "badrun", "published_results": "reference/nothing.csv"}))
+    proc = subprocess.run(["snakemake", "-n", "--cores", "1", "--configfile", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "'published_results'" in proc.stdout + proc.stderr
     assert not (ROOT / "results" / "badrun").exists()

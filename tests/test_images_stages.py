@@ -124,8 +124,8 @@ def test_the_stage_chain_on_digits(tmp_path):
         *features, "--n-samples", 40, "--batch-size", 16, "--n-eval", 20, "--grid-size", 16, "--seed", 0,
         "--grids", d / "grids", "--out", d / "seed0" / "metrics.csv")
     assert sorted(p.name for p in (d / "grids").iterdir()) == [
-        "ground_truth.png", "ground_truth_resample.png", "joint_prior.png", "joint_reconstruction.png",
-        "pretrained_reconstruction.png"]
+        "comparison.png", "ground_truth.png", "ground_truth_resample.png", "joint_prior.png",
+        "joint_reconstruction.png", "pretrained_reconstruction.png"]
     metrics = pd.read_csv(d / "seed0" / "metrics.csv")
     assert np.isfinite(metrics.value).all()
     assert set(metrics.metric) == {"fd_digits", "decoder_drift", "elbo", "reconstruction", "kl", "sigma",

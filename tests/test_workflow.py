@@ -284,7 +284,7 @@ def test_the_claims_table_says_what_the_data_say(smoke):
     claims = pd.read_csv(out / "claims.csv")
     assert list(claims.columns) == CLAIM_COLUMNS
     evidence = claims[~claims.by_construction]
-    assert f"Of {len(evidence)} claims that could fail, {(evidence.verdict == HOLDS).sum()} hold" in (out / "claims.md").read_text()
+    assert f"Of {len(evidence)} claims that could fail: {(evidence.verdict == HOLDS).sum()} hold, {(evidence.verdict == FAILS).sum()} fail" in (out / "claims.md").read_text()
     seeds = yaml.safe_load((smoke / "presets" / "smoke.yaml").read_text())["gmm"]["seeds"]
 
     def final(seed, encoder, phase):
@@ -323,6 +323,18 @@ def test_the_claims_table_says_what_the_data_say(smoke):
     assert all(ml(k).log_likelihood >= ml(k).ground_truth_log_likelihood for k in seeds)
 
 
+def test_the_claims_figure_and_the_faces_comparison_are_images(smoke):
+    out = results(smoke)
+    claims = pd.read_csv(out / "claims.csv")
+    with Image.open(out / "claims.png") as im:
+        assert im.size[1] >= 60 * len(claims)  # one panel per claim
+    size = merged_config(smoke, "presets/smoke.yaml")["images"]["image_size"]
+    for seed in merged_config(smoke, "presets/smoke.yaml")["images"]["seeds"]:
+        with Image.open(out / "images" / f"seed{seed}" / "grids" / "comparison.png") as im:
+            # four rows (truth, two reconstructions, joint prior), each image at least 4x 32 pixels
+            assert im.size[1] >= 4 * max(128, size) and im.size[0] >= 8 * max(128, size)
+
+
 def test_a_second_run_does_nothing(smoke):
     proc = snakemake(smoke, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -359,9 +371,14 @@ def test_the_report_holds_every_plot_and_table(smoke):
     report = results(smoke) / "report.html"
     snakemake(smoke, "--report", str(report.relative_to(smoke)))
     html = report.read_text(errors="replace")
-    for name in ("regions.png", "curves.png", "table.csv", "claims.csv", "Gaussian mixture", "Semantic hashing",
-                 "test_nelbo_best.csv", "Faces", "seed 1", *(f"{name}.png" for name in IMAGE_SETS)):
+    for name in ("regions.png", "curves.png", "table.csv", "claims.csv", "claims.png", "Gaussian mixture",
+                 "Semantic hashing", "test_nelbo_best.csv", "Faces", "seed 1", "comparison.png",
+                 *(f"{name}.png" for name in IMAGE_SETS)):
         assert name in html, name
+    # every figure and table with its caption
+    for caption in sorted((ROOT / "workflow" / "report").glob("*.rst")):
+        if caption.name != "workflow.rst":
+            assert caption.read_text().strip()[:60] in html, caption.name
 
 
 # ---------------------------------------------------------------- the paper preset, shrunk, on synthetic data

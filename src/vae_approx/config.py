@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import jsonschema
@@ -31,16 +32,63 @@ def describe(error: jsonschema.ValidationError) -> str:
         return f"unknown config key(s) {', '.join(repr(u) for u in unknown)} {where}; allowed keys: {', '.join(allowed)}"
     if error.validator == "required":
         return f"config key '{key}': {error.message}"
-    if error.validator in ("oneOf", "anyOf") and "description" in error.schema:
+    if error.validator in ("oneOf", "anyOf", "not", "pattern") and "description" in error.schema:
         return f"config key '{key}': {error.instance!r} is not allowed; expected {error.schema['description']}"
     return f"config key '{key}': {error.message}"
 
 
+def non_finite(value, path=()) -> list[str]:
+    """Every number in a config that is NaN or infinite, as a message naming its key: such a
+    value passes every bound of a JSON schema (NaN compares false with all of them)."""
+    if isinstance(value, dict):
+        return [m for key, item in value.items() for m in non_finite(item, (*path, key))]
+    if isinstance(value, list):
+        return [m for i, item in enumerate(value) for m in non_finite(item, (*path, i))]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"config key '{key_name(path)}': {value!r} is not a finite number"]
+    return []
+
+
 def validate_config(config: dict, schema_path) -> None:
-    """Raise ConfigError listing every violation of the schema, one line each."""
+    """Raise ConfigError listing every violation of the schema, and every NaN or infinity, one
+    line each."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n".join(f"  - {describe(e)}" for e in errors)
-        raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n{lines}")
+    problems = non_finite(config) + [describe(e) for e in errors]
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+RESOURCES = "resources"  # where every download lands
+
+
+def check_inputs(config: dict, basedir) -> None:
+    """What the schema cannot know, checked before any job starts: where the downloads land,
+    that input files are files, and that precision@k can be computed on the corpus the config
+    describes. Raises ConfigError naming the key."""
+    base = Path(basedir)
+    problems = []
+    downloads = {"semhash.archive": config["semhash"]["archive"],
+                 "images.celeba.zip": config["images"]["celeba"]["zip"],
+                 "images.torch_home": config["images"]["torch_home"]}
+    for key, value in downloads.items():
+        parts = Path(value).parts
+        if Path(value).is_absolute() or ".." in parts or parts[:1] != (RESOURCES,) or len(parts) < 2:
+            problems.append(f"config key '{key}': {value!r} is not under {RESOURCES}/; downloads land only there "
+                            f"(a relative path such as {RESOURCES}/...; link a file kept elsewhere into it)")
+    for key in ("semhash.archive", "images.celeba.zip"):
+        if (base / downloads[key]).is_dir():
+            problems.append(f"config key '{key}': {downloads[key]!r} is a directory; it must name the archive file")
+    published = base / config["published_results"]
+    if not published.is_file():
+        problems.append(f"config key 'published_results': {config['published_results']!r} is not a file")
+    sh = config["semhash"]
+    documents = sh["synthetic"]["n_train"] if sh["source"] == "synthetic" else sh["expected_documents"]["train"]
+    if documents and sh["precision_k"] > documents:
+        problems.append(f"config key 'semhash.precision_k': {sh['precision_k']} is more than the {documents} training "
+                        "documents searched (the retrieval database); use at most that")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")

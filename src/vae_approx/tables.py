@@ -305,8 +305,8 @@ def collect_claims(inputs: list, csv_path, md_path) -> pd.DataFrame:
     df = pd.concat([read_claims(p) for p in inputs], ignore_index=True)
     evidence = df[~df.by_construction.astype(bool)]
     counts = {v: int((evidence.verdict == v).sum()) for v in (HOLDS, FAILS, INCONCLUSIVE)}
-    note = (f"Of {len(evidence)} claims that could fail, {counts[HOLDS]} hold, {counts[FAILS]} fail and "
-            f"{counts[INCONCLUSIVE]} are inconclusive; {len(df) - len(evidence)} more cannot fail by the way "
+    note = (f"Of {len(evidence)} claims that could fail: {counts[HOLDS]} hold, {counts[FAILS]} fail, "
+            f"{counts[INCONCLUSIVE]} inconclusive; {len(df) - len(evidence)} more cannot fail by the way "
             "they are trained (by_construction: true) and are no evidence. A claim holds when the 95% t-interval of its change "
             "over seeds (each seed against its control) lies beyond the tolerance in the expected direction, "
             "fails when it lies on the other side, and is inconclusive otherwise; with one seed the point decides. "
@@ -318,6 +318,50 @@ def collect_claims(inputs: list, csv_path, md_path) -> pd.DataFrame:
     return df
 
 
+VERDICT_COLOURS = {HOLDS: "tab:green", FAILS: "tab:red", INCONCLUSIVE: "tab:orange"}
+
+
+def plot_claims(df: pd.DataFrame, path) -> None:
+    """claims.png: one panel per claim, on its own scale: the mean change (dot) with its 95%
+    interval (bar) and each seed's change (small marks, where the row lists them), the tolerance
+    (dashed) with the expected side shaded, coloured by verdict; by-construction claims greyed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .common import save_figure
+    fig, axes = plt.subplots(len(df), 1, figsize=(9, 0.85 * len(df) + 0.6), squeeze=False)
+    for ax, row in zip(axes[:, 0], df.itertuples()):
+        colour = VERDICT_COLOURS[row.verdict]
+        per_seed = [float(v.split(":")[1]) for v in str(row.per_seed).split(";") if ":" in v and "per cell" not in v]
+        ends = [x for x in (row.low, row.high, row.mean_change, row.tolerance, -row.tolerance, *per_seed)
+                if math.isfinite(x)]
+        span = (max(ends) - min(ends)) or abs(max(ends)) or 1.0
+        lo, hi = min(ends) - 0.15 * span, max(ends) + 0.15 * span
+        kind = "increase" if "increase" in row.expected else "decrease"
+        threshold = row.tolerance if kind == "increase" else -row.tolerance
+        wanted_above = (kind == "increase") != row.expected.startswith("no ")  # "no increase": below it
+        ax.axvspan(threshold, hi if wanted_above else lo, color="0.92", zorder=0)
+        ax.axvline(threshold, c="0.4", ls="--", lw=1)
+        if math.isfinite(row.low):
+            ax.plot([row.low, row.high], [0, 0], c=colour, lw=3, solid_capstyle="butt")
+        ax.plot(per_seed, [0.25] * len(per_seed), "|", c=colour, ms=8)
+        ax.plot([row.mean_change], [0], "o", c=colour, ms=6)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(-0.6, 0.6)
+        ax.set_yticks([])
+        ax.tick_params(axis="x", labelsize=7)
+        label = f"{row.experiment}: {row.claim}"
+        label = label if len(label) <= 110 else label[:107] + "..."
+        ax.set_title(f"{label}  [{row.verdict}{', by construction' if row.by_construction else ''}]",
+                     fontsize=7.5, loc="left", color="0.5" if row.by_construction else "black")
+    fig.suptitle("Claims: mean change over seeds with its 95% interval (bar), seeds (ticks); "
+                 "expected side of the tolerance shaded", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vae_approx.tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -326,9 +370,12 @@ def main(argv: list[str] | None = None) -> None:
     claims.add_argument("--inputs", nargs="+", required=True)
     claims.add_argument("--csv", required=True)
     claims.add_argument("--md", required=True)
+    claims.add_argument("--png", help="claims.png: every claim's change and interval against its tolerance")
     args = parser.parse_args(argv)
     if args.command == "claims":
-        collect_claims(args.inputs, args.csv, args.md)
+        df = collect_claims(args.inputs, args.csv, args.md)
+        if args.png:
+            plot_claims(df, args.png)
 
 
 if __name__ == "__main__":

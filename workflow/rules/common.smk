@@ -13,11 +13,12 @@ shell.prefix(
     f"set -euo pipefail; export PYTHONPATH='{SRC}'${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 
-from vae_approx.config import ConfigError, validate_config
+from vae_approx.config import ConfigError, check_inputs, validate_config
 from vae_approx.semhash.settings import TrainSettings
 
 # Reject a bad config before any job starts, naming the key and the allowed values.
 validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+check_inputs(config, os.getcwd())  # relative paths are relative to the working directory
 
 ENV = "../../envs/vae-approx.yaml"
 RUN = config["run"]
@@ -114,7 +115,7 @@ def images_targets():
     return [f"{RESULTS}/images/table.md", f"{RESULTS}/images/curves.png"] + expand(
         f"{RESULTS}/images/seed{{seed}}/grids/{{name}}.png",
         seed=config["images"]["seeds"],
-        name=IMAGE_SETS,
+        name=[*IMAGE_SETS, "comparison"],
     )
 
 

@@ -280,6 +280,12 @@ rule evaluate_images:
             )
             for name in IMAGE_SETS
         ],
+        comparison=report(
+            f"{IMG_SEEDED}/grids/comparison.png",
+            caption="../report/images_comparison.rst",
+            category="Faces",
+            subcategory="image grids, seed {seed}",
+        ),
     log:
         f"{LOGS}/images/seed{{seed}}/metrics.log",
     benchmark:

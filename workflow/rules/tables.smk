@@ -11,6 +11,11 @@ rule collect_claims:
             category="Claims",
         ),
         md=f"{RESULTS}/claims.md",
+        png=report(
+            f"{RESULTS}/claims.png",
+            caption="../report/claims_png.rst",
+            category="Claims",
+        ),
     log:
         f"{LOGS}/claims.log",
     benchmark:
@@ -22,4 +27,5 @@ rule collect_claims:
         mem_mb=1000,
         runtime=5,
     shell:
-        "python -m vae_approx.tables claims --inputs {input} --csv {output.csv} --md {output.md} 2> {log}"
+        "python -m vae_approx.tables claims --inputs {input} --csv {output.csv} --md {output.md}"
+        " --png {output.png} 2> {log}"

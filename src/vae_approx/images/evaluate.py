@@ -116,6 +116,43 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8) -> None:
         save_image(images.cpu(), tmp, nrow=nrow, normalize=True, value_range=(-1, 1), format="png")
 
 
+# The comparison figure's rows: the same z_b down each column (the truth, its two reconstructions
+# from x_b = g(z_b) + noise, and the jointly trained decoder at z_b).
+COMPARISON = (("ground_truth_resample", "ground truth g(z)"),
+              ("pretrained_reconstruction", "pretrained reconstruction"),
+              ("joint_reconstruction", "joint reconstruction"),
+              ("joint_prior", "joint decoder at z"))
+COMPARISON_PIXELS = 128  # each image drawn at least this many pixels wide (4x the 32-pixel digits)
+
+
+def save_comparison(grids: dict[str, torch.Tensor], path, columns: int = 8) -> None:
+    """One figure, one column per z: the rows of COMPARISON, each image scaled up (nearest) to at
+    least COMPARISON_PIXELS, written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..common import save_figure
+    n = min(columns, *(len(grids[name]) for name, _ in COMPARISON))
+    size = grids[COMPARISON[0][0]].shape[-1]
+    scale = max(1, -(-COMPARISON_PIXELS // size))
+    inch = size * scale / 100  # at dpi 100, one image is size * scale pixels
+    fig, axes = plt.subplots(len(COMPARISON), n, figsize=(n * inch + 1.6, len(COMPARISON) * inch + 0.2),
+                             squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.02})
+    for r, (name, label) in enumerate(COMPARISON):
+        for c in range(n):
+            image = ((grids[name][c].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+            ax = axes[r, c]
+            ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
+    fig.subplots_adjust(left=1.5 / (n * inch + 1.6), right=0.995, top=0.995, bottom=0.005)
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
 def evaluate(models: Models, extractor: FeatureExtractor, n: int, batch_size: int, seed: int, n_eval: int,
              grid_n: int, grid_dir: Path | None, device: torch.device, progress=None,
              reference_protocol: bool = False, channels_last: bool = False) -> list[dict]:
@@ -153,4 +190,5 @@ def evaluate(models: Models, extractor: FeatureExtractor, n: int, batch_size: in
     if grid_dir is not None and grid_n > 0:
         for name in SETS:
             save_grid(torch.cat(grids[name]), Path(grid_dir) / f"{name}.png")
+        save_comparison({name: torch.cat(grids[name]) for name in SETS}, Path(grid_dir) / "comparison.png")
     return rows

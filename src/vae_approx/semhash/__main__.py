@@ -123,6 +123,9 @@ def cmd_retrieval(args) -> None:
     queries = binary_codes(encoder, SparseCounts(corpus.test), smoothing, 1024)
     if corpus.train_labels is None or corpus.test_labels is None:
         raise InputError(f"{args.corpus}: has no labels; retrieval needs them")
+    if args.k > len(database):
+        raise InputError(f"config key 'semhash.precision_k': {args.k} is more than the {len(database)} training "
+                         f"documents searched in {args.corpus}; use at most that")
     precision = precision_at_k(queries, corpus.test_labels, database, corpus.train_labels, args.k)
     save_csv(pd.DataFrame([{"encoder": settings.encoder, "depth": settings.depth, "bits": settings.bits,
                             "seed": settings.seed, f"precision_at_{args.k}": precision}]), args.out)

@@ -473,8 +473,8 @@ def prepare(train_counts, test_counts, vocab_size: int, *, train_labels=None, te
     document_frequency = np.bincount(train.indices, minlength=n_raw)  # one entry per (doc, word)
     present = int(np.count_nonzero(document_frequency))
     if vocab_size > present:
-        raise InputError(f"vocab_size {vocab_size} exceeds the {present} distinct words "
-                         f"of the training documents")
+        raise InputError(f"vocab_size {vocab_size} (config key 'semhash.vocab_size') exceeds the {present} "
+                         f"distinct words of the training documents; use at most {present}")
     if ties == "torch_topk":
         import torch  # the reproduction's choice: torch.topk over the frequencies of the words up to the
         #               last one present in training (its dense matrix's width), as int64

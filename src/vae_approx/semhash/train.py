@@ -111,9 +111,11 @@ def precision_at_k(query_codes: torch.Tensor, query_labels: np.ndarray, database
     """Mean precision@k of Hamming ranking, relevance = same label.
 
     Ties in Hamming distance are broken by database index (a stable sort), so the number is
-    deterministic.
+    deterministic. k may not exceed the database: a capped k would report another metric under
+    the name precision@k.
     """
-    k = min(k, len(database_codes))
+    if not 1 <= k <= len(database_codes):
+        raise ValueError(f"precision@{k} on a database of {len(database_codes)} documents")
     db = database_codes.float()
     db_labels = torch.as_tensor(database_labels, device=db.device)
     hits = 0.0
