@@ -137,7 +137,8 @@ def save_comparison(grids: dict[str, torch.Tensor], path, columns: int = 8) -> N
     size = grids[COMPARISON[0][0]].shape[-1]
     scale = max(1, -(-COMPARISON_PIXELS // size))
     inch = size * scale / 100  # at dpi 100, one image is size * scale pixels
-    fig, axes = plt.subplots(len(COMPARISON), n, figsize=(n * inch + 1.6, len(COMPARISON) * inch + 0.2),
+    margin = 2.2  # inches left of the images for the row labels
+    fig, axes = plt.subplots(len(COMPARISON), n, figsize=(n * inch + margin, len(COMPARISON) * inch + 0.2),
                              squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.02})
     for r, (name, label) in enumerate(COMPARISON):
         for c in range(n):
@@ -148,7 +149,7 @@ def save_comparison(grids: dict[str, torch.Tensor], path, columns: int = 8) -> N
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
-    fig.subplots_adjust(left=1.5 / (n * inch + 1.6), right=0.995, top=0.995, bottom=0.005)
+    fig.subplots_adjust(left=margin / (n * inch + margin), right=0.995, top=0.995, bottom=0.005)
     save_figure(fig, path, dpi=100)
     plt.close(fig)
 
