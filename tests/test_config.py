@@ -175,3 +175,13 @@ def test_snakemake_refuses_bad_inputs_before_any_job(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "'published_results'" in proc.stdout + proc.stderr
     assert not (ROOT / "results" / "badrun").exists()
+
+
+def test_no_bad_value_passes_the_checks_snakemake_runs_before_any_job():
+    """Every bad value above, through both checks the workflow runs first (schema and NaN, then
+    the files): none is accepted."""
+    for path, value, _ in BAD:
+        with pytest.raises(ConfigError):
+            config = edit(path, value)
+            validate_config(config, SCHEMA)
+            check_inputs(config, ROOT)

@@ -160,3 +160,20 @@ def test_tabulate_decides_the_encoder_claims_per_cell_over_seeds(tmp_path):
         main(["tabulate", "--histories", str(histories[0]), "--retrievals", str(retrievals[1]),
               "--published", "reference/published_results.csv", "--out-dir", str(tmp_path), "--claims",
               str(tmp_path / "c.csv")])
+
+
+def test_too_large_vocabulary_or_k_is_an_error_naming_the_config_key(corpus, tmp_path):
+    def stage(*args):
+        return subprocess.run([sys.executable, "-m", "vae_approx.semhash", *map(str, args)], capture_output=True, text=True)
+
+    proc = stage("prepare", "--archive", corpus / "raw.tgz", "--vocab-size", 100000, "--out", tmp_path / "c.npz")
+    assert proc.returncode != 0 and "config key 'semhash.vocab_size'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "c.npz").exists()
+    model = tmp_path / "m.pt"
+    assert stage("train", "--corpus", corpus / "corpus.npz", *TRAIN, "--out", model, "--history", tmp_path / "h.csv").returncode == 0
+    # the corpus has 200 training documents: precision@201 cannot be computed, and is not capped
+    proc = stage("retrieval", "--corpus", corpus / "corpus.npz", "--model", model, "--k", 201, "--out", tmp_path / "r.csv")
+    assert proc.returncode != 0 and "config key 'semhash.precision_k': 201 is more than the 200" in proc.stderr
+    assert not (tmp_path / "r.csv").exists()
+    assert stage("retrieval", "--corpus", corpus / "corpus.npz", "--model", model, "--k", 200,
+                 "--out", tmp_path / "r.csv").returncode == 0

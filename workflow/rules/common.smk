@@ -18,7 +18,9 @@ from vae_approx.semhash.settings import TrainSettings
 
 # Reject a bad config before any job starts, naming the key and the allowed values.
 validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
-check_inputs(config, os.getcwd())  # relative paths are relative to the working directory
+check_inputs(
+    config, os.getcwd()
+)  # relative paths are relative to the working directory
 
 ENV = "../../envs/vae-approx.yaml"
 RUN = config["run"]
