@@ -258,7 +258,7 @@ def rule_of(log: Path) -> tuple[str, str]:
 def tables(workdir: Path) -> dict[str, bytes]:
     out = workdir / "results" / "smoke"
     files = [out / "claims.csv", *sorted(out.glob("gmm/*/table.csv")), *sorted(out.glob("gmm/seed*/*/*_metrics.csv")),
-             out / "images" / "table.csv", out / "images" / "metrics.csv"]
+             out / "semhash" / "results.csv", out / "images" / "table.csv", *sorted(out.glob("images/seed*/metrics.csv"))]
     return {str(f.relative_to(out)): f.read_bytes() for f in files}
 
 
