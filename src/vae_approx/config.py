@@ -37,6 +37,13 @@ def describe(error: jsonschema.ValidationError) -> str:
     return f"config key '{key}': {error.message}"
 
 
+def refuse(problems: list[str]) -> None:
+    """Raise ConfigError listing the problems, one line each; nothing when there are none."""
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+
+
 def non_finite(value, path=()) -> list[str]:
     """Every number in a config that is NaN or infinite, as a message naming its key: such a
     value passes every bound of a JSON schema (NaN compares false with all of them)."""
@@ -55,10 +62,7 @@ def validate_config(config: dict, schema_path) -> None:
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    problems = non_finite(config) + [describe(e) for e in errors]
-    if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+    refuse(non_finite(config) + [describe(e) for e in errors])
 
 
 RESOURCES = "resources"  # where every download lands
@@ -89,6 +93,4 @@ def check_inputs(config: dict, basedir) -> None:
     if documents and sh["precision_k"] > documents:
         problems.append(f"config key 'semhash.precision_k': {sh['precision_k']} is more than the {documents} training "
                         "documents searched (the retrieval database); use at most that")
-    if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+    refuse(problems)

@@ -156,10 +156,6 @@ def spread_text(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- claims
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def _claim(experiment: str, setting: str, claim: str, metric: str, expected: str, measured: str,
            tolerance: float, verdict: str, *, control: str = "", seeds: int = 1, per_seed: str = "",
            mean_change: float = float("nan"), low: float = float("nan"), high: float = float("nan"),
@@ -253,13 +249,12 @@ def cells_claim(experiment: str, setting: str, claim: str, metric: str, cells: d
     `cells_file` is where the per-cell rows (the second return value) are written."""
     rows = [seeds_claim(experiment, cell, claim, metric, changes, expected, control, tolerance)
             for cell, changes in cells.items()]
-    sign = 1.0 if expected == "increase" else -1.0
-    by_verdict = {v: [r["setting"] for r in rows if r["verdict"] == v] for v in (HOLDS, FAILS, INCONCLUSIVE)}
-    verdict = (FAILS if by_verdict[FAILS] or not rows else
-               HOLDS if len(by_verdict[HOLDS]) == len(rows) else INCONCLUSIVE)
     if not rows:
         return _claim(experiment, setting, claim, metric, "in every cell", "no cells to compare", tolerance,
                       FAILS, control=control, seeds=0, per_seed=cells_file), rows
+    sign = 1.0 if expected == "increase" else -1.0
+    by_verdict = {v: [r["setting"] for r in rows if r["verdict"] == v] for v in (HOLDS, FAILS, INCONCLUSIVE)}
+    verdict = FAILS if by_verdict[FAILS] else HOLDS if len(by_verdict[HOLDS]) == len(rows) else INCONCLUSIVE
 
     def near_end(r):  # how far the cell's interval (the point, with one seed) stays beyond the tolerance
         ends = [r["mean_change"]] if r["seeds"] == 1 else [r["low"], r["high"]]

@@ -114,6 +114,11 @@ def cmd_train(args) -> None:
 def cmd_retrieval(args) -> None:
     set_threads(args.threads)
     corpus = load_prepared(args.corpus)
+    if corpus.train_labels is None or corpus.test_labels is None:
+        raise InputError(f"{args.corpus}: has no labels; retrieval needs them")
+    if args.k > corpus.train.shape[0]:
+        raise InputError(f"config key 'semhash.precision_k': {args.k} is more than the {corpus.train.shape[0]} "
+                         f"training documents searched in {args.corpus}; use at most that")
     model = load_torch(args.model, "semantic-hashing model")
     settings = TrainSettings(**model["settings"])
     encoder, _ = build_models(settings, model["n_words"])
@@ -121,18 +126,13 @@ def cmd_retrieval(args) -> None:
     smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32)
     database = binary_codes(encoder, SparseCounts(corpus.train), smoothing, 1024)
     queries = binary_codes(encoder, SparseCounts(corpus.test), smoothing, 1024)
-    if corpus.train_labels is None or corpus.test_labels is None:
-        raise InputError(f"{args.corpus}: has no labels; retrieval needs them")
-    if args.k > len(database):
-        raise InputError(f"config key 'semhash.precision_k': {args.k} is more than the {len(database)} training "
-                         f"documents searched in {args.corpus}; use at most that")
     precision = precision_at_k(queries, corpus.test_labels, database, corpus.train_labels, args.k)
     save_csv(pd.DataFrame([{"encoder": settings.encoder, "depth": settings.depth, "bits": settings.bits,
                             "seed": settings.seed, f"precision_at_{args.k}": precision}]), args.out)
 
 
 GRID = ["encoder", "depth", "bits"]
-RESULT_VALUES = ["test_nelbo_best", "test_nelbo_last", "train_nelbo_last", "precision"]
+ENCODER_NAMES = {"e1": "counts, linear", "e2": "frequencies, one hidden layer", "e3": "frequencies, linear"}
 CLAIMS_CELLS = "claims_cells.csv"  # beside the claims file: the per-cell rows of the encoder claims
 
 
@@ -210,9 +210,6 @@ def e1_claims(results: pd.DataFrame, cells_file: str) -> tuple[list[dict], list[
         claims.append(claim)
         cells_rows += rows
     return claims, cells_rows
-
-
-ENCODER_NAMES = {"e1": "counts, linear", "e2": "frequencies, one hidden layer", "e3": "frequencies, linear"}
 
 
 def cmd_tabulate(args) -> None:
