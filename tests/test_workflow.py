@@ -20,6 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
+from vae_approx.images import settings as S
 from vae_approx.tables import CLAIM_COLUMNS, FAILS, HOLDS, paired_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,77 +81,126 @@ def image_metric(metrics, stage, metric, image_set=None):
     return float(row.value.iloc[0])
 
 
-def seed_metrics(images, seed, fd):
-    """One faces seed's numbers, from its metrics file, in the table's columns."""
-    metrics = pd.read_csv(images / f"seed{seed}" / "metrics.csv")
-    floor = image_metric(metrics, "ground truth", fd, "ground_truth_resample")
-    return metrics, floor, {
-        PRETRAIN: {"elbo": image_metric(metrics, "pretrain", "elbo"),
-                   f"{fd} reconstructions": image_metric(metrics, "pretrain", fd, "pretrained_reconstruction"),
+def main_run(config, sigma):
+    """The main faces protocol's run folder below seed<k>/."""
+    return S.run_dir(S.configured_protocol(config["images"]), sigma)
+
+
+def run_metrics(run, fd):
+    """One faces run's numbers, from its distances, held-out metrics and joint curve, in the table's columns."""
+    distances = pd.read_csv(run / f"{fd}.csv")
+    held = pd.read_csv(run.parent / "heldout.csv")
+    curve = pd.read_csv(run.parent / "joint_curve.csv")
+    floor = image_metric(distances, "ground truth", fd, "ground_truth_resample")
+    return distances, floor, {
+        PRETRAIN: {"elbo": image_metric(held, "pretrain", "elbo"),
+                   f"{fd} reconstructions": image_metric(distances, "pretrain", fd, "pretrained_reconstruction"),
                    f"{fd} prior samples": floor, "decoder_drift": 0.0},
-        JOINT: {"elbo": image_metric(metrics, "joint", "elbo"),
-                f"{fd} reconstructions": image_metric(metrics, "joint", fd, "joint_reconstruction"),
-                f"{fd} prior samples": image_metric(metrics, "joint", fd, "joint_prior"),
-                "decoder_drift": image_metric(metrics, "joint", "decoder_drift")},
+        JOINT: {"elbo": image_metric(held, "joint", "elbo"), "elbo_ema (reference statistic)": curve.elbo_ema.iloc[-1],
+                f"{fd} reconstructions": image_metric(distances, "joint", fd, "joint_reconstruction"),
+                f"{fd} prior samples": image_metric(distances, "joint", fd, "joint_prior"),
+                "decoder_drift": image_metric(held, "joint", "decoder_drift"), "sigma": image_metric(held, "joint", "sigma")},
     }
 
 
 def check_images_results(out, config, fd):
     """What every images run must show, whatever its numbers: the table is the mean of the seeds'
-    metrics, each claim is the decision rule applied to the per-seed changes, and every seed's
-    grids are PNG images."""
+    metrics (per sigma variant), each claim is the decision rule applied to the per-seed changes, and every
+    seed's grids are PNG images."""
     images = out / "images"
-    seeds = config["images"]["seeds"]
-    per_seed = {k: seed_metrics(images, k, fd) for k in seeds}
-    table = pd.read_csv(images / "table.csv").set_index("stage")
-    assert list(table.index) == [PRETRAIN, JOINT] and (table.seeds == len(seeds)).all()
-    for stage in (PRETRAIN, JOINT):
-        for column in per_seed[seeds[0]][2][stage]:
-            values = [per_seed[k][2][stage][column] for k in seeds]
-            assert table.loc[stage, column] == pytest.approx(np.mean(values), rel=1e-9, abs=1e-12), (stage, column)
-            if len(seeds) > 1:
-                assert table.loc[stage, f"{column} std"] == pytest.approx(np.std(values, ddof=1), rel=1e-6, abs=1e-12)
+    seeds, sigmas = config["images"]["seeds"], config["images"]["sigma_variants"]
+    table = pd.read_csv(images / "table.csv").set_index(["decoder_sigma", "stage"])
+    assert list(table.index) == [(v, stage) for v in sigmas for stage in (PRETRAIN, JOINT)]
+    assert (table.seeds == len(seeds)).all()
     published = pd.read_csv(out.parents[1] / "reference" / "published_results.csv")
-    for metric, stage, value in published[published.experiment == "images"][["metric", "stage", "value"]].itertuples(index=False):
-        assert table.loc[stage, f"{metric} published (Kyrylov et al. 2023)"] == pytest.approx(value)
-    assert all(per_seed[k][2][JOINT]["decoder_drift"] > 0 for k in seeds)
-    rows = pd.read_csv(images / "table_per_seed.csv")
-    assert sorted(set(rows.seed)) == sorted(seeds) and len(rows) == 2 * len(seeds)
-    md = (images / "table.md").read_text()
-    assert f"{fd} reconstructions" in md and "Faces experiment" in md
-
-    # each seed's rise less its own floor (or the fixed tolerance), through the one decision rule
-    floor_rule = config["images"]["fd_tolerance"] == "floor"
-    tolerance = 0.0 if floor_rule else float(config["images"]["fd_tolerance"])
-    allowance = {k: per_seed[k][1] if floor_rule else 0.0 for k in seeds}
-    def change(column, allow=True):
-        return [per_seed[k][2][JOINT][column] - per_seed[k][2][PRETRAIN][column] - (allowance[k] if allow else 0)
-                for k in seeds]
-    expected = [paired_verdict(change("elbo", False), "increase"),
-                paired_verdict(change(f"{fd} reconstructions"), "increase", tolerance),
-                paired_verdict(change(f"{fd} prior samples"), "increase", tolerance)]
     claims = pd.read_csv(images / "claims.csv", dtype={"per_seed": str, "in_direction": str})
     assert list(claims.columns) == CLAIM_COLUMNS and set(claims.experiment) == {"images"}
-    assert list(claims.verdict) == [e.verdict for e in expected], claims
-    assert claims.mean_change.tolist() == pytest.approx([e.mean for e in expected])
-    assert list(claims.in_direction) == [f"{e.in_direction}/{len(seeds)}" for e in expected]
-    assert list(claims.metric) == ["elbo", f"{fd} reconstructions", f"{fd} prior samples"]
-    assert claims.tolerance.tolist() == pytest.approx([0.0, tolerance, tolerance])
-    assert list(claims.by_construction) == [True, False, False] and claims.control.str.len().min() > 0
+    assert len(claims) == 3 * len(sigmas)
+    floor_rule = config["images"]["fd_tolerance"] == "floor"
+    tolerance = 0.0 if floor_rule else float(config["images"]["fd_tolerance"])
+    per_variant = {}
+    for v, sigma in enumerate(sigmas):
+        per_seed = {k: run_metrics(images / f"seed{k}" / main_run(config, sigma), fd) for k in seeds}
+        per_variant[sigma] = per_seed
+        for stage in (PRETRAIN, JOINT):
+            for column in per_seed[seeds[0]][2][stage]:
+                values = [per_seed[k][2][stage][column] for k in seeds]
+                assert table.loc[(sigma, stage), column] == pytest.approx(np.mean(values), rel=1e-9, abs=1e-12), (
+                    sigma, stage, column)
+                if len(seeds) > 1:
+                    assert table.loc[(sigma, stage), f"{column} std"] == pytest.approx(np.std(values, ddof=1),
+                                                                                       rel=1e-6, abs=1e-12)
+        for metric, stage, value in published[published.experiment == "images"][["metric", "stage", "value"]].itertuples(index=False):
+            column = table.loc[(sigma, stage), f"{metric} published (Kyrylov et al. 2023)"]
+            assert column == pytest.approx(value) if sigma == "fixed" else np.isnan(column)
+        assert all(per_seed[k][2][JOINT]["decoder_drift"] > 0 for k in seeds)
+        learned = [per_seed[k][2][JOINT]["sigma"] for k in seeds]
+        assert (learned == [config["images"]["sigma"]] * len(seeds)) == (sigma == "fixed")
+
+        # each seed's rise less its own floor (or the fixed tolerance), through the one decision rule
+        allowance = {k: per_seed[k][1] if floor_rule else 0.0 for k in seeds}
+
+        def change(column, allow=True):
+            return [per_seed[k][2][JOINT][column] - per_seed[k][2][PRETRAIN][column] - (allowance[k] if allow else 0)
+                    for k in seeds]
+        expected = [paired_verdict(change("elbo", False), "increase"),
+                    paired_verdict(change(f"{fd} reconstructions"), "increase", tolerance),
+                    paired_verdict(change(f"{fd} prior samples"), "increase", tolerance)]
+        rows = claims.iloc[3 * v:3 * v + 3]
+        assert list(rows.verdict) == [e.verdict for e in expected], rows
+        assert rows.mean_change.tolist() == pytest.approx([e.mean for e in expected])
+        assert list(rows.in_direction) == [f"{e.in_direction}/{len(seeds)}" for e in expected]
+        assert list(rows.metric) == ["elbo", f"{fd} reconstructions", f"{fd} prior samples"]
+        assert rows.tolerance.tolist() == pytest.approx([0.0, tolerance, tolerance])
+        assert list(rows.by_construction) == [True, False, False] and rows.control.str.len().min() > 0
+    rows = pd.read_csv(images / "table_per_seed.csv")
+    assert sorted(set(rows.seed)) == sorted(seeds) and len(rows) == 2 * len(seeds) * len(sigmas)
+    md = (images / "table.md").read_text()
+    assert f"{fd} reconstructions" in md and "Faces experiment" in md
     stacked = pd.read_csv(out / "claims.csv", dtype={"per_seed": str, "in_direction": str})
-    pd.testing.assert_frame_equal(stacked[stacked.experiment == "images"].reset_index(drop=True), claims)
+    pd.testing.assert_frame_equal(stacked[stacked.claim.isin(claims.claim) & (stacked.experiment == "images")]
+                                  .reset_index(drop=True), claims)
 
     size = config["images"]["image_size"]
     for seed in seeds:
-        for name in IMAGE_SETS:
-            png = images / f"seed{seed}" / "grids" / f"{name}.png"
-            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-            with Image.open(png) as im:
-                im.verify()
-            with Image.open(png) as im:
-                assert min(im.size) >= size, (png, im.size)
+        for sigma in sigmas:
+            for name in IMAGE_SETS:
+                png = images / f"seed{seed}" / main_run(config, sigma) / "grids" / f"{name}.png"
+                assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+                with Image.open(png) as im:
+                    im.verify()
+                with Image.open(png) as im:
+                    assert min(im.size) >= size, (png, im.size)
     assert (images / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return {k: v[0] for k, v in per_seed.items()}, table, claims
+    return {k: v[0] for k, v in per_variant[sigmas[0]].items()}, table, claims
+
+
+def check_ablation(out, config, fd):
+    """The ablation table's rows follow the runs they come from, and its claims the one decision rule."""
+    im = config["images"]
+    seeds, rows = im["seeds"], im["ablation"]["rows"]
+    table = pd.read_csv(out / "images" / "ablation.csv").set_index("protocol")
+    assert list(table.index) == rows
+    rise = {}
+    for row in rows:
+        runs = {k: run_metrics(out / "images" / f"seed{k}" / S.run_dir(S.ablation_protocol(row), "fixed"), fd)
+                for k in seeds}
+        rise[row] = [runs[k][2][JOINT][f"{fd} reconstructions"] - runs[k][2][PRETRAIN][f"{fd} reconstructions"]
+                     for k in seeds]
+        pv = paired_verdict(rise[row], "increase")
+        assert table.loc[row, "rise"] == pytest.approx(pv.mean, rel=1e-9, abs=1e-12), row
+        assert table.loc[row, "decoder_drift"] == pytest.approx(np.mean([runs[k][2][JOINT]["decoder_drift"]
+                                                                         for k in seeds]))
+        assert table.loc[row, "seeds"] == len(seeds)
+        if row == "reference":
+            floors = [runs[k][1] for k in seeds]
+    claims = pd.read_csv(out / "images" / "ablation_claims.csv")
+    assert list(claims.columns) == CLAIM_COLUMNS
+    if "reference" in rows:
+        changes = np.subtract(rise["reference"], floors) if im["fd_tolerance"] == "floor" else rise["reference"]
+        assert claims.verdict[0] == paired_verdict(changes, "increase").verdict
+        assert claims.mean_change[0] == pytest.approx(np.mean(changes))
+    return table, claims
 
 
 def test_outputs_exist_and_tables_parse(smoke):
@@ -246,19 +296,44 @@ def test_the_images_table_claims_and_grids_follow_the_metrics(smoke):
     chosen = distances.epoch[distances.fd_digits.idxmin()]
     assert distances.chosen.tolist() == [e == chosen for e in distances.epoch]
     assert torch.load(out / "images" / "gan" / "generator.pt", weights_only=False)["epoch"] == chosen
+    trained = S.training_dir(S.configured_protocol(im))
     for seed in im["seeds"]:
-        for name, phase in (("pretrain_curve.csv", "pretrain"), ("joint_curve.csv", "joint")):
-            curve = pd.read_csv(out / "images" / f"seed{seed}" / name)
+        for name, phase in (("pretrain_curve.csv", "pretrain"), ("sigma-fixed/joint_curve.csv", "joint")):
+            curve = pd.read_csv(out / "images" / f"seed{seed}" / trained / name)
             assert set(curve.phase) == {phase} and curve.step.max() == im[phase]["iterations"]
-        for job in ("pretrained", "joint", "metrics"):
-            assert (out / "benchmarks" / "images" / f"seed{seed}" / f"{job}.tsv").is_file(), job
-        assert re.search(r"step \d+/\d+ .*elapsed", (out / "logs" / "images" / f"seed{seed}" / "joint.log").read_text())
+        run = f"seed{seed}/{main_run(config, 'fixed')}"
+        for job in (f"seed{seed}/{trained}/pretrained", f"seed{seed}/{trained}/sigma-fixed/joint",
+                    f"seed{seed}/{trained}/sigma-fixed/heldout", f"{run}/samples", f"{run}/distances"):
+            assert (out / "benchmarks" / "images" / f"{job}.tsv").is_file(), job
+        log = (out / "logs" / "images" / f"seed{seed}" / trained / "sigma-fixed" / "joint.log").read_text()
+        assert re.search(r"step \d+/\d+ .*elapsed", log)
+        samples = np.load(out / "images" / run / "samples" / "ground_truth.npy", mmap_mode="r")
+        assert samples.shape == (im["evaluate"]["n_samples"], 1, im["image_size"], im["image_size"])
+        assert samples.dtype == np.uint8
     for job in ("classifier/classifier", "gan/generators", "gan/generator"):  # shared by the seeds
         assert (out / "benchmarks" / "images" / f"{job}.tsv").is_file(), job
     # the seeds differ from the encoder's initialisation on, and one generator is the truth of all
-    first, second = (torch.load(out / "images" / f"seed{k}" / "pretrained.pt", weights_only=False) for k in im["seeds"][:2])
+    first, second = (torch.load(out / "images" / f"seed{k}" / trained / "pretrained.pt", weights_only=False)
+                     for k in im["seeds"][:2])
     assert not torch.equal(next(iter(first["encoder"].values())), next(iter(second["encoder"].values())))
     assert first["generator_epoch"] == second["generator_epoch"] == chosen
+
+
+def test_the_ablation_covers_every_factor_and_follows_its_runs(smoke):
+    out = results(smoke)
+    config = merged_config(smoke, "presets/smoke.yaml")
+    assert config["images"]["ablation"]["rows"] == list(S.ABLATION_ROWS)  # the smoke preset covers every factor
+    table, claims = check_ablation(out, config, "fd_digits")
+    assert len(claims) == 2 and "alone adds the most" in claims.claim[1]
+    assert "Faces protocol ablation" in (out / "images" / "ablation.md").read_text()
+    stacked = pd.read_csv(out / "claims.csv")
+    assert set(claims.claim) <= set(stacked.claim)  # the ablation's claims are in claims.csv and claims.md
+    # a training factor trained its own encoder; a sampling factor re-used the corrected training
+    seed = config["images"]["seeds"][0]
+    for row, own in (("decoder_bn", True), ("encoder_init", True), ("sampling", False), ("z_pairing", False)):
+        trained = out / "images" / f"seed{seed}" / S.training_dir(S.ablation_protocol(row))
+        assert (trained != out / "images" / f"seed{seed}" / S.training_dir(S.corrected())) == own
+        assert (trained / "pretrained.pt").is_file()
 
 
 def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
@@ -275,8 +350,12 @@ def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
     for rule in ("download_celeba", "prepare_celeba", "download_inception", "train_gan", "choose_generator",
                  "tabulate_images"):
         assert jobs.get(rule) == 1, (rule, jobs)
-    for rule in ("pretrain_images_encoder", "train_images_joint", "evaluate_images"):
-        assert jobs.get(rule) == 3, (rule, jobs)
+    # three seeds; the ablation's rows corrected, sampling, pixel_noise, z_pairing and reference train twice
+    # (corrected, reference) and sample five ways
+    for rule, count in (("pretrain_images_encoder", 6), ("train_images_joint", 6), ("evaluate_images_heldout", 6),
+                        ("generate_samples", 15), ("compute_fid", 15), ("plot_images_grids", 3)):
+        assert jobs.get(rule) == count, (rule, jobs)
+    assert "compute_fd_digits" not in jobs and jobs["tabulate_images_ablation"] == 1
     assert "prepare_digits" not in jobs and "train_digits_classifier" not in jobs  # FID, not the digits distance
 
 
@@ -331,7 +410,8 @@ def test_the_claims_figure_and_the_faces_comparison_are_images(smoke):
         assert im.size[1] >= 60 * len(claims)  # one panel per claim
     size = merged_config(smoke, "presets/smoke.yaml")["images"]["image_size"]
     for seed in merged_config(smoke, "presets/smoke.yaml")["images"]["seeds"]:
-        with Image.open(out / "images" / f"seed{seed}" / "grids" / "comparison.png") as im:
+        run = main_run(merged_config(smoke, "presets/smoke.yaml"), "fixed")
+        with Image.open(out / "images" / f"seed{seed}" / run / "grids" / "comparison.png") as im:
             # four rows (truth, two reconstructions, joint prior), each image at least 4x 32 pixels
             assert im.size[1] >= 4 * max(128, size) and im.size[0] >= 8 * max(128, size)
 
@@ -354,13 +434,22 @@ def test_a_changed_hyperparameter_reruns_only_what_depends_on_it(smoke):
         ({"semhash": {"seeds": [1, 2, 5]}},
          {"train_semhash": 2, "evaluate_retrieval": 2, "plot_semhash": 1, "tabulate_semhash": 1, "collect_claims": 1,
           "all": 1}),
+        # a new faces seed: per seed the smoke preset trains 4 protocols (corrected, decoder_bn, encoder_init,
+        # reference), 5 joint models (and the learned sigma of the main one) and samples 8 ways
         ({"images": {"seeds": [0, 1, 4]}},
-         {"pretrain_images_encoder": 1, "train_images_joint": 1, "evaluate_images": 1, "plot_images_curves": 1,
-          "tabulate_images": 1, "collect_claims": 1, "all": 1}),
+         {"pretrain_images_encoder": 4, "train_images_joint": 5, "evaluate_images_heldout": 5, "generate_samples": 8,
+          "compute_fd_digits": 8, "plot_images_grids": 2, "plot_images_curves": 1, "tabulate_images": 1,
+          "tabulate_images_ablation": 1, "collect_claims": 1, "all": 1}),
         ({"images": {"joint": {"lr": 2.0e-4}}},
-         {"train_images_joint": 2, "evaluate_images": 2, "plot_images_curves": 1, "tabulate_images": 1,
+         {"train_images_joint": 10, "evaluate_images_heldout": 10, "generate_samples": 16, "compute_fd_digits": 16,
+          "plot_images_grids": 4, "plot_images_curves": 1, "tabulate_images": 1, "tabulate_images_ablation": 1,
           "collect_claims": 1, "all": 1}),
-        ({"images": {"fd_tolerance": 0.5}}, {"tabulate_images": 1, "collect_claims": 1, "all": 1}),
+        # a sampling factor of the main run: only its sampling, distances and grids (the training is shared)
+        ({"images": {"protocol": {"pixel_noise": "every"}}},
+         {"generate_samples": 4, "compute_fd_digits": 4, "plot_images_grids": 4, "tabulate_images": 1,
+          "collect_claims": 1, "all": 1}),
+        ({"images": {"fd_tolerance": 0.5}},
+         {"tabulate_images": 1, "tabulate_images_ablation": 1, "collect_claims": 1, "all": 1}),
     ]
     for change, expected in cases:
         changed.write_text(yaml.safe_dump(change))
@@ -403,6 +492,7 @@ PAPER_SYNTHETIC = {
         "checkpoint_every": 1,
         "bn_batches": 1,
         "evaluate": {"n_samples": 4, "batch_size": 4, "n_eval": 4, "grid_size": 4},
+        "ablation": {"rows": ["corrected", "reference"]},
         "threads": 1,
     },
 }
@@ -443,9 +533,12 @@ def paper_synthetic(tmp_path_factory):
 def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthetic):
     workdir = paper_synthetic["workdir"]
     planned = paper_synthetic["planned"]
-    assert planned == {"prepare_celeba": 1, "train_gan": 1, "choose_generator": 1, "pretrain_images_encoder": 2,
-                       "train_images_joint": 2, "evaluate_images": 2, "plot_images_curves": 1, "tabulate_images": 1,
-                       "collect_claims": 1, "all": 1}  # the zip and the weights placed by hand are used as is: no download jobs
+    # two seeds, two protocols (the ablation's corrected and reference rows); the zip and the weights placed by hand
+    # are used as is: no download jobs
+    assert planned == {"prepare_celeba": 1, "train_gan": 1, "choose_generator": 1, "pretrain_images_encoder": 4,
+                       "train_images_joint": 4, "evaluate_images_heldout": 4, "generate_samples": 4, "compute_fid": 4,
+                       "plot_images_grids": 2, "plot_images_curves": 1, "tabulate_images": 1,
+                       "tabulate_images_ablation": 1, "collect_claims": 1, "all": 1}
     assert digest(paper_synthetic["zip"]) == paper_synthetic["placed"]["zip"]
     assert digest(paper_synthetic["weights"]) == paper_synthetic["placed"]["weights"]
     assert not (workdir / "elsewhere").exists()
@@ -462,16 +555,17 @@ def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthe
     # Both FID jobs check the hand-placed weights' SHA-256; the random ones pass only through the
     # opt-out, and every output says that their distances are not FID.
     commands = [line for line in paper_synthetic["dry"].splitlines() if "--features inception" in line]
-    assert len(commands) == 1 + len(config["images"]["seeds"]), paper_synthetic["dry"]
+    assert len(commands) == 1 + planned["compute_fid"], paper_synthetic["dry"]
     assert all("--inception-sha256 '' --inception-unverified-ok true" in line for line in commands), commands
     assert distances.inception_unverified.tolist() == [True]
     for seed in config["images"]["seeds"]:
-        metrics = pd.read_csv(out / "images" / f"seed{seed}" / "metrics.csv")
+        metrics = pd.read_csv(out / "images" / f"seed{seed}" / main_run(config, "fixed") / "fid.csv")
         assert image_metric(metrics, "all", "inception_unverified") == 1
     md = (out / "images" / "table.md").read_text()
     assert "UNVERIFIED" in md and "NOT FID" in md and "FID (Inception features)" not in md
     assert all("not FID" in claim for claim in pd.read_csv(out / "images" / "claims.csv").claim[1:])
-    for log in ("gan/generator.log", "seed0/metrics.log"):
+    check_ablation(out, config, "fid")
+    for log in ("gan/generator.log", f"seed0/{main_run(config, 'fixed')}/distances.log"):
         text = (out / "logs" / "images" / log).read_text()
         assert "UNVERIFIED" in text and "NOT FID" in text, log
 

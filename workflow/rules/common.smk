@@ -14,6 +14,7 @@ shell.prefix(
 )
 
 from vae_approx.config import ConfigError, check_inputs, validate_config
+from vae_approx.images import settings as images_settings
 from vae_approx.semhash.settings import TrainSettings
 
 # Reject a bad config before any job starts, naming the key and the allowed values.
@@ -29,9 +30,11 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 
 
-# Replicates: the seed wildcard of every experiment's per-seed paths (seed<k>/).
+# Replicates: the seed wildcard of every experiment's per-seed paths (seed<k>/); the faces
+# protocol's wildcards take exactly their factor's values.
 wildcard_constraints:
     seed=r"\d+",
+    **images_settings.wildcard_constraints(),
 
 
 def all_targets():
@@ -81,6 +84,8 @@ def experiment_claims():
         files.append(f"{RESULTS}/semhash/claims.csv")
     if "images" in config["experiments"]:
         files.append(f"{RESULTS}/images/claims.csv")
+        if config["images"]["ablation"]["rows"]:
+            files.append(f"{RESULTS}/images/ablation_claims.csv")
     return files
 
 
@@ -103,7 +108,7 @@ def semhash_grid(name):
     )
 
 
-# The image sets of the faces experiment, one PNG grid each (vae_approx.images.evaluate.SETS).
+# The image sets of the faces experiment, one uint8 file and one PNG grid each (vae_approx.images.evaluate.SETS).
 IMAGE_SETS = [
     "ground_truth",
     "ground_truth_resample",
@@ -113,18 +118,63 @@ IMAGE_SETS = [
 ]
 
 
+def images_protocol():
+    """The main run's faces protocol: one value per factor (images.protocol, or the reference's)."""
+    return images_settings.configured_protocol(config["images"])
+
+
+def images_run_files(protocol, sigmas, seeds):
+    """The files one faces protocol's runs leave, aligned by (sigma variant, seed): the distances, the
+    held-out metrics and the joint curve (rules tabulate_images and tabulate_images_ablation)."""
+    files = {"distances": [], "heldout": [], "curves": []}
+    distance = f"{images_metric()}.csv"
+    for sigma in sigmas:
+        for seed in seeds:
+            run = f"{RESULTS}/images/seed{seed}/{images_settings.run_dir(protocol, sigma)}"
+            trained = os.path.dirname(run)
+            files["distances"].append(f"{run}/{distance}")
+            files["heldout"].append(f"{trained}/heldout.csv")
+            files["curves"].append(f"{trained}/joint_curve.csv")
+    return files
+
+
+def images_ablation_files():
+    """images_run_files of every ablation row (fixed sigma), one after another."""
+    files = {"distances": [], "heldout": [], "curves": []}
+    for row in config["images"]["ablation"]["rows"]:
+        protocol = images_settings.ablation_protocol(row)
+        for key, paths in images_run_files(protocol, ["fixed"], config["images"]["seeds"]).items():
+            files[key] += paths
+    return files
+
+
+def images_metric():
+    """The faces distance's name: fid (Inception) or fd_digits."""
+    return "fid" if config["images"]["features"] == "inception" else "fd_digits"
+
+
 def images_targets():
-    return [f"{RESULTS}/images/table.md", f"{RESULTS}/images/curves.png"] + expand(
-        f"{RESULTS}/images/seed{{seed}}/grids/{{name}}.png",
-        seed=config["images"]["seeds"],
+    im = config["images"]
+    protocol = images_protocol()
+    targets = [f"{RESULTS}/images/table.md", f"{RESULTS}/images/curves.png"]
+    if im["ablation"]["rows"]:
+        targets.append(f"{RESULTS}/images/ablation.md")
+    return targets + expand(
+        f"{RESULTS}/images/seed{{seed}}/{{run}}/grids/{{name}}.png",
+        seed=im["seeds"],
+        run=[images_settings.run_dir(protocol, sigma) for sigma in im["sigma_variants"]],
         name=[*IMAGE_SETS, "comparison"],
     )
 
 
 def images_seeds(name):
-    """One file per faces seed, in the config's seed order."""
+    """One file per faces seed below the main protocol's training folder, in the config's seed order;
+    a {sigma} in `name` is the first of images.sigma_variants."""
+    training = images_settings.training_dir(images_protocol())
     return expand(
-        f"{RESULTS}/images/seed{{seed}}/{name}", seed=config["images"]["seeds"]
+        f"{RESULTS}/images/seed{{seed}}/{training}/{name}",
+        seed=config["images"]["seeds"],
+        sigma=config["images"]["sigma_variants"][:1],
     )
 
 
@@ -133,6 +183,13 @@ def images_setting():
     im = config["images"]
     kind = "CelebA" if im["source"] == "celeba" else "digits"
     return f"{kind} {im['image_size']}x{im['image_size']} DCGAN, sigma {im['sigma']:g}"
+
+
+def images_sample_files(run):
+    """The uint8 image sets of a run folder: Snakemake temp files (deleted once their distances and
+    grids are written) unless images.evaluate.keep_samples."""
+    files = [f"{run}/samples/{name}.npy" for name in IMAGE_SETS]
+    return files if config["images"]["evaluate"]["keep_samples"] else [temp(f) for f in files]
 
 
 INCEPTION_WEIGHTS = f"{config['images']['torch_home']}/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth"

@@ -1,16 +1,26 @@
 # Faces: images (CelebA zip, or scikit-learn's digits offline) -> DCGAN, one generator per
 # epoch -> the ground-truth generator (a fixed epoch or the lowest distance to the data) ->
-# encoder pretraining on its samples -> joint training by ELBO -> image sets, FID (Inception)
-# or fd_digits (a digits classifier trained here), ELBOs, decoder drift, grids -> table, claims.
+# encoder pretraining on its samples -> joint training by ELBO -> image sets as uint8 files
+# (generate_samples) -> FID (Inception, compute_fid) or fd_digits (a digits classifier trained
+# here, compute_fd_digits); held-out ELBOs and decoder drift; grids -> table, claims, and the
+# protocol ablation's table and claims.
 # The generator is trained once (the ground truth every replicate shares); pretraining, joint
-# training and evaluation run once per seed of images.seeds (seed<k>/).
-# choose_generator and evaluate_images load the Inception weights and check their SHA-256 there
+# training and evaluation run once per seed of images.seeds (seed<k>/) and per protocol
+# (vae_approx.images.settings: the main run's, and the ablation's rows).
+# choose_generator and compute_fid load the Inception weights and check their SHA-256 there
 # (features_args: images.inception_sha256, and images.inception_unverified_ok for tests only),
 # since a file placed by hand never passes through download_inception.
 
 IMG = f"{RESULTS}/images"
 IM = config["images"]
-IMG_SEEDED = f"{IMG}/seed{{seed}}"
+# One run of the faces protocol (vae_approx.images.settings): the training factors, the sigma
+# variant, then the sampling factors, each a folder level, so a factor re-runs only what it touches.
+IMG_TRAINED_NAME = "seed{seed}/bn-{bn}_init-{init}"
+IMG_JOINT_NAME = f"{IMG_TRAINED_NAME}/sigma-{{sigma}}"
+IMG_RUN_NAME = f"{IMG_JOINT_NAME}/sampling-{{sampling}}_noise-{{noise}}_z-{{pairing}}"
+IMG_TRAINED, IMG_JOINT, IMG_RUN = (
+    f"{IMG}/{name}" for name in (IMG_TRAINED_NAME, IMG_JOINT_NAME, IMG_RUN_NAME)
+)
 
 if IM["generator_epoch"] != "auto" and IM["generator_epoch"] > IM["gan"]["epochs"]:
     raise ConfigError(
@@ -198,12 +208,12 @@ rule pretrain_images_encoder:
     input:
         generator=f"{IMG}/gan/generator.pt",
     output:
-        model=f"{IMG_SEEDED}/pretrained.pt",
-        metrics=f"{IMG_SEEDED}/pretrain_curve.csv",
+        model=f"{IMG_TRAINED}/pretrained.pt",
+        metrics=f"{IMG_TRAINED}/pretrain_curve.csv",
     log:
-        f"{LOGS}/images/seed{{seed}}/pretrained.log",
+        f"{LOGS}/images/{IMG_TRAINED_NAME}/pretrained.log",
     benchmark:
-        f"{BENCHMARKS}/images/seed{{seed}}/pretrained.tsv"
+        f"{BENCHMARKS}/images/{IMG_TRAINED_NAME}/pretrained.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -211,34 +221,25 @@ rule pretrain_images_encoder:
         mem_mb=4000,
         runtime=240,
     params:
-        **IM["pretrain"],
-        sigma=IM["sigma"],
-        ndf=IM["encoder_ndf"],
-        log_every=IM["log_every"],
-        checkpoint_every=IM["checkpoint_every"],
-        bn_batches=IM["bn_batches"],
-        channels_last=IM["channels_last"],
+        settings=shlex.quote(images_settings.stage_json(IM, "pretrain")),
         device=config["device"],
     shell:
-        "python -m vae_approx.images pretrain --generator {input.generator} --sigma {params.sigma}"
-        " --ndf {params.ndf} --iterations {params.iterations} --batch-size {params.batch_size}"
-        " --lr {params.lr} --beta1 {params.beta1} --log-every {params.log_every}"
-        " --checkpoint-every {params.checkpoint_every} --bn-batches {params.bn_batches}"
-        " --channels-last {params.channels_last} --seed {wildcards.seed} --threads {threads}"
-        " --device {params.device} --out {output.model} --metrics {output.metrics} 2> {log}"
+        "python -m vae_approx.images pretrain --generator {input.generator} --settings {params.settings}"
+        " --decoder-bn {wildcards.bn} --encoder-init {wildcards.init} --seed {wildcards.seed}"
+        " --threads {threads} --device {params.device} --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
 rule train_images_joint:
     input:
         generator=f"{IMG}/gan/generator.pt",
-        encoder=f"{IMG_SEEDED}/pretrained.pt",
+        encoder=f"{IMG_TRAINED}/pretrained.pt",
     output:
-        model=f"{IMG_SEEDED}/joint.pt",
-        metrics=f"{IMG_SEEDED}/joint_curve.csv",
+        model=f"{IMG_JOINT}/joint.pt",
+        metrics=f"{IMG_JOINT}/joint_curve.csv",
     log:
-        f"{LOGS}/images/seed{{seed}}/joint.log",
+        f"{LOGS}/images/{IMG_JOINT_NAME}/joint.log",
     benchmark:
-        f"{BENCHMARKS}/images/seed{{seed}}/joint.tsv"
+        f"{BENCHMARKS}/images/{IMG_JOINT_NAME}/joint.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -246,50 +247,52 @@ rule train_images_joint:
         mem_mb=4000,
         runtime=240,
     params:
-        **IM["joint"],
-        learn_sigma=IM["learn_sigma"],
-        log_every=IM["log_every"],
-        checkpoint_every=IM["checkpoint_every"],
-        bn_batches=IM["bn_batches"],
-        channels_last=IM["channels_last"],
+        settings=shlex.quote(images_settings.stage_json(IM, "joint")),
         device=config["device"],
     shell:
         "python -m vae_approx.images joint --generator {input.generator} --encoder {input.encoder}"
-        " --learn-sigma {params.learn_sigma} --iterations {params.iterations}"
-        " --batch-size {params.batch_size} --lr {params.lr} --beta1 {params.beta1}"
-        " --log-every {params.log_every} --checkpoint-every {params.checkpoint_every}"
-        " --bn-batches {params.bn_batches} --channels-last {params.channels_last}"
+        " --settings {params.settings} --decoder-bn {wildcards.bn} --sigma-variant {wildcards.sigma}"
         " --seed {wildcards.seed} --threads {threads} --device {params.device}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
-rule evaluate_images:
+rule evaluate_images_heldout:
     input:
         generator=f"{IMG}/gan/generator.pt",
-        pretrained=f"{IMG_SEEDED}/pretrained.pt",
-        joint=f"{IMG_SEEDED}/joint.pt",
-        features=images_features(),
+        pretrained=f"{IMG_TRAINED}/pretrained.pt",
+        joint=f"{IMG_JOINT}/joint.pt",
     output:
-        metrics=f"{IMG_SEEDED}/metrics.csv",
-        grids=[
-            report(
-                f"{IMG_SEEDED}/grids/{name}.png",
-                caption=f"../report/images_grid_{name}.rst",
-                category="Faces",
-                subcategory="image grids, seed {seed}",
-            )
-            for name in IMAGE_SETS
-        ],
-        comparison=report(
-            f"{IMG_SEEDED}/grids/comparison.png",
-            caption="../report/images_comparison.rst",
-            category="Faces",
-            subcategory="image grids, seed {seed}",
-        ),
+        f"{IMG_JOINT}/heldout.csv",
     log:
-        f"{LOGS}/images/seed{{seed}}/metrics.log",
+        f"{LOGS}/images/{IMG_JOINT_NAME}/heldout.log",
     benchmark:
-        f"{BENCHMARKS}/images/seed{{seed}}/metrics.tsv"
+        f"{BENCHMARKS}/images/{IMG_JOINT_NAME}/heldout.tsv"
+    conda:
+        ENV
+    threads: IM["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        settings=shlex.quote(images_settings.stage_json(IM, "heldout")),
+        device=config["device"],
+    shell:
+        "python -m vae_approx.images heldout --generator {input.generator} --pretrained {input.pretrained}"
+        " --joint {input.joint} --settings {params.settings} --seed {wildcards.seed}"
+        " --threads {threads} --device {params.device} --out {output} 2> {log}"
+
+
+rule generate_samples:
+    input:
+        generator=f"{IMG}/gan/generator.pt",
+        pretrained=f"{IMG_TRAINED}/pretrained.pt",
+        joint=f"{IMG_JOINT}/joint.pt",
+    output:
+        images_sample_files(IMG_RUN),
+    log:
+        f"{LOGS}/images/{IMG_RUN_NAME}/samples.log",
+    benchmark:
+        f"{BENCHMARKS}/images/{IMG_RUN_NAME}/samples.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -297,28 +300,96 @@ rule evaluate_images:
         mem_mb=4000,
         runtime=120,
     params:
-        **IM["evaluate"],
+        settings=shlex.quote(images_settings.stage_json(IM, "generate")),
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        device=config["device"],
+    shell:
+        "python -m vae_approx.images generate --generator {input.generator} --pretrained {input.pretrained}"
+        " --joint {input.joint} --settings {params.settings} --sampling {wildcards.sampling}"
+        " --pixel-noise {wildcards.noise} --z-pairing {wildcards.pairing} --seed {wildcards.seed}"
+        " --threads {threads} --device {params.device} --out-dir {params.out_dir} 2> {log}"
+
+
+# The Frechet distance of every image set to the ground-truth set: FID on Inception features
+# (paper), or fd_digits on the digits classifier's (quick, smoke), from the same sample files.
+rule compute_fid:
+    input:
+        samples=images_sample_files(IMG_RUN),
+        features=INCEPTION_WEIGHTS,
+    output:
+        f"{IMG_RUN}/fid.csv",
+    log:
+        f"{LOGS}/images/{IMG_RUN_NAME}/distances.log",
+    benchmark:
+        f"{BENCHMARKS}/images/{IMG_RUN_NAME}/distances.tsv"
+    conda:
+        ENV
+    threads: IM["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
         features=features_args,
         torch_home=lambda wildcards, input: torch_home_of(input.features),
-        reference_protocol=IM["reference_protocol"],
-        channels_last=IM["channels_last"],
-        grids=lambda wildcards, output: os.path.dirname(output.grids[0]),
+        samples=lambda wildcards, input: os.path.dirname(input.samples[0]),
+        batch_size=IM["evaluate"]["batch_size"],
         device=config["device"],
     shell:
         "export TORCH_HOME={params.torch_home}; "
-        "python -m vae_approx.images evaluate --generator {input.generator}"
-        " --pretrained {input.pretrained} --joint {input.joint} {params.features}"
-        " --n-samples {params.n_samples} --batch-size {params.batch_size}"
-        " --n-eval {params.n_eval} --grid-size {params.grid_size}"
-        " --reference-protocol {params.reference_protocol}"
-        " --channels-last {params.channels_last} --seed {wildcards.seed} --threads {threads}"
-        " --device {params.device} --grids {params.grids} --out {output.metrics} 2> {log}"
+        "python -m vae_approx.images distances --samples {params.samples} {params.features}"
+        " --batch-size {params.batch_size} --threads {threads} --device {params.device} --out {output} 2> {log}"
+
+
+use rule compute_fid as compute_fd_digits with:
+    input:
+        samples=images_sample_files(IMG_RUN),
+        features=f"{IMG}/classifier/classifier.pt",
+    output:
+        f"{IMG_RUN}/fd_digits.csv",
+
+
+rule plot_images_grids:
+    input:
+        images_sample_files(IMG_RUN),
+    output:
+        grids=[
+            report(
+                f"{IMG_RUN}/grids/{name}.png",
+                caption=f"../report/images_grid_{name}.rst",
+                category="Faces",
+                subcategory="image grids, seed {seed}, sigma {sigma}",
+            )
+            for name in IMAGE_SETS
+        ],
+        comparison=report(
+            f"{IMG_RUN}/grids/comparison.png",
+            caption="../report/images_comparison.rst",
+            category="Faces",
+            subcategory="image grids, seed {seed}, sigma {sigma}",
+        ),
+    log:
+        f"{LOGS}/images/{IMG_RUN_NAME}/grids.log",
+    benchmark:
+        f"{BENCHMARKS}/images/{IMG_RUN_NAME}/grids.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        samples=lambda wildcards, input: os.path.dirname(input[0]),
+        grids=lambda wildcards, output: os.path.dirname(output.comparison),
+        grid_size=IM["evaluate"]["grid_size"],
+    shell:
+        "python -m vae_approx.images grids --samples {params.samples} --grid-size {params.grid_size}"
+        " --out-dir {params.grids} 2> {log}"
 
 
 rule plot_images_curves:
     input:
         pretrain=images_seeds("pretrain_curve.csv"),
-        joint=images_seeds("joint_curve.csv"),
+        joint=images_seeds("sigma-{sigma}/joint_curve.csv"),
     output:
         report(
             f"{IMG}/curves.png",
@@ -344,7 +415,11 @@ rule plot_images_curves:
 
 rule tabulate_images:
     input:
-        metrics=images_seeds("metrics.csv"),
+        unpack(
+            lambda wildcards: images_run_files(
+                images_protocol(), IM["sigma_variants"], IM["seeds"]
+            )
+        ),
         published=config["published_results"],
     output:
         csv=report(
@@ -369,7 +444,40 @@ rule tabulate_images:
         setting=images_setting(),
         fd_tolerance=IM["fd_tolerance"],
     shell:
-        "python -m vae_approx.images tabulate --metrics {input.metrics}"
-        " --published {input.published} --setting '{params.setting}'"
+        "python -m vae_approx.images tabulate --distances {input.distances} --heldout {input.heldout}"
+        " --curves {input.curves} --published {input.published} --setting '{params.setting}'"
         " --fd-tolerance {params.fd_tolerance} --per-seed {output.per_seed}"
+        " --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"
+
+
+rule tabulate_images_ablation:
+    input:
+        unpack(lambda wildcards: images_ablation_files()),
+        published=config["published_results"],
+    output:
+        csv=report(
+            f"{IMG}/ablation.csv",
+            caption="../report/images_ablation.rst",
+            category="Faces",
+        ),
+        md=f"{IMG}/ablation.md",
+        claims=f"{IMG}/ablation_claims.csv",
+    log:
+        f"{LOGS}/images/ablation.log",
+    benchmark:
+        f"{BENCHMARKS}/images/ablation.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        rows=" ".join(IM["ablation"]["rows"]),
+        setting=images_setting(),
+        fd_tolerance=IM["fd_tolerance"],
+    shell:
+        "python -m vae_approx.images ablate --rows {params.rows} --distances {input.distances}"
+        " --heldout {input.heldout} --curves {input.curves} --published {input.published}"
+        " --setting '{params.setting}' --fd-tolerance {params.fd_tolerance}"
         " --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"

@@ -8,11 +8,18 @@
     python -m vae_approx.images train-classifier  --images images.npy --labels labels.npy --out classifier.pt ...
     python -m vae_approx.images train-gan         --images images.npy --out-dir generators/ --losses gan.csv ...
     python -m vae_approx.images choose-generator  --generators generators/ --images images.npy --epoch auto ...
-    python -m vae_approx.images pretrain          --generator generator.pt --out encoder.pt --metrics curve.csv ...
-    python -m vae_approx.images joint             --generator generator.pt --encoder encoder.pt --out joint.pt ...
-    python -m vae_approx.images evaluate          --generator G --pretrained E --joint J --out metrics.csv ...
+    python -m vae_approx.images pretrain          --generator generator.pt --settings JSON --seed 0 --out encoder.pt ...
+    python -m vae_approx.images joint             --generator generator.pt --encoder encoder.pt --settings JSON ...
+    python -m vae_approx.images generate          --generator G --pretrained E --joint J --settings JSON --out-dir samples/ ...
+    python -m vae_approx.images grids             --samples samples/ --grid-size 64 --out-dir grids/
+    python -m vae_approx.images distances         --samples samples/ --features digits --classifier C --out fd.csv
+    python -m vae_approx.images heldout           --generator G --pretrained E --joint J --settings JSON --out heldout.csv
     python -m vae_approx.images curves            --pretrain P.csv ... --joint J.csv ... --out curves.png
-    python -m vae_approx.images tabulate          --metrics M.csv ... --published ref.csv --per-seed --csv --md --claims
+    python -m vae_approx.images tabulate          --distances D.csv ... --heldout H.csv ... --curves J.csv ... --csv --md --claims
+    python -m vae_approx.images ablate            --rows corrected ... --distances D.csv ... --heldout H.csv ... --csv --md --claims
+
+--settings is the stage's keys of the config's `images` section as JSON (settings.STAGE_KEYS); the protocol's
+factors (--decoder-bn, --encoder-init, --sigma-variant, --sampling, --pixel-noise, --z-pairing) come from the path.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ import torch
 
 from ..common import (InputError, Progress, load_torch, parse_bool, resume_path, run_stage, save_csv, save_torch,
                       seed_everything, seed_of, select_device, set_threads, stage_seed)
-from ..tables import (load_published, mean_std, one_value, read_tidy, seeds_claim, with_published, with_spread,
-                      write_claims, write_table)
+from ..tables import (HOLDS, INCONCLUSIVE, load_published, mean_std, one_value, paired_verdict, published,
+                      read_tidy, seeds_claim, with_published, with_spread, write_claims, write_table)
 from . import data as D
-from .evaluate import Models, evaluate
+from . import settings as S
+from .evaluate import Models, heldout, image_batches, set_distances, write_grids, write_sets
 from .metrics import (FEATURES, GaussianStats, classifier_file, frechet_distance, make_extractor,
                       train_classifier)
 from .model import (GaussianDecoder, build_encoder, build_generator, encoder_spec, generator_spec, Encoder)
@@ -199,30 +207,34 @@ def cmd_choose_generator(args) -> None:
     progress.message(f"chose epoch {chosen} ({'auto' if args.epoch == 'auto' else 'fixed'})")
 
 
-def vae_settings(args, phase: str) -> VaeSettings:
-    """The stage's settings; its seed is the replicate's (--seed) stream for this stage."""
-    return VaeSettings(phase, args.iterations, args.batch_size, args.lr, args.beta1, args.sigma,
-                       stage_seed(args.seed, phase),
-                       args.log_every, args.checkpoint_every, getattr(args, "ndf", 64),
-                       getattr(args, "learn_sigma", False), args.channels_last, args.bf16, args.bn_batches)
+def section_of(args, stage: str) -> dict:
+    try:
+        return S.stage_section(args.settings, stage)
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise InputError(f"images {stage} --settings: {exc}") from exc
 
 
 def cmd_pretrain(args) -> None:
     set_threads(args.threads)
     device = select_device(args.device)
     gsaved, g = load_generator(args.generator)
-    settings = vae_settings(args, "pretrain")
+    # the stage's stream of the replicate (--seed), the same for every protocol, so that protocols differ by
+    # their factors and not by their draws
+    settings = VaeSettings.from_section(section_of(args, "pretrain"), "pretrain", stage_seed(args.seed, "pretrain"),
+                                        args.decoder_bn, args.encoder_init)
     seed_everything(settings.seed)
-    encoder = Encoder(g.nz, settings.ndf, g.channels, g.image_size)
+    encoder = Encoder(g.nz, settings.ndf, g.channels, g.image_size, settings.encoder_init)
     progress = Progress("images pretrain", settings.iterations, settings.log_every)
     progress.message(f"generator of epoch {gsaved['epoch']}, sigma {settings.sigma}, {settings.iterations} "
-                     f"iterations of {settings.batch_size}, on {device}, {torch.get_num_threads()} threads")
+                     f"iterations of {settings.batch_size}, decoder BatchNorm {settings.decoder_bn}, last layer "
+                     f"{settings.encoder_init}, on {device}, {torch.get_num_threads()} threads")
     resume = resume_path(args.out)
     rows, encoder, _ = train_vae(ground_truth(g, settings.sigma), encoder, settings, device, resume, progress)
     save_csv(pd.DataFrame(rows), args.metrics)
     save_torch({"kind": "pretrained encoder", "encoder_spec": encoder_spec(encoder),
                 "encoder": encoder.cpu().state_dict(), "generator_spec": generator_spec(g),
-                "generator_epoch": gsaved["epoch"], "sigma": settings.sigma, "settings": asdict(settings)}, args.out)
+                "generator_epoch": gsaved["epoch"], "sigma": settings.sigma, "decoder_bn": settings.decoder_bn,
+                "settings": asdict(settings)}, args.out)
     resume.unlink(missing_ok=True)
 
 
@@ -233,12 +245,17 @@ def cmd_joint(args) -> None:
     esaved, encoder = load_pretrained(args.encoder)
     check_same(esaved["generator_spec"], generator_spec(g), f"pretrained encoder {args.encoder} vs generator {args.generator}",
                ("nz", "ngf", "channels", "image_size"))
-    args.sigma = esaved["sigma"]
-    settings = vae_settings(args, "joint")
+    if esaved["decoder_bn"] != args.decoder_bn:
+        raise InputError(f"joint --decoder-bn {args.decoder_bn}: the pretrained encoder {args.encoder} was trained "
+                         f"with decoder BatchNorm {esaved['decoder_bn']}; both stages of a protocol use one mode")
+    settings = VaeSettings.from_section(section_of(args, "joint"), "joint", stage_seed(args.seed, "joint"),
+                                        args.decoder_bn, learn_sigma=args.sigma_variant == "learned",
+                                        sigma=esaved["sigma"])
     seed_everything(settings.seed)
     progress = Progress("images joint", settings.iterations, settings.log_every)
     progress.message(f"sigma {settings.sigma} ({'learned' if settings.learn_sigma else 'fixed'}), "
-                     f"{settings.iterations} iterations of {settings.batch_size}, on {device}, "
+                     f"{settings.iterations} iterations of {settings.batch_size}, decoder BatchNorm "
+                     f"{settings.decoder_bn}, on {device}, "
                      f"{torch.get_num_threads()} threads")
     resume = resume_path(args.out)
     rows, encoder, decoder = train_vae(ground_truth(g, settings.sigma), encoder, settings, device, resume, progress)
@@ -253,22 +270,57 @@ def cmd_joint(args) -> None:
 # ---------------------------------------------------------------- evaluation and tables
 
 
-def cmd_evaluate(args) -> None:
-    set_threads(args.threads)
-    device = select_device(args.device)
+def load_models(args) -> Models:
+    """The ground truth, the pretrained encoder and the jointly trained VAE of one protocol's run, checked to match."""
     _, g = load_generator(args.generator)
     esaved, pretrained = load_pretrained(args.pretrained)
     jsaved, joint_encoder, joint_decoder = load_joint(args.joint)
     check_same(esaved["generator_spec"], generator_spec(g), f"{args.pretrained} vs {args.generator}")
     check_same(jsaved["generator_spec"], generator_spec(g), f"{args.joint} vs {args.generator}")
-    models = Models(ground_truth(g, esaved["sigma"]), pretrained, joint_encoder, joint_decoder)
-    extractor = make_extractor(args.features, device, args.classifier, args.torch_home, g.channels,
+    return Models(ground_truth(g, esaved["sigma"]), pretrained, joint_encoder, joint_decoder)
+
+
+def cmd_generate(args) -> None:
+    set_threads(args.threads)
+    device = select_device(args.device)
+    section = section_of(args, "generate")
+    ev = section["evaluate"]
+    models = load_models(args).eval(device, section["channels_last"])
+    progress = Progress("images generate", ev["n_samples"], ev["batch_size"])
+    progress.message(f"{ev['n_samples']} images per set, sampling {args.sampling}, pixel noise {args.pixel_noise}, "
+                     f"z {args.z_pairing}, on {device}")
+    batches = image_batches(models, ev["n_samples"], ev["batch_size"], stage_seed(args.seed, "evaluate"), device,
+                            args.sampling, args.pixel_noise, args.z_pairing)
+    write_sets(batches, ev["n_samples"], Path(args.out_dir), progress)
+
+
+def cmd_grids(args) -> None:
+    write_grids(Path(args.samples), Path(args.out_dir), args.grid_size)
+
+
+def cmd_distances(args) -> None:
+    set_threads(args.threads)
+    device = select_device(args.device)
+    first = D.load_images(Path(args.samples) / "ground_truth.npy")
+    extractor = make_extractor(args.features, device, args.classifier, args.torch_home, first.shape[1],
                                args.inception_sha256, args.inception_unverified_ok)
-    progress = Progress("images evaluate", args.n_samples, args.batch_size)
-    progress.message(f"{args.n_samples} images per set, distance: {extractor.label}, on {device}")
-    rows = evaluate(models, extractor, args.n_samples, args.batch_size, stage_seed(args.seed, "evaluate"),
-                    args.n_eval, args.grid_size,
-                    Path(args.grids), device, progress, args.reference_protocol, args.channels_last)
+    progress = Progress("images distances", 1, 1)
+    progress.message(f"distance: {extractor.label}, {len(first)} images per set in {args.samples}")
+    rows = set_distances(Path(args.samples), extractor, args.batch_size, progress)
+    if extractor.kind == "inception":  # 1: weights that failed their SHA-256 check (tests only): not FID
+        rows.append({"stage": "all", "metric": "inception_unverified", "image_set": "",
+                     "value": float(not extractor.verified), "n": 0})
+    save_csv(pd.DataFrame(rows), args.out)
+
+
+def cmd_heldout(args) -> None:
+    set_threads(args.threads)
+    device = select_device(args.device)
+    section = section_of(args, "heldout")
+    ev = section["evaluate"]
+    models = load_models(args)
+    rows = heldout(models, ev["n_eval"], ev["batch_size"], stage_seed(args.seed, "heldout"), device,
+                   section["channels_last"])
     save_csv(pd.DataFrame(rows), args.out)
 
 
@@ -300,109 +352,249 @@ def cmd_curves(args) -> None:
     plt.close(fig)
 
 
-def seed_values(path) -> tuple[str, dict, bool, bool]:
-    """One seed's metrics file: (distance name, {stage: {column: value}}, unverified, reference protocol)."""
-    what = f"images metrics {path}"
-    df = read_tidy(path, "images metrics", METRIC_COLUMNS)
+DISTANCE_COLUMNS = ["stage", "metric", "image_set", "value"]
+NOT_LOGGED = float("nan")  # the reference's pretraining script logs no ELBO, so there is no statistic to compare
+
+
+def _values(path, what: str) -> pd.DataFrame:
+    df = read_tidy(path, what, DISTANCE_COLUMNS)
     try:
         df["value"] = df["value"].astype(float)
     except ValueError as exc:
-        raise InputError(f"{what}: a value is not a number ({exc})") from None
-    distance = [m for m in FEATURES.values() if m in set(df.metric)]
-    if len(distance) != 1:
+        raise InputError(f"{what} {path}: a value is not a number ({exc})") from None
+    return df
+
+
+def run_values(distances, held, curve) -> dict:
+    """One run (a seed, a protocol, a sigma variant) from its three files: {distance name, floor, unverified,
+    learned, stages: {stage: {column: value}}}."""
+    what = f"images distances {distances}"
+    dist = _values(distances, "images distances")
+    found = [m for m in FEATURES.values() if m in set(dist.metric)]
+    if len(found) != 1:
         raise InputError(f"{what}: expected exactly one distance among {sorted(FEATURES.values())}")
-    fd = distance[0]
+    fd = found[0]
+    ho = _values(held, "images held-out metrics")
 
-    def value(stage, metric, image_set=None):
-        where = {} if image_set is None else {"image_set": image_set}
-        return one_value(df, what, stage=stage, metric=metric, **where)
+    def distance(image_set):
+        return one_value(dist, what, metric=fd, image_set=image_set)
 
-    floor = value("ground truth", fd, "ground_truth_resample")
-    values = {
-        "pretrain": {"elbo": value("pretrain", "elbo"),
-                     f"{fd} reconstructions": value("pretrain", fd, "pretrained_reconstruction"),
-                     f"{fd} prior samples": floor, "decoder_drift": 0.0},
-        "joint": {"elbo": value("joint", "elbo"),
-                  f"{fd} reconstructions": value("joint", fd, "joint_reconstruction"),
-                  f"{fd} prior samples": value("joint", fd, "joint_prior"),
-                  "decoder_drift": value("joint", "decoder_drift")},
+    def held_value(stage, metric):
+        return one_value(ho, f"images held-out metrics {held}", stage=stage, metric=metric)
+
+    joint_curve = read_tidy(curve, "joint-training curve", ["step", "elbo", "elbo_ema"])
+    floor = distance("ground_truth_resample")
+    stages = {
+        "pretrain": {"elbo": held_value("pretrain", "elbo"), "elbo_ema (reference statistic)": NOT_LOGGED,
+                     f"{fd} reconstructions": distance("pretrained_reconstruction"), f"{fd} prior samples": floor,
+                     "decoder_drift": 0.0},
+        "joint": {"elbo": held_value("joint", "elbo"),
+                  "elbo_ema (reference statistic)": float(joint_curve.elbo_ema.iloc[-1]),
+                  f"{fd} reconstructions": distance("joint_reconstruction"),
+                  f"{fd} prior samples": distance("joint_prior"), "decoder_drift": held_value("joint", "decoder_drift"),
+                  "sigma": held_value("joint", "sigma")},
     }
-    flag = lambda metric: bool(((df.metric == metric) & (df.value == 1)).any())  # noqa: E731
-    return fd, values, flag("inception_unverified"), flag("reference_protocol")
+    unverified = bool(((dist.metric == "inception_unverified") & (dist.value == 1)).any())
+    return {"fd": fd, "floor": floor, "unverified": unverified, "learned": held_value("joint", "learn_sigma") == 1,
+            "stages": stages}
+
+
+def runs_of(args) -> dict:
+    """{(protocol path, sigma variant): {seed: run_values}} from the aligned --distances, --heldout, --curves."""
+    lists = {"--distances": args.distances, "--heldout": args.heldout, "--curves": args.curves}
+    if len({len(v) for v in lists.values()}) != 1:
+        raise InputError(f"images: {', '.join(lists)} need one file per run each, in one order "
+                         f"(got {', '.join(f'{k} {len(v)}' for k, v in lists.items())})")
+    runs: dict = {}
+    for files in zip(*lists.values()):
+        try:
+            protocol, sigma = S.protocol_of(files[0])
+            trainings = {S.training_of(f) for f in files}
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        seed = seed_of(files[0])
+        if {seed_of(f) for f in files} != {seed} or trainings != {(S.training_dir(protocol), sigma)}:
+            raise InputError(f"images: the files {list(files)} are not of one run (seed, protocol, sigma variant)")
+        values = run_values(*files)
+        if (sigma == "learned") != values["learned"]:
+            raise InputError(f"images: {files[1]} says learn_sigma {values['learned']}, its path sigma-{sigma}")
+        key = (S.run_dir(protocol, sigma), sigma)
+        if seed in runs.setdefault(key, {}):
+            raise InputError(f"images: two runs of seed {seed} under {key[0]}")
+        runs[key][seed] = values
+    kinds = {(v["fd"], v["unverified"]) for run in runs.values() for v in run.values()}
+    if len(kinds) != 1:
+        raise InputError(f"images: the runs differ in distance or Inception verification ({sorted(kinds)}); they "
+                         "come from different configurations")
+    return runs
+
+
+def distance_names(fd: str, unverified: bool) -> tuple[str, str]:
+    """(the distance in a table note, the distance in a claim)."""
+    if fd != "fid":
+        return "Frechet distance on digits-classifier features (fd_digits, not FID)", "Frechet distance"
+    if unverified:
+        return ("Frechet distance on Inception features from UNVERIFIED weights (columns named fid, but NOT FID: the "
+                "weights file failed its SHA-256 check and was accepted by images.inception_unverified_ok, for tests "
+                "and wiring checks only)", "Frechet distance on unverified Inception weights (not FID)")
+    return "FID (Inception features)", "FID"
+
+
+def rises(run: dict, column: str, less_floor: bool) -> dict:
+    """Per seed: joint minus pretrain of `column`, less the seed's floor if asked (the distance's noise level)."""
+    return {k: v["stages"]["joint"][column] - v["stages"]["pretrain"][column] - (v["floor"] if less_floor else 0.0)
+            for k, v in run.items()}
+
+
+def seeds_text(seeds) -> str:
+    return (f"Mean (standard deviation) over {len(seeds)} seeds ({', '.join(map(str, seeds))}; each its own encoder "
+            "initialisation, pretraining and joint-training draws and evaluation draws, one shared ground-truth "
+            "generator)" if len(seeds) > 1 else f"One seed ({seeds[0]})")
 
 
 def cmd_tabulate(args) -> None:
-    per_seed = {seed_of(path): seed_values(path) for path in args.metrics}
-    if len(per_seed) != len(args.metrics):
-        raise InputError(f"images tabulate: two metrics files of one seed among {args.metrics}")
-    kinds = {(fd, unverified, reference) for fd, _, unverified, reference in per_seed.values()}
-    if len(kinds) != 1:
-        raise InputError("images tabulate: the seeds' metrics differ in distance, Inception verification or "
-                         f"sampling protocol ({sorted(kinds)}); they come from different configurations")
-    (fd, unverified, reference), = kinds
-    seeds = sorted(per_seed)
-    values = {seed: per_seed[seed][1] for seed in seeds}
-    floor = {seed: values[seed]["pretrain"][f"{fd} prior samples"] for seed in seeds}
-    rows = [{"seed": seed, "stage": PHASES[phase], **entry} for seed in seeds for phase, entry in values[seed].items()]
-    table = pd.DataFrame(rows)
-    save_csv(table, args.per_seed)
-    columns = [c for c in table.columns if c not in ("seed", "stage")]
-    summary = mean_std(table, ["stage"], columns)
-    pub = load_published(args.published)
-    summary = with_published(summary, pub, EXPERIMENT, ["elbo", "fid"])
-    if fd != "fid":
-        name = "Frechet distance on digits-classifier features (fd_digits, not FID)"
-    elif unverified:
-        name = ("Frechet distance on Inception features from UNVERIFIED weights (columns named fid, but NOT FID: "
-                "the weights file failed its SHA-256 check and was accepted by images.inception_unverified_ok, "
-                "for tests and wiring checks only)")
-    else:
-        name = "FID (Inception features)"
-    floors = np.array(list(floor.values()))
-    floor_text = with_spread(floors.mean(), floors.std(ddof=1) if len(floors) > 1 else float("nan"))
-    spread = (f"Mean (standard deviation) over {len(seeds)} seeds ({', '.join(map(str, seeds))}; each its own encoder "
-              "initialisation, pretraining and joint-training draws and evaluation draws, one shared ground-truth "
-              "generator; per-seed rows in table_per_seed.csv)" if len(seeds) > 1 else f"One seed ({seeds[0]})")
-    note = (f"{spread}. ELBO: nats per image on a fixed held-out set of ground-truth samples (one z sample per "
-            f"image, analytic KL). {name} against ground-truth decoder samples; reconstructions go through the "
-            f"stage's encoder and decoder; the pretrain row's prior samples are an independent ground-truth draw, "
-            f"i.e. the distance's floor at this sample size ({floor_text}). Decoder drift: mean squared difference "
-            f"per pixel between the jointly trained and the ground-truth decoder's means on the same z (0 before "
-            f"joint training by construction). Published numbers are for CelebA 64x64 with sigma 0.05 (FID between "
-            f"ground-truth samples and reconstructions) and are comparable only in the paper preset.")
-    if reference:
-        note += (" Image sets drawn with the reference code's protocol (training-mode BatchNorm, pixel noise on "
-                 "the joint reconstructions only), not the corrected one.")
-    write_table(summary, args.csv, args.md, title=f"Faces experiment, {args.setting}", note=note)
-    if unverified:
-        distance_name = "Frechet distance on unverified Inception weights (not FID)"
-        print(f"[images tabulate] WARNING: {args.metrics} come from UNVERIFIED Inception weights: their 'fid' "
-              "numbers are NOT FID, and the table and claims say so", file=sys.stderr, flush=True)
-    else:
-        distance_name = "FID" if fd == "fid" else "Frechet distance"
-    # A rise must exceed the noise of the distance: each seed's own floor (two independent ground-truth
-    # draws) is taken off its rise, so the interval over seeds carries the floor's spread too.
+    runs = runs_of(args)
+    protocols = {tuple(S.protocol_of(path)[0].items()) for path, _ in runs}
+    if len(protocols) != 1:
+        raise InputError("images tabulate: the runs are of different protocols; the table is of one")
+    protocol = dict(protocols.pop())
+    first = next(iter(next(iter(runs.values())).values()))
+    fd, unverified = first["fd"], first["unverified"]
+    rows, claims, seed_sets = [], [], set()
     by_floor = args.fd_tolerance == "floor"
     tolerance = 0.0 if by_floor else float(args.fd_tolerance)
     above = " beyond the floor" if by_floor else ""
-    beyond = (f"; each seed's rise minus its floor (two independent ground-truth draws, {floor_text})"
-              if by_floor else "")
+    note_name, distance_name = distance_names(fd, unverified)
+    for (_, sigma), run in runs.items():
+        seeds = sorted(run)
+        seed_sets.add(tuple(seeds))
+        rows += [{"seed": k, "decoder_sigma": sigma, "stage": PHASES[phase], **run[k]["stages"][phase]}
+                 for k in seeds for phase in ("pretrain", "joint")]
+        floors = np.array([run[k]["floor"] for k in seeds])
+        floor_text = with_spread(floors.mean(), floors.std(ddof=1) if len(floors) > 1 else float("nan"))
+        beyond = (f"; each seed's rise minus its floor (two independent ground-truth draws, {floor_text})"
+                  if by_floor else "")
+        setting = args.setting if sigma == "fixed" else f"{args.setting}, sigma learned"
+        claims += [
+            seeds_claim(EXPERIMENT, setting, "joint training raises the ELBO", "elbo", rises(run, "elbo", False),
+                        "increase", "the same seed after pretraining", by_construction=True),
+            seeds_claim(EXPERIMENT, setting, f"joint training raises the {distance_name} of the reconstructions{above}",
+                        f"{fd} reconstructions", rises(run, f"{fd} reconstructions", by_floor), "increase",
+                        f"the same seed's pretrained reconstructions{beyond}", tolerance),
+            seeds_claim(EXPERIMENT, setting, "joint training moves the decoder away from the ground truth: "
+                        f"{distance_name} of its prior samples rises{above}",
+                        f"{fd} prior samples", rises(run, f"{fd} prior samples", by_floor), "increase",
+                        f"the ground-truth decoder's samples of the same seed (the floor){beyond}", tolerance),
+        ]
+    table = pd.DataFrame(rows)
+    save_csv(table, args.per_seed)
+    columns = [c for c in table.columns if c not in ("seed", "decoder_sigma", "stage")]
+    summary = mean_std(table, ["decoder_sigma", "stage"], columns)
+    summary = with_published(summary, load_published(args.published), EXPERIMENT, ["elbo", "fid"])
+    fixed = summary.decoder_sigma == "fixed"  # the published numbers are of the fixed-sigma run
+    for column in [c for c in summary.columns if "published" in c]:
+        summary.loc[~fixed, column] = float("nan")
+    seeds = sorted({k for s in seed_sets for k in s})
+    note = (f"{seeds_text(seeds)}; per-seed rows in table_per_seed.csv. Protocol: {S.describe(protocol)}. "
+            f"ELBO: nats per image on a fixed held-out set of ground-truth samples (one z sample per image, analytic "
+            f"KL), eval mode; elbo_ema: the reference script's statistic, its moving average (decay 0.999, from 0) "
+            f"of the training batches' ELBOs, in the training's BatchNorm mode (its pretraining script logs none). "
+            f"{note_name} against ground-truth decoder samples; reconstructions go through the stage's encoder and "
+            f"decoder; the pretrain row's prior samples are an independent ground-truth draw, i.e. the distance's "
+            f"floor at this sample size. Decoder drift: mean squared difference per pixel between the jointly "
+            f"trained and the ground-truth decoder's means on the same z (0 before joint training by construction). "
+            f"decoder_sigma: joint training's decoder sigma, the ground truth's (fixed) or learned from it. "
+            f"Published numbers are for CelebA 64x64 with sigma 0.05, fixed sigma, and the reference protocol (FID "
+            f"between ground-truth samples and reconstructions), comparable only in the paper preset.")
+    write_table(summary, args.csv, args.md, title=f"Faces experiment, {args.setting}", note=note)
+    if unverified:
+        print(f"[images tabulate] WARNING: {args.distances} come from UNVERIFIED Inception weights: their 'fid' "
+              "numbers are NOT FID, and the table and claims say so", file=sys.stderr, flush=True)
+    write_claims(claims, args.claims)
 
-    def rise(column, less_floor=by_floor):
-        return {k: values[k]["joint"][column] - values[k]["pretrain"][column] - (floor[k] if less_floor else 0.0)
-                for k in seeds}
 
-    write_claims([
-        seeds_claim(EXPERIMENT, args.setting, "joint training raises the ELBO", "elbo", rise("elbo", False),
-                    "increase", "the same seed after pretraining", by_construction=True),
-        seeds_claim(EXPERIMENT, args.setting, f"joint training raises the {distance_name} of the reconstructions{above}",
-                    f"{fd} reconstructions", rise(f"{fd} reconstructions"), "increase",
-                    f"the same seed's pretrained reconstructions{beyond}", tolerance),
-        seeds_claim(EXPERIMENT, args.setting, "joint training moves the decoder away from the ground truth: "
-                    f"{distance_name} of its prior samples rises{above}",
-                    f"{fd} prior samples", rise(f"{fd} prior samples"), "increase",
-                    f"the ground-truth decoder's samples of the same seed (the floor){beyond}", tolerance),
-    ], args.claims)
+def cmd_ablate(args) -> None:
+    """The protocol ablation: per row, the rise of the reconstructions' distance under joint training (and of the
+    prior samples'), over seeds, and two claims (the full reference protocol's rise; the single factor that
+    accounts for most of it)."""
+    runs = runs_of(args)
+    by_path = {key[0]: run for key, run in runs.items()}
+    first = next(iter(next(iter(runs.values())).values()))
+    fd, unverified = first["fd"], first["unverified"]
+    _, distance_name = distance_names(fd, unverified)
+    by_floor = args.fd_tolerance == "floor"
+    tolerance = 0.0 if by_floor else float(args.fd_tolerance)
+    rise, rows = {}, []
+    for name in args.rows:
+        path = S.run_dir(S.ablation_protocol(name), "fixed")
+        if path not in by_path:
+            raise InputError(f"images ablate: no runs of row '{name}' (expected files under {path}/)")
+        run = by_path[path]
+        rise[name] = rises(run, f"{fd} reconstructions", False)
+        prior = rises(run, f"{fd} prior samples", False)
+        pv = paired_verdict([rise[name][k] for k in sorted(run)], "increase")
+        seeds = sorted(run)
+        stage = lambda phase, column: [run[k]["stages"][phase][column] for k in seeds]  # noqa: E731
+        row = {"protocol": name, "factors": S.describe(S.ablation_protocol(name)), "seeds": len(seeds),
+               f"{fd} reconstructions pretrained": np.mean(stage("pretrain", f"{fd} reconstructions")),
+               f"{fd} reconstructions joint": np.mean(stage("joint", f"{fd} reconstructions")),
+               "rise": pv.mean, "rise low": pv.low, "rise high": pv.high,
+               "rise beyond floor": np.mean([rise[name][k] - run[k]["floor"] for k in seeds]),
+               "floor": np.mean([run[k]["floor"] for k in seeds]),
+               f"{fd} prior samples joint": np.mean(stage("joint", f"{fd} prior samples")),
+               "prior rise": np.mean([prior[k] for k in seeds]),
+               "decoder_drift": np.mean(stage("joint", "decoder_drift")),
+               "elbo pretrained": np.mean(stage("pretrain", "elbo")), "elbo joint": np.mean(stage("joint", "elbo"))}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    pub = load_published(args.published)
+    published_fid = {stage: published(pub, EXPERIMENT, "fid", PHASES[stage]) for stage in ("pretrain", "joint")}
+    published_rise = (published_fid["joint"][0][0] - published_fid["pretrain"][0][0]
+                      if published_fid["joint"] and published_fid["pretrain"] else float("nan"))
+    claims = []
+    if "reference" in rise:
+        run = by_path[S.run_dir(S.reference(), "fixed")]
+        changes = {k: rise["reference"][k] - (run[k]["floor"] if by_floor else 0.0) for k in run}
+        above = " beyond the floor" if by_floor else ""
+        claims.append(seeds_claim(
+            EXPERIMENT, args.setting, f"under the full reference protocol joint training raises the {distance_name} "
+            f"of the reconstructions{above}, as published (FID rise {published_rise:.4g})",
+            f"{fd} reconstructions", changes, "increase",
+            "the same seed's pretrained reconstructions, both drawn by the reference protocol"
+            + ("; each seed's rise minus its floor" if by_floor else ""), tolerance))
+    singles = [name for name in args.rows if name in S.FACTORS]
+    if "corrected" in rise and singles:
+        # each factor's share: how much flipping it alone adds to the corrected protocol's rise, paired by seed
+        added = {name: {k: rise[name][k] - rise["corrected"][k] for k in rise[name] if k in rise["corrected"]}
+                 for name in singles}
+        order = sorted(singles, key=lambda name: -np.mean(list(added[name].values())))
+        top = order[0]
+        total = ({k: rise["reference"][k] - rise["corrected"][k] for k in rise["reference"]}
+                 if "reference" in rise else None)
+        share = (f"; it is {np.mean(list(added[top].values())) / np.mean(list(total.values())):.0%} of the full "
+                 f"reference protocol's {np.mean(list(total.values())):+.4g}" if total else "")
+        row = seeds_claim(EXPERIMENT, args.setting, f"of the reference protocol's factors, {top} alone adds the most "
+                          f"to the rise of the reconstructions' {distance_name} ({S.FACTORS[top].meaning})",
+                          f"{fd} reconstructions", added[top], "increase",
+                          f"the corrected protocol's rise, same seed{share}")
+        if len(order) > 1:  # it must also add more than the runner-up, by the same rule
+            second = order[1]
+            lead = paired_verdict([added[top][k] - added[second].get(k, float("nan")) for k in sorted(added[top])],
+                                  "increase")
+            row["control"] += f"; ahead of {second} by {lead.summary()}"
+            if row["verdict"] == HOLDS and lead.verdict != HOLDS:
+                row["verdict"] = INCONCLUSIVE
+        claims.append(row)
+    seeds = sorted({k for run in by_path.values() for k in run})
+    note = (f"{seeds_text(seeds)}. Each row is one protocol: the corrected one, one factor alone at the reference "
+            f"code's value, or every factor at it (reference). rise: the {distance_name} of the jointly trained "
+            f"model's reconstructions minus that of the pretrained encoder's, with its 95% t-interval over seeds; "
+            f"floor: the distance between two independent ground-truth draws; prior rise: of the joint decoder's "
+            f"prior samples over the floor. Published (CelebA, FID, 200,000 images, the reference protocol): "
+            f"{published_fid['pretrain'][0][0] if published_fid['pretrain'] else 'n/a'} -> "
+            f"{published_fid['joint'][0][0] if published_fid['joint'] else 'n/a'}, a rise of {published_rise:.4g}.")
+    write_table(table, args.csv, args.md, title=f"Faces protocol ablation, {args.setting}", note=note)
+    write_claims(claims, args.claims)
 
 
 # ---------------------------------------------------------------- command line
@@ -428,21 +620,35 @@ def _features(p) -> None:
                         "checks with random weights only; the distances are then NOT FID and are labelled so)")
 
 
-def _vae(p) -> None:
+def _settings(p, stage: str) -> None:
+    p.add_argument("--settings", required=True,
+                   help=f"the {stage} keys of the config's images section as JSON: " + ", ".join(S.STAGE_KEYS[stage]))
+
+
+def _factor(p, name: str) -> None:
+    factor = S.FACTORS[name]
+    p.add_argument(f"--{name.replace('_', '-')}", choices=factor.values, default=factor.corrected,
+                   help=f"protocol factor (default {factor.corrected}; the reference: {factor.reference})")
+
+
+def _models(p) -> None:
     p.add_argument("--generator", required=True, help="the ground-truth generator (choose-generator's output)")
-    p.add_argument("--iterations", type=int, required=True)
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--lr", type=float, required=True)
-    p.add_argument("--beta1", type=float, required=True)
-    p.add_argument("--log-every", type=int, required=True, help="iterations per row of the curve CSV")
-    p.add_argument("--checkpoint-every", type=int, required=True, help="iterations between resume checkpoints")
-    p.add_argument("--channels-last", type=parse_bool, default=False, help="speed option (true/false)")
-    p.add_argument("--bf16", type=parse_bool, default=False, help="speed option: bf16 autocast (true/false)")
-    p.add_argument("--bn-batches", type=int, default=50,
-                   help="fresh batches that re-estimate the encoder's BatchNorm statistics at the end (0: keep)")
-    _common(p)
-    p.add_argument("--out", required=True)
-    p.add_argument("--metrics", required=True, help="the training curve (tidy CSV)")
+    p.add_argument("--pretrained", required=True, help="pretrain's encoder file")
+    p.add_argument("--joint", required=True, help="joint's model file")
+
+
+def _runs(p) -> None:
+    p.add_argument("--distances", nargs="+", required=True, help="distances CSV of every run (seed<k>/.../)")
+    p.add_argument("--heldout", nargs="+", required=True, help="heldout CSV of every run, same order")
+    p.add_argument("--curves", nargs="+", required=True, help="joint_curve.csv of every run, same order")
+    p.add_argument("--published", required=True)
+    p.add_argument("--setting", required=True, help="the setting's name in the table and claims")
+    p.add_argument("--fd-tolerance", type=_tolerance, default="0",
+                   help="rise of FID/FD the claims need: a number, or 'floor' for the measured distance between two "
+                        "independent ground-truth draws (the distance's noise level at this sample size)")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.add_argument("--claims", required=True)
 
 
 def _tolerance(text: str) -> str:
@@ -531,34 +737,56 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_choose_generator)
 
     p = sub.add_parser("pretrain", help="encoder by log q(z|x) on samples of the ground-truth decoder")
-    p.add_argument("--sigma", type=float, required=True, help="pixel noise of the ground-truth decoder (0.05)")
-    p.add_argument("--ndf", type=int, required=True, help="encoder width")
-    _vae(p)
+    p.add_argument("--generator", required=True, help="the ground-truth generator (choose-generator's output)")
+    _settings(p, "pretrain")
+    _factor(p, "decoder_bn")
+    _factor(p, "encoder_init")
+    _common(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True, help="the training curve (tidy CSV)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("joint", help="encoder + a copy of the decoder by ELBO on ground-truth samples")
+    p.add_argument("--generator", required=True, help="the ground-truth generator (choose-generator's output)")
     p.add_argument("--encoder", required=True, help="the pretrained encoder (pretrain's output; gives sigma)")
-    p.add_argument("--learn-sigma", type=parse_bool, default=False, help="learn the decoder's sigma (true/false)")
-    _vae(p)
+    _settings(p, "joint")
+    _factor(p, "decoder_bn")
+    p.add_argument("--sigma-variant", choices=S.SIGMA_VARIANTS, default="fixed",
+                   help="the decoder's sigma: fixed (the ground truth's) or learned (the original paper's second variant)")
+    _common(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True, help="the training curve (tidy CSV)")
     p.set_defaults(func=cmd_joint)
 
-    p = sub.add_parser("evaluate", help="image sets, Frechet distances, held-out ELBOs, decoder drift, grids")
-    p.add_argument("--generator", required=True)
-    p.add_argument("--pretrained", required=True)
-    p.add_argument("--joint", required=True)
-    _features(p)
-    p.add_argument("--n-samples", type=int, required=True, help="images per set (the reproduction: 200000)")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--n-eval", type=int, required=True, help="held-out ground-truth samples for the ELBO")
-    p.add_argument("--grid-size", type=int, default=64, help="images per PNG grid")
-    p.add_argument("--reference-protocol", type=parse_bool, default=False,
-                   help="draw the sets as the reference code does (training mode, pixel noise on the joint "
-                        "reconstructions only), for comparison; default: the corrected protocol")
-    p.add_argument("--channels-last", type=parse_bool, default=False, help="speed option (true/false)")
+    p = sub.add_parser("generate", help="the image sets of one protocol as uint8 arrays, and their PNG grids")
+    _models(p)
+    _settings(p, "generate")
+    for name in ("sampling", "pixel_noise", "z_pairing"):
+        _factor(p, name)
     _common(p)
-    p.add_argument("--grids", required=True, help="directory of the PNG grids, one per image set")
+    p.add_argument("--out-dir", required=True, help="directory of <set>.npy, one per image set")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("grids", help="a PNG grid of each image set's first images, and the comparison figure")
+    p.add_argument("--samples", required=True, help="generate's --out-dir")
+    p.add_argument("--grid-size", type=int, default=64, help="images per grid")
+    p.add_argument("--out-dir", required=True, help="directory of the PNG grids")
+    p.set_defaults(func=cmd_grids)
+
+    p = sub.add_parser("distances", help="Frechet distance of every image set to the ground-truth set")
+    p.add_argument("--samples", required=True, help="generate's --out-dir")
+    _features(p)
+    p.add_argument("--batch-size", type=int, default=500, help="images per feature batch")
+    _common(p, seed=False)
+    p.add_argument("--out", required=True, help="distances (tidy CSV)")
+    p.set_defaults(func=cmd_distances)
+
+    p = sub.add_parser("heldout", help="held-out ELBOs, decoder drift and sigma, in eval mode")
+    _models(p)
+    _settings(p, "heldout")
+    _common(p)
     p.add_argument("--out", required=True, help="metrics (tidy CSV)")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_heldout)
 
     p = sub.add_parser("curves", help="training curves, one thin line per seed and the mean")
     p.add_argument("--pretrain", nargs="+", required=True, help="pretrain_curve.csv of every seed")
@@ -567,18 +795,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_curves)
 
-    p = sub.add_parser("tabulate", help="results table and claims, over seeds")
-    p.add_argument("--metrics", nargs="+", required=True, help="evaluate's CSV of every seed (under seed<k>/)")
+    p = sub.add_parser("tabulate", help="results table and claims of one protocol, over seeds and sigma variants")
+    _runs(p)
     p.add_argument("--per-seed", required=True, help="the table's per-seed rows (CSV)")
-    p.add_argument("--published", required=True)
-    p.add_argument("--setting", required=True, help="the setting's name in the table and claims")
-    p.add_argument("--fd-tolerance", type=_tolerance, default="0",
-                   help="rise of FID/FD the claims need: a number, or 'floor' for the measured distance between two "
-                        "independent ground-truth draws (the distance's noise level at this sample size)")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--md", required=True)
-    p.add_argument("--claims", required=True)
     p.set_defaults(func=cmd_tabulate)
+
+    p = sub.add_parser("ablate", help="the protocol ablation's table and claims, over seeds")
+    p.add_argument("--rows", nargs="+", choices=S.ABLATION_ROWS, required=True, help="the ablation's protocols")
+    _runs(p)
+    p.set_defaults(func=cmd_ablate)
 
     run_stage(parser, argv)
 

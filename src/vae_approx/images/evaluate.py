@@ -1,42 +1,54 @@
-"""Evaluation of the faces experiment: image sets, Frechet distances, ELBOs, decoder drift, grids.
+"""Evaluation of the faces experiment: image sets (uint8 files), Frechet distances, ELBOs, decoder drift, grids.
 
-Image sets, N images each, generated in batches with every network in eval mode, and all
-treated alike: decoder means, no pixel noise on any output (the reference added noise to one
-set only and sampled in training mode; see the design page).
+Image sets, N images each, generated in batches:
 
-    ground_truth               g(z_a)                       the reference set of every distance
-    ground_truth_resample      g(z_b)                       an independent draw: the distance's floor,
+    ground_truth               g(z_ref)                     the reference set of every distance
+    ground_truth_resample      g(z_other)                   an independent draw: the distance's floor,
                                                             i.e. what a perfect reconstruction scores
-    pretrained_reconstruction  g(z'), z' ~ q_pre(z|x_b)     x_b = g(z_b) + sigma * eps (the data)
-    joint_reconstruction       g_joint(z'), z' ~ q_joint(z|x_b)
-    joint_prior                g_joint(z_b)
+    pretrained_reconstruction  g(z'), z' ~ q_pre(z|x)       x = g(z_x) + sigma * eps (the data)
+    joint_reconstruction       g_joint(z'), z' ~ q_joint(z|x)
+    joint_prior                g_joint(z_x)
 
-z_a, z_b ~ N(0, I) are independent, so no compared set is paired with the reference set.
-With `reference_protocol` the sets are drawn as the reference code draws them, for comparison:
-every network in training mode (BatchNorm on the statistics of the evaluation batch; the
-reference's batches hold one image) and pixel noise sigma * eps added to the joint
-reconstructions only.
-Reconstructions sample z' from the encoder (as the reference does) and output the decoder's
-mean. Decoder drift is the mean over images and pixels of (g_joint(z_b) - g(z_b))^2.
-Every random draw comes from a CPU generator seeded by `seed`, so the sets are the same on
-every device (up to floating point).
+The protocol's sampling factors (settings.FACTORS) decide how:
+- z_pairing: "independent" (corrected) draws the data from z_x = z_other, so no compared set is
+  paired with the reference set; "shared" (the reference's train_celeba_04_fid.py) draws it from
+  z_x = z_ref, so each reconstruction is of a noisy copy of its own reference image.
+- sampling: "eval" (corrected) runs every network in eval mode on batches; "train_batch1" (the
+  reference) runs every network in training mode on one image at a time, so BatchNorm
+  normalises each image by its own statistics (on copies: running statistics stay untouched).
+- pixel_noise: "none" (corrected) keeps the decoders' means; "joint" (the reference) adds
+  sigma_joint * eps to the joint reconstructions only; "every" adds the decoder's sigma * eps to
+  every set.
+Reconstructions sample z' from the encoder (as the reference does). Every random number comes
+from a CPU generator seeded by `seed`, drawn in one fixed order whatever the protocol, so two
+protocols see the same z and the same noise (their difference is the factor's, not the draws'),
+and the sets are the same on every device (up to floating point).
+
+Each set is stored as the prepared data is, a uint8 array [N, C, H, W] (what a PNG would hold:
+metrics.quantize_uint8), so the distances, the grids and pytorch-fid's own tool read the same
+pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..common import atomic_path
-from .metrics import FeatureExtractor, GaussianStats, frechet_distance
+from .metrics import FeatureExtractor, GaussianStats, frechet_distance, quantize_uint8
 from .model import Encoder, GaussianDecoder, kl_to_standard_normal, log_likelihood
 
 SETS = ("ground_truth", "ground_truth_resample", "pretrained_reconstruction", "joint_reconstruction", "joint_prior")
 SET_STAGE = {"ground_truth_resample": "ground truth", "pretrained_reconstruction": "pretrain",
              "joint_reconstruction": "joint", "joint_prior": "joint"}
+SAMPLING = ("eval", "train_batch1")
+PIXEL_NOISE = ("none", "joint", "every")
+Z_PAIRING = ("independent", "shared")
 
 
 @dataclass
@@ -46,8 +58,11 @@ class Models:
     joint_encoder: Encoder
     joint_decoder: GaussianDecoder
 
+    def all(self) -> tuple:
+        return self.truth, self.pretrained, self.joint_encoder, self.joint_decoder
+
     def eval(self, device: torch.device, channels_last: bool = False) -> "Models":
-        for m in (self.truth, self.pretrained, self.joint_encoder, self.joint_decoder):
+        for m in self.all():
             m.to(device).eval()
             if channels_last:  # a speed option (about 15% more images per second on a 2-core CPU)
                 m.to(memory_format=torch.channels_last)
@@ -58,31 +73,96 @@ def _randn(shape, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.randn(shape, generator=gen).to(device)
 
 
+def one_at_a_time(net):
+    """net applied to each input row alone (batch 1), the outputs stacked as a batch would be."""
+    def apply(x):
+        outs = [net(x[i:i + 1]) for i in range(len(x))]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs))
+        return torch.cat(outs)
+    return apply
+
+
 @torch.no_grad()
 def image_batches(models: Models, n: int, batch_size: int, seed: int, device: torch.device,
-                  reference_protocol: bool = False):
-    """Yield dicts {set name: images [b, C, H, W]} of consecutive batches, n images in all."""
-    if reference_protocol:  # training mode on copies: BatchNorm's running statistics stay untouched
-        models = Models(*(copy.deepcopy(m).train() for m in
-                          (models.truth, models.pretrained, models.joint_encoder, models.joint_decoder)))
+                  sampling: str = "eval", pixel_noise: str = "none", z_pairing: str = "independent"):
+    """Yield dicts {set name: images [b, C, H, W] in [-1, 1]} of consecutive batches, n images in all."""
+    for value, allowed in ((sampling, SAMPLING), (pixel_noise, PIXEL_NOISE), (z_pairing, Z_PAIRING)):
+        if value not in allowed:
+            raise ValueError(f"unknown sampling factor value '{value}'; expected one of {allowed}")
+    nets = models.all()
+    if sampling == "train_batch1":  # training mode on copies, each image alone
+        nets = tuple(one_at_a_time(copy.deepcopy(m).train()) for m in nets)
+    truth, pretrained, joint_encoder, joint_decoder = nets
+    sigma = {"truth": models.truth.log_sigma.exp(), "joint": models.joint_decoder.log_sigma.exp()}
     gen = torch.Generator().manual_seed(seed)
     nz = models.truth.generator.nz
-    sigma = models.truth.log_sigma.exp()
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
-        z_a, z_b = _randn((b, nz), gen, device), _randn((b, nz), gen, device)
-        truth_b = models.truth(z_b)
-        x_b = truth_b + sigma * _randn(truth_b.shape, gen, device)
-        batch = {"ground_truth": models.truth(z_a), "ground_truth_resample": truth_b}
-        for name, encoder, decoder in (("pretrained_reconstruction", models.pretrained, models.truth),
-                                       ("joint_reconstruction", models.joint_encoder, models.joint_decoder)):
-            mu, log_s = encoder(x_b)
-            batch[name] = decoder(mu + log_s.exp() * _randn(mu.shape, gen, device))
-        if reference_protocol:
-            joint = batch["joint_reconstruction"]
-            batch["joint_reconstruction"] = joint + models.joint_decoder.log_sigma.exp() * _randn(joint.shape, gen, device)
-        batch["joint_prior"] = models.joint_decoder(z_b)
+        z_ref, z_other = _randn((b, nz), gen, device), _randn((b, nz), gen, device)
+        reference, other = truth(z_ref), truth(z_other)
+        shape = reference.shape
+        eps_x = _randn(shape, gen, device)
+        eps_z = {"pretrained_reconstruction": _randn((b, nz), gen, device),
+                 "joint_reconstruction": _randn((b, nz), gen, device)}
+        noise = {name: _randn(shape, gen, device) for name in SETS}
+        z_x, mean_x = (z_ref, reference) if z_pairing == "shared" else (z_other, other)
+        x = mean_x + sigma["truth"] * eps_x
+        batch = {"ground_truth": reference, "ground_truth_resample": other}
+        for name, encoder, decoder in (("pretrained_reconstruction", pretrained, truth),
+                                       ("joint_reconstruction", joint_encoder, joint_decoder)):
+            mu, log_s = encoder(x)
+            batch[name] = decoder(mu + log_s.exp() * eps_z[name])
+        batch["joint_prior"] = joint_decoder(z_x)
+        noisy = {"none": (), "joint": ("joint_reconstruction",), "every": SETS}[pixel_noise]
+        for name in noisy:
+            batch[name] = batch[name] + sigma["joint" if name.startswith("joint") else "truth"] * noise[name]
         yield batch
+
+
+def write_sets(batches, n: int, sample_dir: Path, progress=None) -> dict[str, Path]:
+    """Each set of `batches` into sample_dir/<set>.npy (uint8 [n, C, H, W], memory-mappable), written
+    in place of a temporary file and renamed at the end, so a killed job leaves no set that looks whole."""
+    sample_dir = Path(sample_dir)
+    paths = {name: sample_dir / f"{name}.npy" for name in SETS}
+    with contextlib.ExitStack() as stack:
+        tmps = {name: stack.enter_context(atomic_path(path)) for name, path in paths.items()}
+        arrays, done = {}, 0
+        for batch in batches:
+            for name, images in batch.items():
+                if name not in arrays:
+                    arrays[name] = np.lib.format.open_memmap(tmps[name], mode="w+", dtype=np.uint8,
+                                                             shape=(n, *images.shape[1:]))
+                arrays[name][done:done + len(images)] = quantize_uint8(images).cpu().numpy()
+            done += len(batch["ground_truth"])
+            if progress is not None:
+                progress.message(f"{done}/{n} images per set")
+        if done != n:
+            raise RuntimeError(f"generated {done} images per set, expected {n}")
+        for name in arrays:
+            arrays[name].flush()
+        arrays.clear()  # closes the memory maps before the renames
+    return paths
+
+
+def set_distances(sample_dir: Path, extractor: FeatureExtractor, batch_size: int, progress=None) -> list[dict]:
+    """The Frechet distance of every set in sample_dir (uint8 files) to the ground_truth set, as tidy rows."""
+    from .data import load_images
+    sets = {name: load_images(Path(sample_dir) / f"{name}.npy") for name in SETS}
+    sizes = {name: a.shape for name, a in sets.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"{sample_dir}: image sets of different shapes {sizes}")
+    stats = {}
+    for name, images in sets.items():
+        stats[name] = GaussianStats(extractor.dim)
+        for start in range(0, len(images), batch_size):
+            stats[name].update(extractor.of_uint8(images[start:start + batch_size]))
+        if progress is not None:
+            progress.message(f"features of {name}: {len(images)} images")
+    n = len(sets["ground_truth"])
+    return [{"stage": SET_STAGE[name], "metric": extractor.metric, "image_set": name,
+             "value": frechet_distance(stats[name], stats["ground_truth"], extractor.frechet), "n": n}
+            for name in SETS[1:]]
 
 
 @torch.no_grad()
@@ -154,42 +234,39 @@ def save_comparison(grids: dict[str, torch.Tensor], path, columns: int = 8) -> N
     plt.close(fig)
 
 
-def evaluate(models: Models, extractor: FeatureExtractor, n: int, batch_size: int, seed: int, n_eval: int,
-             grid_n: int, grid_dir: Path | None, device: torch.device, progress=None,
-             reference_protocol: bool = False, channels_last: bool = False) -> list[dict]:
-    """Every metric of the table as tidy rows {stage, metric, image_set, value, n}."""
+def write_grids(sample_dir: Path, grid_dir: Path, grid_n: int) -> None:
+    """A PNG grid of each set's first grid_n images, and the comparison figure, from the uint8 files."""
+    from .data import load_images, to_float
+    grids = {name: to_float(load_images(Path(sample_dir) / f"{name}.npy")[:grid_n]) for name in SETS}
+    for name in SETS:
+        save_grid(grids[name], Path(grid_dir) / f"{name}.png")
+    save_comparison(grids, Path(grid_dir) / "comparison.png")
+
+
+@torch.no_grad()
+def heldout(models: Models, n_eval: int, batch_size: int, seed: int, device: torch.device,
+            channels_last: bool = False) -> list[dict]:
+    """The held-out ELBO of each stage, the decoder drift and the joint decoder's sigma, as tidy rows,
+    every network in eval mode.
+
+    Decoder drift: the mean over n_eval latent draws and every pixel of (g_joint(z) - g(z))^2, the
+    two decoders' means on the same z (0 before joint training by construction).
+    """
     models.eval(device, channels_last)
-    stats = {name: GaussianStats(extractor.dim) for name in SETS}
-    grids: dict[str, list[torch.Tensor]] = {name: [] for name in SETS}
-    drift_sum, done = 0.0, 0
-    for batch in image_batches(models, n, batch_size, seed, device, reference_protocol):
-        for name, images in batch.items():
-            stats[name].update(extractor(images))
-            have = sum(len(g) for g in grids[name])
-            if have < grid_n:
-                grids[name].append(images[: grid_n - have].cpu())
-        drift_sum += (batch["joint_prior"] - batch["ground_truth_resample"]).pow(2).flatten(1).mean(1).sum().item()
-        done += len(batch["ground_truth"])
-        if progress is not None:
-            progress.message(f"{done}/{n} images per set")
     rows = []
-    metric = extractor.metric
-    for name in SETS[1:]:
-        rows.append({"stage": SET_STAGE[name], "metric": metric, "image_set": name,
-                     "value": frechet_distance(stats[name], stats["ground_truth"], extractor.frechet), "n": n})
-    rows.append({"stage": "joint", "metric": "decoder_drift", "image_set": "joint_prior", "value": drift_sum / n, "n": n})
     for stage, encoder, decoder in (("pretrain", models.pretrained, models.truth),
                                     ("joint", models.joint_encoder, models.joint_decoder)):
-        terms = heldout_elbo(encoder, decoder, models.truth, n_eval, batch_size, seed + 7919, device)
-        for key, value in terms.items():
-            rows.append({"stage": stage, "metric": key, "image_set": "heldout", "value": value, "n": n_eval})
+        terms = heldout_elbo(encoder, decoder, models.truth, n_eval, batch_size, seed, device)
+        rows += [{"stage": stage, "metric": key, "image_set": "heldout", "value": value, "n": n_eval}
+                 for key, value in terms.items()]
+    gen = torch.Generator().manual_seed(seed + 1)
+    drift = 0.0
+    for start in range(0, n_eval, batch_size):
+        z = _randn((min(batch_size, n_eval - start), models.truth.generator.nz), gen, device)
+        drift += (models.joint_decoder(z) - models.truth(z)).pow(2).flatten(1).mean(1).sum().item()
+    rows.append({"stage": "joint", "metric": "decoder_drift", "image_set": "heldout", "value": drift / n_eval,
+                 "n": n_eval})
     rows.append({"stage": "joint", "metric": "sigma", "image_set": "", "value": models.joint_decoder.sigma, "n": 0})
-    rows.append({"stage": "all", "metric": "reference_protocol", "image_set": "", "value": float(reference_protocol), "n": 0})
-    if extractor.kind == "inception":  # 1: weights that failed their SHA-256 check (tests only): not FID
-        rows.append({"stage": "all", "metric": "inception_unverified", "image_set": "",
-                     "value": float(not extractor.verified), "n": 0})
-    if grid_dir is not None and grid_n > 0:
-        for name in SETS:
-            save_grid(torch.cat(grids[name]), Path(grid_dir) / f"{name}.png")
-        save_comparison({name: torch.cat(grids[name]) for name in SETS}, Path(grid_dir) / "comparison.png")
+    rows.append({"stage": "joint", "metric": "learn_sigma", "image_set": "",
+                 "value": float(models.joint_decoder.learn_sigma), "n": 0})
     return rows

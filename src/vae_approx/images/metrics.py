@@ -37,10 +37,14 @@ from .data import check_inception_weights, inception_weights_path
 FEATURES = {"inception": "fid", "digits": "fd_digits"}  # extractor -> the metric's name
 
 
+def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> the uint8 values a PNG written by save_image(normalize=True, value_range=(-1, 1)) holds."""
+    return ((x.clamp(-1, 1) + 1) * 0.5).mul(255).add_(0.5).clamp_(0, 255).floor_().to(torch.uint8)
+
+
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1] in steps of 1/255, as save_image(normalize=True, value_range=(-1, 1)) + PNG."""
-    u = ((x.clamp(-1, 1) + 1) * 0.5).mul(255).add_(0.5).clamp_(0, 255).floor_()
-    return u / 255
+    return quantize_uint8(x).float() / 255
 
 
 # ---------------------------------------------------------------- Frechet distance
@@ -291,6 +295,13 @@ class FeatureExtractor:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.fn(quantize(images.to(self.device).float())).double().cpu()
+
+    @torch.no_grad()
+    def of_uint8(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Features of stored uint8 images [B, C, H, W] (a PNG's pixel values), read as pytorch-fid reads a PNG."""
+        if not isinstance(images, torch.Tensor):  # a read-only memory map: copy before torch sees it
+            images = torch.from_numpy(np.require(images, requirements=["C", "W"]))
+        return self.fn(images.to(self.device).float() / 255).double().cpu()
 
 
 def make_extractor(kind: str, device: torch.device, classifier=None, torch_home=None, channels: int = 3,

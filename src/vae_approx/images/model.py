@@ -102,20 +102,28 @@ class Discriminator(nn.Module):
 class Encoder(nn.Module):
     """q(z|x) = N(mu(x), diag exp(2 log_sigma(x))): the discriminator body + a 4x4 convolution to 2*nz.
 
-    The body has the tutorial's initialisation; the last layer starts at zero (weights and
-    bias), so training starts from q(z|x) = N(0, I) for every x, as the protocol says. (The
-    reference code applies the N(0, 0.02) initialisation after zeroing, which undoes it for
-    the weights.)
+    The body has the tutorial's initialisation. The last layer starts at zero (weights and
+    bias) with `last_init="zero"`, so training starts from q(z|x) = N(0, I) for every x, as the
+    protocol says; `last_init="normal"` is what the reference code ends with: its encoder class
+    zeroes the layer and its script's `weights_init` then redraws every convolution's weights
+    from N(0, 0.02), leaving the bias at zero.
     """
 
-    def __init__(self, nz: int, ndf: int, channels: int, image_size: int):
+    LAST_INIT = ("zero", "normal")
+
+    def __init__(self, nz: int, ndf: int, channels: int, image_size: int, last_init: str = "zero"):
         super().__init__()
+        if last_init not in self.LAST_INIT:
+            raise ValueError(f"unknown last-layer initialisation '{last_init}'; expected one of {self.LAST_INIT}")
         self.nz, self.ndf, self.channels, self.image_size = nz, ndf, channels, image_size
         self.body, width = _body(channels, ndf, image_size)
         self.body.apply(weights_init)
         self.last = nn.Conv2d(width, 2 * nz, 4, 1, 0, bias=True)
-        nn.init.zeros_(self.last.weight)
         nn.init.zeros_(self.last.bias)
+        if last_init == "zero":
+            nn.init.zeros_(self.last.weight)
+        else:
+            nn.init.normal_(self.last.weight, 0.0, 0.02)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (mu, log_sigma), each [B, nz]."""

@@ -5,16 +5,21 @@ interrupted and resumed run ends with exactly the numbers of an uninterrupted on
 seeds torch itself at its start, so the numbers depend on the settings only. `on_step(step)` is
 called after every iteration (tests raise from it to simulate a kill).
 
-BatchNorm. The ground-truth decoder is always used in eval mode (running statistics from GAN
-training), both to draw training data and for evaluation, so that it is one fixed function
-g(z). The jointly trained decoder starts as a copy of it and is also trained in eval mode:
-its BatchNorm layers normalise with the frozen running statistics while their scales and
-shifts and every convolution are trained. At step 0 it is therefore exactly the ground truth,
-and all drift comes from the ELBO; there are no batch statistics that training and sampling
-would see differently. (The reference code keeps both decoders in training mode throughout,
-sampling included; the design page lists this as a defect.) Encoders train in train mode and
+BatchNorm (`decoder_bn`). With "eval" (the corrected protocol) the ground-truth decoder is used
+in eval mode (running statistics from GAN training) to draw training data, so that it is one
+fixed function g(z); the jointly trained decoder starts as a copy of it and is also trained in
+eval mode: its BatchNorm layers normalise with the frozen running statistics while their
+scales and shifts and every convolution are trained. At step 0 it is therefore exactly the
+ground truth, and all drift comes from the ELBO. With "train" (the reference code) both
+decoders run in training mode, so each batch is normalised by its own statistics, and the
+trained copy's running statistics follow its training batches. Encoders train in train mode and
 are evaluated in eval mode, like any BatchNorm network, with running statistics re-estimated
 for the final weights at the end of training (`recalibrate_batchnorm`).
+
+The reference's ELBO statistic (`elbo_ema` in the joint curve): its script logs an exponential
+moving average of the training batches' ELBOs, ema <- 0.999 ema + 0.001 elbo, starting from 0
+and never bias-corrected, so after n steps it weighs the ELBOs by 1 - 0.999^n in all (0.63 at
+1,000 steps, 1 to within 5e-435 at the reference's 1,000,000).
 """
 
 from __future__ import annotations
@@ -192,6 +197,22 @@ class VaeSettings:
     channels_last: bool = False  # speed option: channels-last memory layout
     bf16: bool = False     # speed option: bf16 autocast of the forward passes
     bn_batches: int = 50   # batches of fresh samples that re-estimate the encoder's BatchNorm statistics at the end
+    decoder_bn: str = "eval"   # BatchNorm mode of both decoders while training: eval or train (the reference)
+    encoder_init: str = "zero"  # pretrain: the encoder's last layer, zero or normal (the reference); model.Encoder
+
+    @classmethod
+    def from_section(cls, section: dict, phase: str, seed: int, decoder_bn: str, encoder_init: str = "zero",
+                     learn_sigma: bool = False, sigma: float | None = None) -> "VaeSettings":
+        """One stage's settings from its keys of the `images` section (settings.STAGE_KEYS[phase]) and the
+        protocol factors of its path; `sigma` (joint) comes from the pretrained encoder's file."""
+        stage = section[phase]
+        return cls(phase, stage["iterations"], stage["batch_size"], stage["lr"], stage["beta1"],
+                   section["sigma"] if sigma is None else sigma, seed, section["log_every"],
+                   section["checkpoint_every"], section.get("encoder_ndf", 64), learn_sigma,
+                   section["channels_last"], False, section["bn_batches"], decoder_bn, encoder_init)
+
+
+EMA_DECAY = 0.999  # the reference script's moving average of training-batch ELBOs
 
 
 def ground_truth(generator: Generator, sigma: float) -> GaussianDecoder:
@@ -222,15 +243,18 @@ def train_vae(truth: GaussianDecoder, encoder: Encoder, settings: VaeSettings, d
     s = settings
     if s.phase not in PHASES:
         raise ValueError(f"unknown phase '{s.phase}'; expected one of {sorted(PHASES)}")
+    if s.decoder_bn not in ("eval", "train"):
+        raise ValueError(f"unknown decoder BatchNorm mode '{s.decoder_bn}'; expected eval or train")
     torch.manual_seed(s.seed)
-    truth = _layout(truth.to(device).eval(), s.channels_last)
+    train_bn = s.decoder_bn == "train"  # see the module's note on BatchNorm
+    truth = _layout(truth.to(device).train(train_bn), s.channels_last)
     encoder = _layout(encoder.to(device).train(), s.channels_last)
     if s.phase == "joint":
         decoder = GaussianDecoder(copy.deepcopy(truth.generator), truth.sigma, s.learn_sigma).to(device)
         decoder.requires_grad_(True)
         if not s.learn_sigma:
             decoder.log_sigma.requires_grad_(False)
-        decoder.eval()  # see the module's note on BatchNorm
+        decoder.train(train_bn)
         params = list(encoder.parameters()) + [p for p in decoder.parameters() if p.requires_grad]
         models = {"encoder": encoder, "decoder": decoder}
     else:
@@ -244,10 +268,10 @@ def train_vae(truth: GaussianDecoder, encoder: Encoder, settings: VaeSettings, d
 
     rows: list[dict] = []
     sums = dict.fromkeys(names, 0.0)
-    start = 0
+    start, ema = 0, 0.0
     ckpt = load_resume(resume_file, config, models, optimizer, progress) if resume_file else None
     if ckpt is not None:
-        start, rows, sums = ckpt["step"], ckpt["rows"], ckpt["sums"]
+        start, rows, sums, ema = ckpt["step"], ckpt["rows"], ckpt["sums"], ckpt["ema"]
     for step in range(start + 1, s.iterations + 1):
         z, x = draw(truth, s.batch_size, device, s.channels_last)
         with _autocast(device, s.bf16):
@@ -264,15 +288,20 @@ def train_vae(truth: GaussianDecoder, encoder: Encoder, settings: VaeSettings, d
         loss.backward()
         check_finite(loss, stage, step)
         optimizer.step()
+        values = {k: v.item() for k, v in values.items()}
         for k, v in values.items():
-            sums[k] += v.item()
+            sums[k] += v
+        if s.phase == "joint":
+            ema = EMA_DECAY * ema + (1 - EMA_DECAY) * values["elbo"]
         if step % s.log_every == 0 or step == s.iterations:
             count = step - (rows[-1]["step"] if rows else 0)
             rows.append({"phase": s.phase, "step": step, **{k: v / count for k, v in sums.items()}})
+            if s.phase == "joint":
+                rows[-1]["elbo_ema"] = ema
             sums = dict.fromkeys(names, 0.0)
             progress.log(step, force=True, **{k: v for k, v in rows[-1].items() if k in names})
         if resume_file and step % s.checkpoint_every == 0 and step < s.iterations:
-            save_torch(checkpoint(models, optimizer, step, config, rows=rows, sums=sums), resume_file)
+            save_torch(checkpoint(models, optimizer, step, config, rows=rows, sums=sums, ema=ema), resume_file)
         if on_step is not None:
             on_step(step)
     recalibrate_batchnorm(encoder, truth, s.bn_batches, s.batch_size, device, s.channels_last)
