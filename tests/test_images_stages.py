@@ -318,7 +318,7 @@ def test_the_ablation_follows_its_runs_and_names_the_leading_factor(tmp_path):
     claims = pd.read_csv(out / "c.csv")
     assert len(claims) == 2 and list(claims.verdict) == ["holds", "holds"]
     assert claims.mean_change[0] == pytest.approx(np.mean(rises["reference"]) - 0.01)  # less the floor
-    assert "sampling alone adds the most" in claims.claim[1] and "ahead of z_pairing" in claims.control[1]
+    assert "run alone, sampling adds the most" in claims.claim[1] and "ahead of z_pairing" in claims.control[1]
     added = np.subtract(rises["sampling"], rises["corrected"])
     assert claims.mean_change[1] == pytest.approx(added.mean())
     assert "a rise of 70.54" in (out / "a.md").read_text() and "FID rise 70.54" in claims.claim[0]

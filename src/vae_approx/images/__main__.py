@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..common import (InputError, Progress, load_torch, parse_bool, resume_path, run_stage, save_csv, save_torch,
-                      seed_everything, seed_of, select_device, set_threads, stage_seed)
-from ..tables import (HOLDS, INCONCLUSIVE, load_published, mean_std, one_value, paired_verdict, published,
+from ..common import (InputError, Progress, load_torch, parse_bool, resume_path, run_stage, save_csv, save_text,
+                      save_torch, seed_everything, seed_of, select_device, set_threads, stage_seed)
+from ..tables import (HOLDS, INCONCLUSIVE, load_published, markdown, mean_std, one_value, paired_verdict, published,
                       read_tidy, seeds_claim, with_published, with_spread, write_claims, write_table)
 from . import data as D
 from . import settings as S
@@ -535,7 +535,8 @@ def cmd_ablate(args) -> None:
         pv = paired_verdict([rise[name][k] for k in sorted(run)], "increase")
         seeds = sorted(run)
         stage = lambda phase, column: [run[k]["stages"][phase][column] for k in seeds]  # noqa: E731
-        row = {"protocol": name, "factors": S.describe(S.ablation_protocol(name)), "seeds": len(seeds),
+        factors = "every factor at the reference's value" if name == "reference" else S.describe(S.ablation_protocol(name))
+        row = {"protocol": name, "factors": factors, "seeds": len(seeds),
                f"{fd} reconstructions pretrained": np.mean(stage("pretrain", f"{fd} reconstructions")),
                f"{fd} reconstructions joint": np.mean(stage("joint", f"{fd} reconstructions")),
                "rise": pv.mean, "rise low": pv.low, "rise high": pv.high,
@@ -573,10 +574,12 @@ def cmd_ablate(args) -> None:
                  if "reference" in rise else None)
         share = (f"; it is {np.mean(list(added[top].values())) / np.mean(list(total.values())):.0%} of the full "
                  f"reference protocol's {np.mean(list(total.values())):+.4g}" if total else "")
-        row = seeds_claim(EXPERIMENT, args.setting, f"of the reference protocol's factors, {top} alone adds the most "
-                          f"to the rise of the reconstructions' {distance_name} ({S.FACTORS[top].meaning})",
+        not_run = [name for name in S.FACTORS if name not in singles]
+        row = seeds_claim(EXPERIMENT, args.setting, f"of the reference protocol's factors run alone, {top} adds the "
+                          f"most to the rise of the reconstructions' {distance_name} ({S.FACTORS[top].meaning})",
                           f"{fd} reconstructions", added[top], "increase",
-                          f"the corrected protocol's rise, same seed{share}")
+                          f"the corrected protocol's rise, same seed{share}"
+                          + (f"; not run alone: {', '.join(not_run)}" if not_run else ""))
         if len(order) > 1:  # it must also add more than the runner-up, by the same rule
             second = order[1]
             lead = paired_verdict([added[top][k] - added[second].get(k, float("nan")) for k in sorted(added[top])],
@@ -586,14 +589,18 @@ def cmd_ablate(args) -> None:
                 row["verdict"] = INCONCLUSIVE
         claims.append(row)
     seeds = sorted({k for run in by_path.values() for k in run})
-    note = (f"{seeds_text(seeds)}. Each row is one protocol: the corrected one, one factor alone at the reference "
+    note = (f"Means over {len(seeds)} seeds ({', '.join(map(str, seeds))}). Each row is one protocol: the corrected one, one factor alone at the reference "
             f"code's value, or every factor at it (reference). rise: the {distance_name} of the jointly trained "
             f"model's reconstructions minus that of the pretrained encoder's, with its 95% t-interval over seeds; "
             f"floor: the distance between two independent ground-truth draws; prior rise: of the joint decoder's "
             f"prior samples over the floor. Published (CelebA, FID, 200,000 images, the reference protocol): "
             f"{published_fid['pretrain'][0][0] if published_fid['pretrain'] else 'n/a'} -> "
             f"{published_fid['joint'][0][0] if published_fid['joint'] else 'n/a'}, a rise of {published_rise:.4g}.")
-    write_table(table, args.csv, args.md, title=f"Faces protocol ablation, {args.setting}", note=note)
+    save_csv(table, args.csv)
+    shown = table.drop(columns=["rise low", "rise high"]).assign(
+        rise=[f"{r.rise:+.4g} [{r['rise low']:+.4g}, {r['rise high']:+.4g}]" if np.isfinite(r["rise low"])
+              else f"{r.rise:+.4g}" for _, r in table.iterrows()])
+    save_text(markdown(shown, f"Faces protocol ablation, {args.setting}", note), args.md)
     write_claims(claims, args.claims)
 
 
