@@ -33,6 +33,7 @@ import copy
 import io
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,29 @@ from vae_approx.images.evaluate import Models, image_batches
 from vae_approx.images.model import Encoder, GaussianDecoder, Generator
 from vae_approx.images.train import VaeSettings, ground_truth, train_vae
 
-NZ, WIDTH, CHANNELS, SIZE, SIGMA, BATCH = 100, 64, 3, 64, 0.05, 128
-DEVICE = torch.device("cpu")  # --device
+@dataclass(frozen=True)
+class Shape:
+    nz: int = 100
+    width: int = 64       # ngf = ndf
+    channels: int = 3
+    size: int = 64
+    sigma: float = 0.05
+    batch: int = 128
+
+
+PAPER = Shape()
+SHAPE = PAPER                    # the shape every function below uses (gpu_check.py sets a tiny one)
+DEVICE = torch.device("cpu")     # --device
+
+
+def configure(shape: Shape, device: torch.device) -> None:
+    """Set the shape and device of every function below (one process, one configuration at a time)."""
+    global SHAPE, DEVICE, NZ, WIDTH, CHANNELS, SIZE, SIGMA, BATCH
+    SHAPE, DEVICE = shape, device
+    NZ, WIDTH, CHANNELS, SIZE, SIGMA, BATCH = shape.nz, shape.width, shape.channels, shape.size, shape.sigma, shape.batch
+
+
+NZ, WIDTH, CHANNELS, SIZE, SIGMA, BATCH = PAPER.nz, PAPER.width, PAPER.channels, PAPER.size, PAPER.sigma, PAPER.batch
 
 
 def sync() -> None:
@@ -139,9 +161,9 @@ def reference_steps(phase: str, g, encoder, iterations: int, lr: float, beta1: f
 
 
 def ours_steps(phase: str, g, encoder, iterations: int, lr: float, beta1: float,
-               channels_last: bool) -> tuple[list[float], list[float]]:
+               channels_last: bool, bf16: bool = False) -> tuple[list[float], list[float]]:
     settings = VaeSettings(phase, iterations, BATCH, lr, beta1, SIGMA, 0, 1, 10**9, ndf=WIDTH,
-                           channels_last=channels_last, bn_batches=0)
+                           channels_last=channels_last, bf16=bf16, bn_batches=0)
     stamps = [time.perf_counter()]
     rows, _, _ = train_vae(ground_truth(copy.deepcopy(g), SIGMA), copy.deepcopy(encoder), settings,
                            DEVICE, None, Progress(f"ours {phase}", iterations, 10**9, stream=io.StringIO()),
@@ -165,8 +187,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="both sides run here (cpu, cuda)")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = torch.device(args.device)
+    configure(PAPER, torch.device(args.device))
     # The reference runs first with torch's defaults but for the thread count; ours then takes
     # its own settings (vae_approx.common.set_threads), which cannot be undone within a process.
     torch.set_num_threads(args.threads)

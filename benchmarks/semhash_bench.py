@@ -86,15 +86,22 @@ def prepare_archive(archive, vocab_size: int = VOCAB_SIZE):
                    test_labels=raw.test_labels)
 
 
-def reference_epochs(corpus, settings: TrainSettings, kl_gradient: str = "estimator"):
+def reference_epochs(corpus, settings: TrainSettings, kl_gradient: str = "estimator", device: str = "cpu"):
     """The reference formulation of TrainSettings' schedule, one history row per epoch as it
     ends; same initialisation as ours. kl_gradient="analytic" is a diagnostic: the KL's exact
-    gradient added and only the reconstruction through the estimator, as our trainer does."""
+    gradient added and only the reconstruction through the estimator, as our trainer does.
+    On a GPU (`device`) each batch moves there as the reference's loop would move it; the
+    random numbers stay on the CPU generator, so the numbers do not depend on the device."""
     torch.manual_seed(settings.seed)
     enc, dec = build_models(settings, corpus.n_words)  # same layers and initial weights as ours
+    enc, dec = enc.to(device), dec.to(device)
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=settings.lr)
     s = torch.as_tensor(corpus.smoothing, dtype=torch.float32)
     gen = torch.Generator().manual_seed(settings.seed)
+
+    def rand(shape):
+        return torch.rand(shape, generator=gen).to(device)
+
     train_loader = DataLoader(TensorDataset(torch.as_tensor(corpus.train.toarray(), dtype=torch.float32) + s),
                               batch_size=settings.batch_size, shuffle=True, generator=gen)   # dense [N, V]
     test_loader = DataLoader(TensorDataset(torch.as_tensor(corpus.test.toarray(), dtype=torch.float32) + s),
@@ -117,11 +124,11 @@ def reference_epochs(corpus, settings: TrainSettings, kl_gradient: str = "estima
         return reconstruction(x, z) + log_q_over_prior(z, a.detach())
 
     def analytic_nelbo(x, a):  # the logged estimate: a fresh code, analytic KL
-        z = (torch.rand(a.shape, generator=gen) < torch.sigmoid(a)).float()
+        z = (rand(a.shape) < torch.sigmoid(a)).float()
         return reconstruction(x, z) + analytic_kl(a)
 
     def disarm_surrogate(x, a):
-        u = torch.rand(a.shape, generator=gen)
+        u = rand(a.shape)
         left, right = (u > torch.sigmoid(-a)).float(), (u < torch.sigmoid(a)).float()
         f_left, f_right = single_sample_nelbo(x, left, a), single_sample_nelbo(x, right, a)  # two passes
         weight = (1 - 2 * right) * (left != right).float() * torch.sigmoid(a.abs())
@@ -132,6 +139,7 @@ def reference_epochs(corpus, settings: TrainSettings, kl_gradient: str = "estima
         pairs, tic = settings.pairs(epoch), time.perf_counter()
         total, n = 0.0, 0
         for (x,) in train_loader:
+            x = x.to(device)
             a = enc(x)
             for _ in range(pairs):                                            # one backward per pair
                 (disarm_surrogate(x, a).mean() / pairs).backward(retain_graph=True)
@@ -141,7 +149,7 @@ def reference_epochs(corpus, settings: TrainSettings, kl_gradient: str = "estima
             opt.step()
             opt.zero_grad(set_to_none=True)
         with torch.inference_mode():
-            test = torch.cat([analytic_nelbo(x, enc(x)) for (x,) in test_loader])
+            test = torch.cat([analytic_nelbo(x, enc(x)) for x in (x.to(device) for (x,) in test_loader)])
         yield {"epoch": epoch, "pairs": pairs, "train_nelbo": total / n, "test_nelbo": test.mean().item(),
                "seconds": time.perf_counter() - tic}
 

@@ -299,10 +299,27 @@ def test_stage_settings_hold_exactly_the_stages_keys():
     config = yaml.safe_load((ROOT / "config.yaml").read_text())["images"]
     for stage, keys in S.STAGE_KEYS.items():
         text = S.stage_json(config, stage)
-        assert set(json.loads(text)) == set(keys)
-        assert S.stage_section(text, stage) == {k: config[k] for k in keys}
+        assert set(json.loads(text)) == {key.partition(".")[0] for key in keys}
+        section = S.stage_section(text, stage)
+        for key in keys:
+            top, _, sub = key.partition(".")
+            assert (section[top][sub] if sub else section[key]) == (config[top][sub] if sub else config[key])
+    # what only the grids or the workflow read re-draws no image set
+    assert "keep_samples" not in S.stage_json(config, "generate") and "grid_size" not in S.stage_json(config, "generate")
+    with pytest.raises(ValueError, match="missing \\['evaluate.n_samples'\\]"):
+        S.stage_section(json.dumps({"channels_last": True, "bf16": False, "evaluate": {"batch_size": 5}}), "generate")
     with pytest.raises(ValueError, match="unknown \\['threads'\\]"):
         S.stage_section(json.dumps({**json.loads(S.stage_json(config, "joint")), "threads": 1}), "joint")
     settings = VaeSettings.from_section(config, "pretrain", 7, "train", "normal")
     assert (settings.iterations, settings.decoder_bn, settings.encoder_init, settings.seed) == (
         config["pretrain"]["iterations"], "train", "normal", 7)
+
+
+def test_bf16_autocast_is_a_cuda_option_the_cpu_ignores():
+    """bf16 autocast applies on CUDA only: on the CPU the same settings give the fp32 numbers exactly."""
+    runs = [train_vae(tiny_models().truth, Encoder(NZ, 4, 1, 32, "normal"), vae_settings("joint", bf16=bf16), CPU,
+                      None, quiet())[0] for bf16 in (False, True)]
+    assert runs[0] == runs[1]
+    models = tiny_models()
+    plain, with_bf16 = sets(models), sets(models, bf16=True)
+    assert all(torch.equal(plain[name], with_bf16[name]) for name in SETS)

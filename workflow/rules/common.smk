@@ -33,8 +33,18 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 # Replicates: the seed wildcard of every experiment's per-seed paths (seed<k>/); the faces
 # protocol's wildcards take exactly their factor's values.
 wildcard_constraints:
-    seed=r"\d+",
     **images_settings.wildcard_constraints(),
+    seed=r"\d+",
+
+
+def gpu_whole(wildcards):
+    """Every GPU slot the run declares (--resources gpu_slots=k, profiles/local): a faces job has the GPU to
+    itself, while up to k semantic-hashing or GMM jobs (gpu_slots=1 each) share it. 1 when none is declared.
+    """
+    declared = workflow.global_resources
+    slots = declared["gpu_slots"] if "gpu_slots" in declared else 1
+    # a Resource (Snakemake 9) or a number
+    return int(getattr(slots, "value", slots) or 1)
 
 
 def all_targets():
@@ -125,7 +135,8 @@ def images_protocol():
 
 def images_run_files(protocol, sigmas, seeds):
     """The files one faces protocol's runs leave, aligned by (sigma variant, seed): the distances, the
-    held-out metrics and the joint curve (rules tabulate_images and tabulate_images_ablation)."""
+    held-out metrics and the joint curve (rules tabulate_images and tabulate_images_ablation).
+    """
     files = {"distances": [], "heldout": [], "curves": []}
     distance = f"{images_metric()}.csv"
     for sigma in sigmas:
@@ -143,7 +154,9 @@ def images_ablation_files():
     files = {"distances": [], "heldout": [], "curves": []}
     for row in config["images"]["ablation"]["rows"]:
         protocol = images_settings.ablation_protocol(row)
-        for key, paths in images_run_files(protocol, ["fixed"], config["images"]["seeds"]).items():
+        for key, paths in images_run_files(
+            protocol, ["fixed"], config["images"]["seeds"]
+        ).items():
             files[key] += paths
     return files
 
@@ -162,7 +175,9 @@ def images_targets():
     return targets + expand(
         f"{RESULTS}/images/seed{{seed}}/{{run}}/grids/{{name}}.png",
         seed=im["seeds"],
-        run=[images_settings.run_dir(protocol, sigma) for sigma in im["sigma_variants"]],
+        run=[
+            images_settings.run_dir(protocol, sigma) for sigma in im["sigma_variants"]
+        ],
         name=[*IMAGE_SETS, "comparison"],
     )
 
@@ -189,7 +204,11 @@ def images_sample_files(run):
     """The uint8 image sets of a run folder: Snakemake temp files (deleted once their distances and
     grids are written) unless images.evaluate.keep_samples."""
     files = [f"{run}/samples/{name}.npy" for name in IMAGE_SETS]
-    return files if config["images"]["evaluate"]["keep_samples"] else [temp(f) for f in files]
+    return (
+        files
+        if config["images"]["evaluate"]["keep_samples"]
+        else [temp(f) for f in files]
+    )
 
 
 INCEPTION_WEIGHTS = f"{config['images']['torch_home']}/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth"

@@ -59,6 +59,7 @@ rule pretrain_gmm_encoder:
         ENV
     threads: config["gmm"]["threads"]
     resources:
+        gpu_slots=1,
         mem_mb=2000,
         runtime=60,
     params:
@@ -92,6 +93,7 @@ rule train_gmm_joint:
         ENV
     threads: config["gmm"]["threads"]
     resources:
+        gpu_slots=1,
         mem_mb=2000,
         runtime=60,
     params:

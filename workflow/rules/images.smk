@@ -126,6 +126,7 @@ rule train_digits_classifier:
         ENV
     threads: 1
     resources:
+        gpu_slots=gpu_whole,
         mem_mb=1000,
         runtime=30,
     params:
@@ -155,6 +156,7 @@ rule train_gan:
         ENV
     threads: IM["threads"]
     resources:
+        gpu_slots=gpu_whole,
         mem_mb=4000,
         runtime=600,
     params:
@@ -185,6 +187,7 @@ rule choose_generator:
         ENV
     threads: IM["threads"]
     resources:
+        gpu_slots=gpu_whole,
         mem_mb=4000,
         runtime=60,
     params:
@@ -218,6 +221,7 @@ rule pretrain_images_encoder:
         ENV
     threads: IM["threads"]
     resources:
+        gpu_slots=gpu_whole,
         mem_mb=4000,
         runtime=240,
     params:
@@ -244,6 +248,7 @@ rule train_images_joint:
         ENV
     threads: IM["threads"]
     resources:
+        gpu_slots=gpu_whole,
         mem_mb=4000,
         runtime=240,
     params:
@@ -271,6 +276,7 @@ rule evaluate_images_heldout:
         ENV
     threads: IM["threads"]
     resources:
+        gpu_slots=gpu_whole,
         mem_mb=2000,
         runtime=60,
     params:
@@ -297,6 +303,7 @@ rule generate_samples:
         ENV
     threads: IM["threads"]
     resources:
+        gpu_slots=gpu_whole,
         mem_mb=4000,
         runtime=120,
     params:
@@ -326,6 +333,7 @@ rule compute_fid:
         ENV
     threads: IM["threads"]
     resources:
+        gpu_slots=gpu_whole,
         mem_mb=4000,
         runtime=120,
     params:

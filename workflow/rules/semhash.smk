@@ -109,6 +109,7 @@ rule train_semhash:
         ENV
     threads: SH["threads"]
     resources:
+        gpu_slots=1,
         mem_mb=2000,
         runtime=240,
     params:

@@ -290,7 +290,7 @@ def cmd_generate(args) -> None:
     progress.message(f"{ev['n_samples']} images per set, sampling {args.sampling}, pixel noise {args.pixel_noise}, "
                      f"z {args.z_pairing}, on {device}")
     batches = image_batches(models, ev["n_samples"], ev["batch_size"], stage_seed(args.seed, "evaluate"), device,
-                            args.sampling, args.pixel_noise, args.z_pairing)
+                            args.sampling, args.pixel_noise, args.z_pairing, section["bf16"])
     write_sets(batches, ev["n_samples"], Path(args.out_dir), progress)
 
 

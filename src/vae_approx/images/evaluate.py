@@ -42,6 +42,7 @@ import torch
 from ..common import atomic_path
 from .metrics import FeatureExtractor, GaussianStats, frechet_distance, quantize_uint8
 from .model import Encoder, GaussianDecoder, kl_to_standard_normal, log_likelihood
+from .train import autocast
 
 SETS = ("ground_truth", "ground_truth_resample", "pretrained_reconstruction", "joint_reconstruction", "joint_prior")
 SET_STAGE = {"ground_truth_resample": "ground truth", "pretrained_reconstruction": "pretrain",
@@ -73,6 +74,15 @@ def _randn(shape, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.randn(shape, generator=gen).to(device)
 
 
+def in_bf16(net):
+    """net under bf16 autocast, its outputs (a tensor or a tuple of them) in fp32."""
+    def apply(x):
+        with autocast(x.device, True):
+            out = net(x)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+    return apply
+
+
 def one_at_a_time(net):
     """net applied to each input row alone (batch 1), the outputs stacked as a batch would be."""
     def apply(x):
@@ -85,14 +95,18 @@ def one_at_a_time(net):
 
 @torch.no_grad()
 def image_batches(models: Models, n: int, batch_size: int, seed: int, device: torch.device,
-                  sampling: str = "eval", pixel_noise: str = "none", z_pairing: str = "independent"):
-    """Yield dicts {set name: images [b, C, H, W] in [-1, 1]} of consecutive batches, n images in all."""
+                  sampling: str = "eval", pixel_noise: str = "none", z_pairing: str = "independent",
+                  bf16: bool = False):
+    """Yield dicts {set name: images [b, C, H, W] in [-1, 1]} of consecutive batches, n images in all;
+    `bf16`: the networks under bf16 autocast on CUDA (a speed option; the images come out in fp32)."""
     for value, allowed in ((sampling, SAMPLING), (pixel_noise, PIXEL_NOISE), (z_pairing, Z_PAIRING)):
         if value not in allowed:
             raise ValueError(f"unknown sampling factor value '{value}'; expected one of {allowed}")
     nets = models.all()
     if sampling == "train_batch1":  # training mode on copies, each image alone
         nets = tuple(one_at_a_time(copy.deepcopy(m).train()) for m in nets)
+    if bf16 and device.type == "cuda":
+        nets = tuple(in_bf16(net) for net in nets)
     truth, pretrained, joint_encoder, joint_decoder = nets
     sigma = {"truth": models.truth.log_sigma.exp(), "joint": models.joint_decoder.log_sigma.exp()}
     gen = torch.Generator().manual_seed(seed)

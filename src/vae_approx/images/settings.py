@@ -121,26 +121,40 @@ def describe(protocol: dict) -> str:
     return "; ".join(flipped + others)
 
 
-# The keys of the `images` section each stage reads (the rule hands exactly these, so a change to any
-# other key re-runs nothing of that stage); the protocol factors come from the path's wildcards.
+# The keys of the `images` section each stage reads, a dotted path for one key of a subsection (the rule
+# hands exactly these, so a change to any other key re-runs nothing of that stage: keep_samples or
+# grid_size re-draw no image set); the protocol factors come from the path's wildcards.
 STAGE_KEYS = {
-    "pretrain": ("sigma", "encoder_ndf", "pretrain", "log_every", "checkpoint_every", "bn_batches", "channels_last"),
-    "joint": ("joint", "log_every", "checkpoint_every", "bn_batches", "channels_last"),
-    "generate": ("evaluate", "channels_last"),
-    "heldout": ("evaluate", "channels_last"),
+    "pretrain": ("sigma", "encoder_ndf", "pretrain", "log_every", "checkpoint_every", "bn_batches", "channels_last",
+                 "bf16"),
+    "joint": ("joint", "log_every", "checkpoint_every", "bn_batches", "channels_last", "bf16"),
+    "generate": ("evaluate.n_samples", "evaluate.batch_size", "channels_last", "bf16"),
+    "heldout": ("evaluate.n_eval", "evaluate.batch_size", "channels_last"),
 }
 
 
 def stage_json(section: dict, stage: str) -> str:
     """The keys of STAGE_KEYS[stage] of an `images` section, as the rule passes them (--settings)."""
-    return json.dumps({key: section[key] for key in STAGE_KEYS[stage]}, sort_keys=True)
+    out: dict = {}
+    for path in STAGE_KEYS[stage]:
+        key, _, sub = path.partition(".")
+        if sub:
+            out.setdefault(key, {})[sub] = section[key][sub]
+        else:
+            out[key] = section[key]
+    return json.dumps(out, sort_keys=True)
 
 
 def stage_section(text: str, stage: str) -> dict:
     """--settings back into a dict, with exactly the stage's keys (a missing or unknown key is an error)."""
     section = json.loads(text)
+    if not isinstance(section, dict):
+        raise ValueError(f"images {stage} --settings: expected a JSON object, got {text!r}")
     keys = set(STAGE_KEYS[stage])
-    missing, unknown = sorted(keys - set(section)), sorted(set(section) - keys)
+    nested = {path.partition(".")[0] for path in keys if "." in path}  # subsections the stage reads a part of
+    given = {f"{k}.{sub}" if k in nested and isinstance(v, dict) else k
+             for k, v in section.items() for sub in (v if k in nested and isinstance(v, dict) else [None])}
+    missing, unknown = sorted(keys - given), sorted(given - keys)
     if missing or unknown:
         raise ValueError(f"images {stage} --settings: missing {missing}, unknown {unknown}; expected {sorted(keys)}")
     return section

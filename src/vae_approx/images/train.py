@@ -64,9 +64,9 @@ def _layout(module: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
     return module.to(memory_format=torch.channels_last) if channels_last else module
 
 
-def _autocast(device: torch.device, bf16: bool):
-    """bf16 autocast where asked for (a speed option; fp32 otherwise)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA where asked for (a speed option); the CPU, and bf16 false, keep fp32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------- DCGAN
@@ -209,7 +209,7 @@ class VaeSettings:
         return cls(phase, stage["iterations"], stage["batch_size"], stage["lr"], stage["beta1"],
                    section["sigma"] if sigma is None else sigma, seed, section["log_every"],
                    section["checkpoint_every"], section.get("encoder_ndf", 64), learn_sigma,
-                   section["channels_last"], False, section["bn_batches"], decoder_bn, encoder_init)
+                   section["channels_last"], section["bf16"], section["bn_batches"], decoder_bn, encoder_init)
 
 
 EMA_DECAY = 0.999  # the reference script's moving average of training-batch ELBOs
@@ -274,7 +274,7 @@ def train_vae(truth: GaussianDecoder, encoder: Encoder, settings: VaeSettings, d
         start, rows, sums, ema = ckpt["step"], ckpt["rows"], ckpt["sums"], ckpt["ema"]
     for step in range(start + 1, s.iterations + 1):
         z, x = draw(truth, s.batch_size, device, s.channels_last)
-        with _autocast(device, s.bf16):
+        with autocast(device, s.bf16):
             if s.phase == "pretrain":
                 mu, log_s = encoder(x)
                 loss = -log_q(z, mu.float(), log_s.float()).mean()
