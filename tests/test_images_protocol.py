@@ -269,7 +269,8 @@ def test_our_fid_is_pytorch_fids_on_the_same_files(tmp_path, monkeypatch):
     from vae_approx.images.data import write_random_inception_weights
 
     torch_home = tmp_path / "torch"
-    write_random_inception_weights(torch_home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
+    write_random_inception_weights(torch_home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth",
+                                   calibrate=True)
     rng = np.random.default_rng(0)
     samples = tmp_path / "samples"
     samples.mkdir()
@@ -291,6 +292,7 @@ def test_our_fid_is_pytorch_fids_on_the_same_files(tmp_path, monkeypatch):
     theirs = calculate_fid_given_paths([str(tmp_path / "png" / "ground_truth"),
                                         str(tmp_path / "png" / "joint_reconstruction")],
                                        batch_size=10, device="cpu", dims=2048, num_workers=0)
+    assert theirs > 1e-3  # distances of a size where a wrong preprocessing would show
     assert ours.loc["joint_reconstruction", "value"] == pytest.approx(theirs, rel=1e-3)
     assert ours.loc["joint_reconstruction", "metric"] == "fid"
 

@@ -330,11 +330,15 @@ def fetch_inception(torch_home, sha: str = "", url: str | None = None,
     return out
 
 
-def write_random_inception_weights(path) -> None:
+def write_random_inception_weights(path, calibrate: bool = False) -> None:
     """A state dict in the layout of pytorch-fid's FID InceptionV3, with RANDOM values.
 
     Only for tests and dry runs of the wiring (offline loading from TORCH_HOME); distances
-    computed with it are not FID and must never be reported as such.
+    computed with it are not FID and must never be reported as such. Through the freshly
+    initialised layers the pool3 features shrink to about 1e-7 (distances about 1e-14);
+    `calibrate` sets every BatchNorm's statistics from one batch of random images (training
+    mode, momentum 1), so that the features, and the distances between image sets, keep a
+    useful size.
     """
     from pytorch_fid import inception as I
 
@@ -343,5 +347,12 @@ def write_random_inception_weights(path) -> None:
     net.Mixed_6b, net.Mixed_6c = I.FIDInceptionC(768, 128), I.FIDInceptionC(768, 160)
     net.Mixed_6d, net.Mixed_6e = I.FIDInceptionC(768, 160), I.FIDInceptionC(768, 192)
     net.Mixed_7b, net.Mixed_7c = I.FIDInceptionE_1(1280), I.FIDInceptionE_2(2048)
+    if calibrate:
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in norms:
+            m.momentum = 1.0
+        net.train()
+        with torch.no_grad():
+            net(torch.rand(8, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     with atomic_path(path) as tmp:
         torch.save(net.state_dict(), tmp)
