@@ -69,12 +69,6 @@ class Report:
                           "note": note})
         print(f"[gpu_check] {section:9s} {what:40s} {variant:22s} {value:12.5g} {unit} {note}", flush=True)
 
-    def value(self, section: str, what: str, variant: str) -> float:
-        for row in self.rows:
-            if (row["section"], row["what"], row["variant"]) == (section, what, variant):
-                return row["value"]
-        return float("nan")
-
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":

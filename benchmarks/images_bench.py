@@ -56,18 +56,17 @@ class Shape:
 
 
 PAPER = Shape()
-SHAPE = PAPER                    # the shape every function below uses (gpu_check.py sets a tiny one)
-DEVICE = torch.device("cpu")     # --device
 
 
 def configure(shape: Shape, device: torch.device) -> None:
-    """Set the shape and device of every function below (one process, one configuration at a time)."""
-    global SHAPE, DEVICE, NZ, WIDTH, CHANNELS, SIZE, SIGMA, BATCH
-    SHAPE, DEVICE = shape, device
+    """Set the shape and the device (--device) of every function below: one configuration per process at a time
+    (gpu_check.py sets a tiny one)."""
+    global DEVICE, NZ, WIDTH, CHANNELS, SIZE, SIGMA, BATCH
+    DEVICE = device
     NZ, WIDTH, CHANNELS, SIZE, SIGMA, BATCH = shape.nz, shape.width, shape.channels, shape.size, shape.sigma, shape.batch
 
 
-NZ, WIDTH, CHANNELS, SIZE, SIGMA, BATCH = PAPER.nz, PAPER.width, PAPER.channels, PAPER.size, PAPER.sigma, PAPER.batch
+configure(PAPER, torch.device("cpu"))
 
 
 def sync() -> None:

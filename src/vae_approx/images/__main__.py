@@ -324,7 +324,6 @@ def cmd_heldout(args) -> None:
     save_csv(pd.DataFrame(rows), args.out)
 
 
-METRIC_COLUMNS = ["stage", "metric", "image_set", "value"]
 
 
 def cmd_curves(args) -> None:
@@ -399,8 +398,9 @@ def run_values(distances, held, curve) -> dict:
             "stages": stages}
 
 
-def runs_of(args) -> dict:
-    """{(protocol path, sigma variant): {seed: run_values}} from the aligned --distances, --heldout, --curves."""
+def runs_of(args) -> tuple[dict, str, bool]:
+    """({(protocol path, sigma variant): {seed: run_values}}, distance name, unverified) from the aligned
+    --distances, --heldout, --curves; every run must have the same distance and Inception verification."""
     lists = {"--distances": args.distances, "--heldout": args.heldout, "--curves": args.curves}
     if len({len(v) for v in lists.values()}) != 1:
         raise InputError(f"images: {', '.join(lists)} need one file per run each, in one order "
@@ -426,7 +426,15 @@ def runs_of(args) -> dict:
     if len(kinds) != 1:
         raise InputError(f"images: the runs differ in distance or Inception verification ({sorted(kinds)}); they "
                          "come from different configurations")
-    return runs
+    (fd, unverified), = kinds
+    return runs, fd, unverified
+
+
+def tolerance_of(args) -> tuple[bool, float]:
+    """(the floor rule, the fixed tolerance) of --fd-tolerance: with 'floor' each seed's rise less its own floor
+    must exceed 0."""
+    by_floor = args.fd_tolerance == "floor"
+    return by_floor, 0.0 if by_floor else float(args.fd_tolerance)
 
 
 def distance_names(fd: str, unverified: bool) -> tuple[str, str]:
@@ -453,16 +461,13 @@ def seeds_text(seeds) -> str:
 
 
 def cmd_tabulate(args) -> None:
-    runs = runs_of(args)
+    runs, fd, unverified = runs_of(args)
     protocols = {tuple(S.protocol_of(path)[0].items()) for path, _ in runs}
     if len(protocols) != 1:
         raise InputError("images tabulate: the runs are of different protocols; the table is of one")
     protocol = dict(protocols.pop())
-    first = next(iter(next(iter(runs.values())).values()))
-    fd, unverified = first["fd"], first["unverified"]
     rows, claims, seed_sets = [], [], set()
-    by_floor = args.fd_tolerance == "floor"
-    tolerance = 0.0 if by_floor else float(args.fd_tolerance)
+    by_floor, tolerance = tolerance_of(args)
     above = " beyond the floor" if by_floor else ""
     note_name, distance_name = distance_names(fd, unverified)
     for (_, sigma), run in runs.items():
@@ -517,13 +522,10 @@ def cmd_ablate(args) -> None:
     """The protocol ablation: per row, the rise of the reconstructions' distance under joint training (and of the
     prior samples'), over seeds, and two claims (the full reference protocol's rise; the single factor that
     accounts for most of it)."""
-    runs = runs_of(args)
+    runs, fd, unverified = runs_of(args)
     by_path = {key[0]: run for key, run in runs.items()}
-    first = next(iter(next(iter(runs.values())).values()))
-    fd, unverified = first["fd"], first["unverified"]
     _, distance_name = distance_names(fd, unverified)
-    by_floor = args.fd_tolerance == "floor"
-    tolerance = 0.0 if by_floor else float(args.fd_tolerance)
+    by_floor, tolerance = tolerance_of(args)
     rise, rows = {}, []
     for name in args.rows:
         path = S.run_dir(S.ablation_protocol(name), "fixed")

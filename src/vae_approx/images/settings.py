@@ -152,8 +152,12 @@ def stage_section(text: str, stage: str) -> dict:
         raise ValueError(f"images {stage} --settings: expected a JSON object, got {text!r}")
     keys = set(STAGE_KEYS[stage])
     nested = {path.partition(".")[0] for path in keys if "." in path}  # subsections the stage reads a part of
-    given = {f"{k}.{sub}" if k in nested and isinstance(v, dict) else k
-             for k, v in section.items() for sub in (v if k in nested and isinstance(v, dict) else [None])}
+    given = set()
+    for key, value in section.items():
+        if key in nested and isinstance(value, dict):
+            given |= {f"{key}.{sub}" for sub in value}
+        else:
+            given.add(key)
     missing, unknown = sorted(keys - given), sorted(given - keys)
     if missing or unknown:
         raise ValueError(f"images {stage} --settings: missing {missing}, unknown {unknown}; expected {sorted(keys)}")
