@@ -94,6 +94,7 @@ BAD = [
     (("images", "sigma_variants"), ["fixed", "both"], ["images.sigma_variants[1]", "allowed values: fixed, learned"]),
     (("images", "learn_sigma"), True, ["unknown config key", "'learn_sigma'", "under 'images'"]),
     (("images", "evaluate", "keep_samples"), "no", ["images.evaluate.keep_samples", "not of type 'boolean'"]),
+    (("semhash", "cuda_graphs"), "on", ["semhash.cuda_graphs", "not of type 'boolean'"]),
     # a plain folder name: '..' would put the outputs in the repository's root
     (("run",), "..", ["config key 'run'", "not '.' or '..'"]),
     (("run",), ".", ["config key 'run'", "plain folder name"]),

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from vae_approx.common import Progress, resume_path
+from vae_approx.common import NonFiniteLossError, Progress, resume_path
+from vae_approx.semhash import train as semhash_train
 from vae_approx.semhash.data import load_prepared
-from vae_approx.semhash.train import TrainSettings, precision_at_k, reported_mean, train
+from vae_approx.semhash.model import SparseCounts
+from vae_approx.semhash.train import StaticStep, TrainSettings, precision_at_k, reported_mean, train
 from vae_approx.semhash.settings import TrainSettings as SettingsOfTheRule
 
 
@@ -50,8 +52,10 @@ def corpus(tmp_path_factory):
 
 
 def test_the_stage_chain_writes_history_and_retrieval(corpus):
-    proc = sh("train", "--corpus", corpus / "corpus.npz", *TRAIN, "--out", corpus / "m.pt", "--history", corpus / "h.csv")
+    proc = sh("train", "--corpus", corpus / "corpus.npz", *TRAIN, "--out", corpus / "m.pt", "--history", corpus / "h.csv",
+              "--device", "cpu", "--cuda-graphs")
     assert "step 3/3" in proc.stderr
+    assert "semhash.cuda_graphs: CUDA only; the steps run eagerly on cpu" in proc.stderr
     history = pd.read_csv(corpus / "h.csv")
     assert list(history.epoch) == [1, 2, 3] and list(history.pairs) == [1, 1, 3]
     assert np.isfinite(history[["train_nelbo", "test_nelbo"]]).all().all()
@@ -177,3 +181,69 @@ def test_too_large_vocabulary_or_k_is_an_error_naming_the_config_key(corpus, tmp
     assert not (tmp_path / "r.csv").exists()
     assert stage("retrieval", "--corpus", corpus / "corpus.npz", "--model", model, "--k", 200,
                  "--out", tmp_path / "r.csv").returncode == 0
+
+
+def quiet(epochs):
+    return Progress("t", epochs, 1, stream=io.StringIO())
+
+
+@pytest.mark.parametrize("encoder,depth,growth", [("e1", 0, StaticStep.GROWTH), ("e2", 1, 1.0)])
+def test_the_static_step_trains_exactly_as_the_eager_step(corpus, monkeypatch, encoder, depth, growth):
+    """The CUDA graphs path without the capture: each batch padded into fixed buffers, the
+    uniforms drawn outside the step, a few warm-up steps undone. The same history to the last bit,
+    through a phase change (a new static step on an existing optimizer state) and, with growth
+    1, a re-capture whenever a batch has more nonzeros than any before."""
+    data = load_prepared(corpus / "corpus.npz")
+    settings = TrainSettings(encoder, depth, 4, 8, "disarm", 2, 2, 3, 64, 1e-3, 1, 128, False, 1)
+    eager, _, _ = train(data, settings, torch.device("cpu"), None, quiet(4))
+    monkeypatch.setattr(StaticStep, "GROWTH", growth)
+    progress = quiet(4)
+    static, encoder_model, _ = train(data, settings, torch.device("cpu"), None, progress, step_mode="static")
+    cols = ["train_nelbo", "test_nelbo", "test_reconstruction", "test_kl"]
+    pd.testing.assert_frame_equal(pd.DataFrame(static)[cols], pd.DataFrame(eager)[cols], check_exact=True)
+    builds = progress.stream.getvalue().count("static step for")
+    assert builds >= (2 if growth > 1 else 3)  # one per phase, and re-captures when the capacity is exact
+
+
+def test_the_static_step_pads_without_changing_a_batch(corpus):
+    data = load_prepared(corpus / "corpus.npz")
+    counts = SparseCounts(data.train)
+    smoothing = torch.as_tensor(data.smoothing, dtype=torch.float32)
+    small, large = sorted(counts.batches(torch.arange(192), 64, smoothing), key=lambda x: len(x.col))[::2]
+    settings = TrainSettings("e1", 0, 4, 8, "disarm", 1, 0, 1, 64, 1e-3, 1, 128, False, 1)
+    encoder, decoder = semhash_train.build_models(settings, data.n_words)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()])
+    before = [p.detach().clone() for p in encoder.parameters()]
+    step = StaticStep(encoder, decoder, optimizer, settings, small, 1, capture=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))  # the warm-up is undone
+    assert not optimizer.state[next(encoder.parameters())]["exp_avg"].any()
+    assert step.capacity > len(small.col) and step.fits(small)
+    step.load(small)
+    assert torch.equal(step.x.dense(), small.dense())  # the padding adds nothing
+    assert torch.equal(encoder(step.x), encoder(small))
+    padded = step.x.transposed_product(step.x.val, torch.ones(len(small), 2))
+    assert torch.equal(padded, small.transposed_product(small.val, torch.ones(len(small), 2)))
+    if not step.fits(large):
+        with pytest.raises(ValueError, match="nonzeros in a static step of 64 documents"):
+            step(large, torch.Generator().manual_seed(0))
+
+
+def test_a_non_finite_loss_stops_training_naming_the_epoch_and_batch(corpus, monkeypatch, tmp_path):
+    data = load_prepared(corpus / "corpus.npz")
+    settings = TrainSettings("e1", 0, 4, 8, "disarm", 2, 0, 1, 64, 1e-3, 1, 128, False, 1)
+    build = semhash_train.build_models
+
+    def poisoned(*args):
+        encoder, decoder = build(*args)
+        with torch.no_grad():
+            decoder.net[-1].bias[0] = float("inf")
+        return encoder, decoder
+
+    monkeypatch.setattr(semhash_train, "build_models", poisoned)
+    resume = resume_path(tmp_path / "m.pt")
+    for mode in ("eager", "static"):
+        with pytest.raises(NonFiniteLossError, match=r"semhash e1 depth 0 4 bits: non-finite loss \(batch 0\) .* step 1"):
+            train(data, settings, torch.device("cpu"), resume, quiet(2), step_mode=mode)
+    assert not resume.exists()
+    with pytest.raises(ValueError, match="cuda_graphs on CUDA only"):
+        train(data, settings, torch.device("cpu"), None, quiet(2), step_mode="cuda_graphs")

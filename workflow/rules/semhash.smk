@@ -116,11 +116,12 @@ rule train_semhash:
         # the training keys of the semhash section, whole (vae_approx.semhash.settings)
         settings=shlex.quote(TrainSettings.config_json(SH)),
         device=config["device"],
+        cuda_graphs="--cuda-graphs" if SH["cuda_graphs"] else "",
     shell:
         "python -m vae_approx.semhash train --corpus {input.corpus} --encoder {wildcards.encoder}"
         " --depth {wildcards.depth} --bits {wildcards.bits} --seed {wildcards.seed}"
         " --settings {params.settings}"
-        " --threads {threads} --device {params.device}"
+        " --threads {threads} --device {params.device} {params.cuda_graphs}"
         " --out {output.model} --history {output.history} 2> {log}"
 
 

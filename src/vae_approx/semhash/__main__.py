@@ -103,8 +103,11 @@ def cmd_train(args) -> None:
     progress.message(f"{corpus.train.shape[0]} documents, {corpus.n_words} words, {settings.epochs} epochs, "
                      f"{settings.estimator} (KL gradient: {settings.kl_gradient}), decoder reads "
                      f"{settings.code_values}, on {device}, {torch.get_num_threads()} threads")
+    step_mode = "cuda_graphs" if args.cuda_graphs and device.type == "cuda" else "eager"
+    if args.cuda_graphs and step_mode == "eager":
+        progress.message(f"semhash.cuda_graphs: CUDA only; the steps run eagerly on {device}")
     resume = resume_path(args.out)
-    history, encoder, decoder = train(corpus, settings, device, resume, progress)
+    history, encoder, decoder = train(corpus, settings, device, resume, progress, step_mode)
     save_csv(pd.DataFrame(history), args.history)
     save_torch({"settings": asdict(settings), "n_words": corpus.n_words,
                 "encoder": encoder.cpu().state_dict(), "decoder": decoder.cpu().state_dict()}, args.out)
@@ -315,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
                         + ", ".join(TrainSettings.config_keys()))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each training step as a CUDA graph (semhash.cuda_graphs); ignored off CUDA")
     p.add_argument("--out", required=True)
     p.add_argument("--history", required=True)
     p.set_defaults(func=cmd_train)

@@ -163,9 +163,11 @@ def _word_order(row: torch.Tensor, col: torch.Tensor, n_words: int) -> tuple[tor
     if col.device.type == "cpu":
         small = np.int16 if n_words <= np.iinfo(np.int16).max else np.int32
         order = torch.from_numpy(np.argsort(col.numpy().astype(small), kind="stable"))
+        counts = torch.bincount(col, minlength=n_words)
     else:
         order = torch.sort(col, stable=True).indices
-    counts = torch.bincount(col, minlength=n_words)
+        # bincount would wait for the device (it reads the largest word to size its output)
+        counts = torch.zeros(n_words, dtype=col.dtype, device=col.device).index_add_(0, col, torch.ones_like(col))
     return order, row[order], torch.cumsum(counts, 0) - counts
 
 
@@ -376,6 +378,9 @@ class _LinearMultinomial(torch.autograd.Function):
     # float32 scores per chunk (16 MB, in L3): a training batch of 256 documents x 10,000 words
     # is one chunk per code; smaller chunks were slower here (GEMMs with fewer rows)
     CHUNK_ELEMENTS = 4 * 2**20
+    # On a GPU a chunk buys no cache and costs about 12 kernel launches, which bound the step
+    # there: 64M floats (256 MB) hold a ten-pair training batch (20 codes x 256 x 10,000) at once.
+    DEVICE_CHUNK_ELEMENTS = 64 * 2**20
     # Range of log sum_w exp(h_w) in which exp needs no shift by the row max: below e^60 nothing
     # overflows (float32 ends near e^88); above e^-30 the row max is above -30 - log V, so the
     # scores that underflow (below -87) carry less than e^-40 of the probability.
@@ -386,10 +391,11 @@ class _LinearMultinomial(torch.autograd.Function):
         col, val, offsets, smoothing, length = x.col, x.val, x.offsets, x.smoothing, x.length
         M, B, k = A.shape
         V = weight.shape[0]
+        chunk = _LinearMultinomial.CHUNK_ELEMENTS if A.device.type == "cpu" else _LinearMultinomial.DEVICE_CHUNK_ELEMENTS
         # chunks: whole codes (all B documents) while they fit, else equal blocks of documents of one code
-        blocks = -(-B * V // _LinearMultinomial.CHUNK_ELEMENTS)             # ceil
+        blocks = -(-B * V // chunk)                                          # ceil
         rows_per = -(-B // blocks)
-        codes_per = max(1, _LinearMultinomial.CHUNK_ELEMENTS // (B * V)) if blocks == 1 else 1
+        codes_per = max(1, chunk // (B * V)) if blocks == 1 else 1
         need_A, need_W, need_b = ctx.needs_input_grad[:3]
         need_grad = need_A or need_W or need_b
         # The bias is a (k+1)-th column of the weight, so one GEMM gives the scores without a
@@ -564,14 +570,17 @@ def nelbo_estimate(x: torch.Tensor, logits: torch.Tensor, decoder: nn.Module,
 # ---------------------------------------------------------------- DisARM and ARM
 
 
-def antithetic_codes(logits: torch.Tensor, pairs: int, generator: torch.Generator | None = None):
+def antithetic_codes(logits: torch.Tensor, pairs: int, generator: torch.Generator | None = None,
+                     uniforms: torch.Tensor | None = None):
     """K antithetic pairs per document from the same uniforms.
 
     u ~ U(0,1)^[K, B, b]; b = 1[u < sigmoid(a)] and b~ = 1[1 - u < sigmoid(a)] are both
-    distributed as q(z|x). Returns (u, b, b~), each [K, B, b].
+    distributed as q(z|x). Returns (u, b, b~), each [K, B, b]. `uniforms` passes u drawn
+    beforehand (a CUDA graph's step draws them outside the graph, with the same generator).
     """
     probs = torch.sigmoid(logits.detach())
-    u = torch.rand((pairs, *logits.shape), generator=generator, device=logits.device, dtype=logits.dtype)
+    u = uniforms if uniforms is not None else torch.rand(
+        (pairs, *logits.shape), generator=generator, device=logits.device, dtype=logits.dtype)
     return u, (u < probs).to(logits.dtype), ((1 - u) < probs).to(logits.dtype)
 
 
@@ -618,7 +627,7 @@ def log_q_over_prior(codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 def surrogate_loss(x: torch.Tensor, logits: torch.Tensor, decoder: nn.Module, method: str = "disarm",
                    pairs: int = 1, generator: torch.Generator | None = None,
-                   kl_gradient: str = "estimator") -> SurrogateTerms:
+                   kl_gradient: str = "estimator", uniforms: torch.Tensor | None = None) -> SurrogateTerms:
     """A per-document loss whose gradients are the training gradients of the NELBO.
 
     - w.r.t. the encoder logits, with kl_gradient="estimator" (the reproduction's code): the
@@ -634,7 +643,8 @@ def surrogate_loss(x: torch.Tensor, logits: torch.Tensor, decoder: nn.Module, me
     sum of the loss over documents, the two reductions training uses). The estimator enters
     as (g * (a - a.detach())).sum(), which is zero in value, so the loss's value is the
     2K-sample NELBO estimate (analytic KL), usable for logging and non-finite checks.
-    x: smoothed counts [B, V] or a SparseBatch; logits: encoder output [B, b], attached to the encoder's graph.
+    x: smoothed counts [B, V] or a SparseBatch; logits: encoder output [B, b], attached to the encoder's graph;
+    uniforms: antithetic_codes' u [pairs, B, b], drawn beforehand (else drawn here from `generator`).
     """
     if method not in ESTIMATORS:
         raise ValueError(f"unknown gradient estimator '{method}'; expected one of {ESTIMATORS}")
@@ -642,7 +652,9 @@ def surrogate_loss(x: torch.Tensor, logits: torch.Tensor, decoder: nn.Module, me
         raise ValueError(f"unknown KL gradient '{kl_gradient}'; expected one of {KL_GRADIENTS}")
     if int(pairs) != pairs or pairs < 1:
         raise ValueError(f"pairs must be a positive integer, got {pairs!r}")
-    u, b, b_anti = antithetic_codes(logits, int(pairs), generator)     # [K, B, b] each
+    if uniforms is not None and uniforms.shape != (pairs, *logits.shape):
+        raise ValueError(f"uniforms of shape {tuple(uniforms.shape)} for {pairs} pairs of logits {tuple(logits.shape)}")
+    u, b, b_anti = antithetic_codes(logits, int(pairs), generator, uniforms)  # [K, B, b] each
     codes = torch.cat([b, b_anti])                                      # [2K, B, b]
     if isinstance(x, SparseBatch):
         # The fused likelihood returns values and one scalar carrying the decoder's gradient

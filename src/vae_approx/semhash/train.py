@@ -16,7 +16,7 @@ import torch
 
 from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
 from .data import PreparedCorpus
-from .model import Decoder, Encoder, SparseCounts, encoder_spec, evaluate_nelbo, surrogate_loss
+from .model import Decoder, Encoder, SparseBatch, SparseCounts, encoder_spec, evaluate_nelbo, surrogate_loss
 from .settings import TrainSettings  # noqa: F401  (re-exported: the trainer's settings)
 
 
@@ -27,14 +27,24 @@ def build_models(settings: TrainSettings, n_words: int) -> tuple[Encoder, Decode
     return encoder, decoder
 
 
+# How a training step runs: eager (autograd, as written), static (the same step on fixed-size
+# buffers, as a CUDA graph replays it, without the capture: the CPU's test of that path) or
+# cuda_graphs (semhash.cuda_graphs on a CUDA device).
+STEP_MODES = ("eager", "static", "cuda_graphs")
+
+
 def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
-          resume_file: Path | None, progress: Progress) -> tuple[list[dict], Encoder, Decoder]:
+          resume_file: Path | None, progress: Progress, step_mode: str = "eager") -> tuple[list[dict], Encoder, Decoder]:
     """Returns the per-epoch history (train and test NELBO) and the final models."""
+    if step_mode not in STEP_MODES or (step_mode == "cuda_graphs" and device.type != "cuda"):
+        raise ValueError(f"step mode '{step_mode}' on {device}: expected one of {STEP_MODES}, cuda_graphs on CUDA only")
     torch.manual_seed(settings.seed)
     encoder, decoder = build_models(settings, corpus.n_words)
     encoder, decoder = encoder.to(device), decoder.to(device)
-    # fused: one kernel for all parameters' Adam updates (the step is 1.3M parameters at the paper's shape)
-    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=settings.lr, fused=True)
+    # fused: one kernel for all parameters' Adam updates (the step is 1.3M parameters at the paper's shape);
+    # capturable: its step count stays on the device, so that a CUDA graph can replay it
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=settings.lr, fused=True,
+                                 capturable=step_mode == "cuda_graphs")
     train_set, test_set = SparseCounts(corpus.train, device), SparseCounts(corpus.test, device)
     smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32, device=device)
     # One generator for shuffling and code sampling, on the device, saved in the checkpoint.
@@ -51,22 +61,32 @@ def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
         start, history = ckpt["step"], ckpt["history"]
 
     n = len(train_set)
+    n_batches = max(1, -(-n // settings.batch_size))
+    static = None  # the StaticStep of the current phase's pairs
     for epoch in range(start + 1, settings.epochs + 1):
         pairs = settings.pairs(epoch)
         tic = time.perf_counter()
         encoder.train(), decoder.train()
         order = torch.randperm(n, generator=generator, device=device)
         total = torch.zeros((), device=device)
+        losses = torch.zeros(n_batches, device=device)  # checked once per epoch: a check per batch waits for the device
         for b, x in enumerate(train_set.batches(order, settings.batch_size, smoothing)):  # sparse, [B] documents
-            terms = surrogate_loss(x, encoder(x), decoder, settings.estimator, pairs, generator,
-                                   settings.kl_gradient)
-            loss = terms.loss.mean()
-            check_finite(loss, f"semhash {settings.encoder} depth {settings.depth} {settings.bits} bits",
-                         epoch, f"loss (batch {b})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += terms.nelbo.sum()
+            if step_mode == "eager" or len(x) != settings.batch_size:  # a short last batch: eager
+                loss, nelbo = training_step(encoder, decoder, optimizer, settings, x, pairs, generator=generator)
+            else:
+                if static is None or static.pairs != pairs or not static.fits(x):
+                    static = StaticStep(encoder, decoder, optimizer, settings, x, pairs, step_mode == "cuda_graphs",
+                                        None if static is None or static.pairs != pairs else static.capacity)
+                    progress.message(f"epoch {epoch}: {step_mode} step for {pairs} pair(s), "
+                                     f"{static.capacity} nonzeros per batch")
+                loss, nelbo = static(x, generator)
+            losses[b] = loss
+            total += nelbo
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            first = int(bad[0, 0])
+            check_finite(losses[first], f"semhash {settings.encoder} depth {settings.depth} {settings.bits} bits",
+                         epoch, f"loss (batch {first})")
         encoder.eval(), decoder.eval()
         test = evaluate_nelbo(encoder, decoder, test_set, smoothing, settings.eval_batch_size, generator,
                               eval_representation)
@@ -82,6 +102,124 @@ def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
             save_torch(checkpoint(models, optimizer, epoch, config, generator=generator.get_state(),
                                   history=history), resume_file)
     return history, encoder, decoder
+
+
+def training_step(encoder: Encoder, decoder: Decoder, optimizer, settings: TrainSettings, x: SparseBatch,
+                  pairs: int, uniforms: torch.Tensor | None = None, generator: torch.Generator | None = None):
+    """One Adam step on batch x: (mean loss, sum of the documents' NELBO estimates), both on the
+    device, not synchronised. The code samples come from `uniforms` [pairs, B, b] or `generator`."""
+    terms = surrogate_loss(x, encoder(x), decoder, settings.estimator, pairs, generator, settings.kl_gradient,
+                           uniforms)
+    loss = terms.loss.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), terms.nelbo.sum()
+
+
+# ---------------------------------------------------------------- the step on static buffers (CUDA graphs)
+
+
+class StaticStep:
+    """training_step on buffers of fixed shape: B documents, `capacity` nonzeros (padded with
+    zero counts), `pairs` pairs; with `capture`, recorded once as a CUDA graph and replayed.
+
+    Why: at the paper's shape a step is a few hundred small kernels, and on a GPU their
+    launches, not their work, bound it (about 7 ms per step); a graph replays them in one launch.
+    A graph replays fixed memory, so each batch is copied into the buffers, and the code
+    samples' uniforms are drawn outside it, into a buffer, from the training's generator: the
+    draws, and so the numbers, are those of the eager step. Capturing needs a few steps first
+    (allocations, the optimizer's state); they run on the buffers and are then undone, so the
+    training is not changed by them.
+    """
+
+    WARMUP_STEPS = 3
+    GROWTH = 1.5  # capacity over the batch that needs it, so a later, larger batch rarely re-captures
+
+    def __init__(self, encoder: Encoder, decoder: Decoder, optimizer, settings: TrainSettings, x: SparseBatch,
+                 pairs: int, capture: bool, capacity: int | None = None):
+        self.pairs, self.documents, self.n_words = pairs, len(x), len(x.smoothing)
+        self.capacity = max(int(len(x.col) * self.GROWTH) + 1, capacity or 0)
+        # A padding entry adds 0 x (a row of some matrix): document B - 1 (rows stay sorted), word
+        # V - 1 (the last word's bag is the last in word order, so padding extends it), and in
+        # word order the buffer's last entry, which is always padding.
+        self.fill = {"row": self.documents - 1, "col": self.n_words - 1, "val": 0.0,
+                     "word_row": self.documents - 1, "word_order": self.capacity - 1}
+        self.x = SparseBatch(**{
+            name: torch.empty(self.capacity, dtype=value.dtype, device=value.device) if name in self.fill
+            else value if name == "smoothing" else value.clone()  # the smoothing is the corpus's, constant
+            for name, value in x._asdict().items()})
+        self.uniforms = torch.zeros((pairs, self.documents, settings.bits), device=x.val.device)
+        step = lambda: training_step(encoder, decoder, optimizer, settings, self.x, pairs, self.uniforms)  # noqa: E731
+        self.load(x)
+        saved = _training_state(optimizer)
+        if capture:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP_STEPS):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            for _ in range(self.WARMUP_STEPS):
+                step()
+        _restore_training_state(optimizer, saved)
+        self.graph = None
+        if capture:
+            optimizer.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = step()
+        self.step = step
+
+    def fits(self, x: SparseBatch) -> bool:
+        return len(x) == self.documents and len(x.col) < self.capacity  # at least one padding entry: word_order's
+
+    def load(self, x: SparseBatch) -> None:
+        """Copy batch x into the buffers; the entries past its nonzeros become padding."""
+        nnz = len(x.col)
+        for name, value in x._asdict().items():
+            buffer = getattr(self.x, name)
+            if name in self.fill:
+                buffer[:nnz].copy_(value)
+                buffer[nnz:].fill_(self.fill[name])
+            elif buffer is not value:
+                buffer.copy_(value)
+
+    def __call__(self, x: SparseBatch, generator: torch.Generator):
+        """One training step on batch x: (mean loss, sum of NELBO estimates), valid until the next call."""
+        if not self.fits(x):
+            raise ValueError(f"a batch of {len(x)} documents and {len(x.col)} nonzeros in a static step of "
+                             f"{self.documents} documents and {self.capacity} entries")
+        self.load(x)
+        torch.rand(self.uniforms.shape, generator=generator, out=self.uniforms)
+        if self.graph is None:
+            return self.step()
+        self.graph.replay()
+        return self.outputs
+
+
+def _training_state(optimizer) -> tuple[list[torch.Tensor], dict]:
+    """Copies of the parameters and the optimizer's state tensors."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {i: {k: v.clone() for k, v in optimizer.state[p].items()} for i, p in enumerate(params)
+             if p in optimizer.state}
+    return [p.detach().clone() for p in params], state
+
+
+@torch.no_grad()
+def _restore_training_state(optimizer, saved) -> None:
+    """Undo steps in place (a captured graph holds these very tensors): the parameters and the
+    state they had; state the steps created is zeroed, which is Adam's initial state (step 0,
+    zero moments)."""
+    params, state = saved
+    for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+        p.copy_(params[i])
+        for key, value in optimizer.state.get(p, {}).items():
+            if i in state and key in state[i]:
+                value.copy_(state[i][key])
+            else:
+                value.zero_()
 
 
 def reported_mean(values: torch.Tensor, batch: int = 0) -> float:
