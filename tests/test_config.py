@@ -1,6 +1,5 @@
 """Bad configs are rejected before any job starts, with a message naming the key."""
 
-import copy
 import re
 import subprocess
 from pathlib import Path
