@@ -278,8 +278,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SlurmdParameters=config_overrides
 ReturnToService=2
-# squeue (no accounting here) answers for finished jobs only as long as slurmctld keeps them
-MinJobAge=600
+# squeue (no accounting here) answers for finished jobs only as long as slurmctld keeps them:
+# longer than the whole run (which took over 10 minutes on a slow day)
+MinJobAge=7200
 # a job past its time limit gets SIGTERM, then SIGKILL after KillWait seconds
 KillWait=5
 InactiveLimit=0
