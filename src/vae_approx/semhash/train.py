@@ -7,6 +7,7 @@ epoch and the best epoch is reported. Both epoch counts come from the config.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -74,9 +75,10 @@ def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
             if step_mode == "eager" or len(x) != settings.batch_size:  # a short last batch: eager
                 loss, nelbo = training_step(encoder, decoder, optimizer, settings, x, pairs, generator=generator)
             else:
-                if static is None or static.pairs != pairs or not static.fits(x):
+                same_phase = static is not None and static.pairs == pairs
+                if not (same_phase and static.fits(x)):  # a new phase, or a batch larger than the buffers
                     static = StaticStep(encoder, decoder, optimizer, settings, x, pairs, step_mode == "cuda_graphs",
-                                        None if static is None or static.pairs != pairs else static.capacity)
+                                        static.capacity if same_phase else None)
                     progress.message(f"epoch {epoch}: {step_mode} step for {pairs} pair(s), "
                                      f"{static.capacity} nonzeros per batch")
                 loss, nelbo = static(x, generator)
@@ -138,12 +140,12 @@ class StaticStep:
 
     def __init__(self, encoder: Encoder, decoder: Decoder, optimizer, settings: TrainSettings, x: SparseBatch,
                  pairs: int, capture: bool, capacity: int | None = None):
-        self.pairs, self.documents, self.n_words = pairs, len(x), len(x.smoothing)
+        self.pairs, self.documents = pairs, len(x)
         self.capacity = max(int(len(x.col) * self.GROWTH) + 1, capacity or 0)
         # A padding entry adds 0 x (a row of some matrix): document B - 1 (rows stay sorted), word
         # V - 1 (the last word's bag is the last in word order, so padding extends it), and in
         # word order the buffer's last entry, which is always padding.
-        self.fill = {"row": self.documents - 1, "col": self.n_words - 1, "val": 0.0,
+        self.fill = {"row": self.documents - 1, "col": len(x.smoothing) - 1, "val": 0.0,
                      "word_row": self.documents - 1, "word_order": self.capacity - 1}
         self.x = SparseBatch(**{
             name: torch.empty(self.capacity, dtype=value.dtype, device=value.device) if name in self.fill
@@ -153,16 +155,14 @@ class StaticStep:
         step = lambda: training_step(encoder, decoder, optimizer, settings, self.x, pairs, self.uniforms)  # noqa: E731
         self.load(x)
         saved = _training_state(optimizer)
-        if capture:
-            side = torch.cuda.Stream()
+        side = torch.cuda.Stream() if capture else None  # CUDA warms up on a side stream before a capture
+        if side is not None:
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(self.WARMUP_STEPS):
-                    step()
-            torch.cuda.current_stream().wait_stream(side)
-        else:
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
             for _ in range(self.WARMUP_STEPS):
                 step()
+        if side is not None:
+            torch.cuda.current_stream().wait_stream(side)
         _restore_training_state(optimizer, saved)
         self.graph = None
         if capture:
@@ -199,9 +199,13 @@ class StaticStep:
         return self.outputs
 
 
+def _parameters(optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def _training_state(optimizer) -> tuple[list[torch.Tensor], dict]:
     """Copies of the parameters and the optimizer's state tensors."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    params = _parameters(optimizer)
     state = {i: {k: v.clone() for k, v in optimizer.state[p].items()} for i, p in enumerate(params)
              if p in optimizer.state}
     return [p.detach().clone() for p in params], state
@@ -213,7 +217,7 @@ def _restore_training_state(optimizer, saved) -> None:
     state they had; state the steps created is zeroed, which is Adam's initial state (step 0,
     zero moments)."""
     params, state = saved
-    for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+    for i, p in enumerate(_parameters(optimizer)):
         p.copy_(params[i])
         for key, value in optimizer.state.get(p, {}).items():
             if i in state and key in state[i]:
