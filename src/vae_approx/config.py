@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -94,3 +95,67 @@ def check_inputs(config: dict, basedir) -> None:
         problems.append(f"config key 'semhash.precision_k': {sh['precision_k']} is more than the {documents} training "
                         "documents searched (the retrieval database); use at most that")
     refuse(problems)
+
+
+# ---------------------------------------------------------------- what a stage reads of the config
+
+# The experiments, in the order their claims are stacked (the schema's `experiments` enum).
+EXPERIMENTS = ("gmm", "semhash", "images")
+
+
+def stage_json(section: dict, keys) -> str:
+    """The keys a stage reads of a config section, as the rule hands them (--settings): a dotted
+    path ("evaluate.n_samples") takes one key of a subsection. A change to any other key of the
+    section then re-runs nothing of that stage."""
+    out: dict = {}
+    for path in keys:
+        key, _, sub = path.partition(".")
+        if sub:
+            out.setdefault(key, {})[sub] = section[key][sub]
+        else:
+            out[key] = section[key]
+    return json.dumps(out, sort_keys=True)
+
+
+def stage_section(text: str, keys, what: str) -> dict:
+    """--settings back into a dict holding exactly `keys` (stage_json's); a missing or unknown key,
+    or text that is not a JSON object, is a ValueError naming `what`."""
+    try:
+        section = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} --settings: not JSON ({exc})") from None
+    if not isinstance(section, dict):
+        raise ValueError(f"{what} --settings: expected a JSON object, got {text!r}")
+    nested = {path.partition(".")[0] for path in keys if "." in path}  # subsections the stage reads a part of
+    given = set()
+    for key, value in section.items():
+        if key in nested and isinstance(value, dict):
+            given |= {f"{key}.{sub}" for sub in value}
+        else:
+            given.add(key)
+    missing, unknown = sorted(set(keys) - given), sorted(given - set(keys))
+    if missing or unknown:
+        raise ValueError(f"{what} --settings: missing {missing}, unknown {unknown}; expected {sorted(keys)}")
+    return section
+
+
+def run_identity(text: str, allowed: dict, what: str) -> dict:
+    """--run back into a run's identity {column: value}: exactly the keys of `allowed`, each an int
+    (allowed[key] is int) or one of the allowed values. The identity becomes columns of every CSV
+    the stage writes; tables and claims group by those columns, never by a path."""
+    try:
+        run = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} --run: not JSON ({exc})") from None
+    if not isinstance(run, dict) or set(run) != set(allowed):
+        raise ValueError(f"{what} --run: expected a JSON object with the keys {sorted(allowed)}, got {text!r}")
+    out = {}
+    for key, values in allowed.items():
+        value = run[key]
+        if values is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{what} --run: {key} must be an integer, got {value!r}")
+        elif value not in values:
+            raise ValueError(f"{what} --run: {key} {value!r} is not one of {list(values)}")
+        out[key] = value
+    return {key: out[key] for key in allowed}

@@ -5,6 +5,33 @@ GMM = f"{RESULTS}/gmm"
 SEEDED = f"{GMM}/seed{{seed}}"
 
 
+def gmm_targets():
+    return expand(
+        f"{RESULTS}/gmm/{{encoder}}/{{name}}",
+        encoder=config["gmm"]["encoders"],
+        name=["table.csv", "table.md", "curves.png"],
+    ) + expand(
+        f"{RESULTS}/gmm/seed{{seed}}/{{encoder}}/regions.png",
+        seed=config["gmm"]["seeds"],
+        encoder=config["gmm"]["encoders"],
+    )
+
+
+def gmm_seeds(name):
+    """One file per GMM seed, in the config's seed order; `name` may hold {encoder}."""
+    return expand(
+        f"{RESULTS}/gmm/seed{{seed}}/{name}",
+        seed=config["gmm"]["seeds"],
+        allow_missing=True,
+    )
+
+
+TARGETS["gmm"] = gmm_targets()
+CLAIMS["gmm"] = expand(
+    f"{RESULTS}/gmm/{{encoder}}/claims.csv", encoder=config["gmm"]["encoders"]
+)
+
+
 rule sample_gmm:
     output:
         f"{SEEDED}/data.npz",

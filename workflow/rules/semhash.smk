@@ -2,6 +2,8 @@
 # corpus -> one Bernoulli VAE per (seed, encoder, decoder depth, bits) -> retrieval -> tables and
 # claims over seeds.
 
+from vae_approx.semhash.settings import TrainSettings
+
 SEMHASH = f"{RESULTS}/semhash"
 RUN_DIR = "seed{seed}/{encoder}/depth{depth}/{bits}bits"  # one training job of the grid
 SH = config["semhash"]
@@ -20,6 +22,32 @@ wildcard_constraints:
     encoder="[a-z0-9]+",
     depth=r"\d+",
     bits=r"\d+",
+
+
+def semhash_archive():
+    """The raw archive prepare_corpus reads: the real one (placed by hand or by
+    download_20newsgroups) or the synthetic one, in the same format."""
+    if config["semhash"]["source"] == "download":
+        return config["semhash"]["archive"]
+    return f"{RESULTS}/semhash/synthetic-20news-bydate-matlab.tgz"
+
+
+def semhash_grid(name):
+    """One file per training job (seed x encoder x decoder depth x bits), in one fixed order."""
+    return expand(
+        f"{RESULTS}/semhash/seed{{seed}}/{{encoder}}/depth{{depth}}/{{bits}}bits/{name}",
+        seed=config["semhash"]["seeds"],
+        encoder=config["semhash"]["encoders"],
+        depth=config["semhash"]["depths"],
+        bits=config["semhash"]["bits"],
+    )
+
+
+TARGETS["semhash"] = [
+    f"{SEMHASH}/test_nelbo_best.md",
+    f"{SEMHASH}/curves.png",
+]
+CLAIMS["semhash"] = [f"{SEMHASH}/claims.csv"]
 
 
 rule download_20newsgroups:
