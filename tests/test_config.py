@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,70 @@ def test_no_bad_value_passes_the_checks_snakemake_runs_before_any_job():
             config = edit(path, value)
             validate_config(config, SCHEMA)
             check_inputs(config, ROOT)
+
+
+# ---------------------------------------------------------------- one source per setting
+
+
+def schema_enums(node: dict, path: str = "") -> dict[str, tuple]:
+    """{dotted key: allowed values} of every key the schema gives an enum (a list's items included)."""
+    out = {}
+    for key, spec in node.get("properties", {}).items():
+        name = f"{path}{key}"
+        enum = spec.get("enum", spec.get("items", {}).get("enum"))
+        if enum is not None:
+            out[name] = tuple(enum)
+        out.update(schema_enums(spec, f"{name}."))
+    return out
+
+
+def test_the_schema_allows_exactly_the_values_each_experiment_declares():
+    """Allowed values are written once in Python, in each experiment's settings.py (ALLOWED), and the
+    schema's enums agree with them, key by key and in order."""
+    import importlib
+
+    from vae_approx.config import EXPERIMENTS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    enums = schema_enums(schema)
+    assert enums.pop("experiments") == EXPERIMENTS
+    for experiment in EXPERIMENTS:
+        allowed = importlib.import_module(f"vae_approx.{experiment}.settings").ALLOWED
+        section = {k.removeprefix(f"{experiment}."): v for k, v in enums.items() if k.startswith(f"{experiment}.")}
+        assert {k: tuple(v) for k, v in allowed.items()} == section, experiment
+    assert not [k for k in enums if k.split(".")[0] not in EXPERIMENTS], enums
+
+
+def config_keys(section: dict) -> set[str]:
+    """Every key name anywhere in a config section."""
+    return {k for key, value in section.items()
+            for k in ({key} | (config_keys(value) if isinstance(value, dict) else set()))}
+
+
+def test_no_settings_dataclass_repeats_a_default_of_the_config():
+    """config.yaml is the one source of every default: a stage's settings dataclass gives none of the
+    configured keys a default of its own."""
+    import dataclasses
+    import importlib
+
+    from vae_approx.config import EXPERIMENTS
+
+    config = merged()
+    checked = 0
+    for experiment in EXPERIMENTS:
+        module = importlib.import_module(f"vae_approx.{experiment}.settings")
+        keys = config_keys(config[experiment])
+        for cls in (c for c in vars(module).values() if dataclasses.is_dataclass(c) and c.__module__ == module.__name__):
+            for field in dataclasses.fields(cls):
+                has_default = (field.default is not dataclasses.MISSING
+                               or field.default_factory is not dataclasses.MISSING)
+                assert not (has_default and field.name in keys), f"{cls.__name__}.{field.name}: default in code"
+                checked += 1
+    assert checked > 0
+
+
+def test_settings_modules_do_not_import_torch():
+    """The workflow imports each experiment's settings while it builds the DAG: they stay free of torch."""
+    code = ("import sys; import vae_approx.gmm.settings, vae_approx.semhash.settings, vae_approx.images.settings; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -147,3 +147,23 @@ def test_seeds_claim_rows_carry_interval_seeds_control_and_by_construction():
     assert seeds_claim("x", "s", "stays", "d", {0: 0.4, 1: 0.45, 2: 0.38}, "increase", "c",
                        expect_change=False)["verdict"] == FAILS
     assert seeds_claim("x", "s", "rises", "e", {0: 0.1}, "increase", "c", by_construction=True)["by_construction"]
+
+
+def test_record_writes_a_runs_tables_into_the_page_from_its_mark_on(tmp_path):
+    from vae_approx.tables import RECORD_MARK, write_record
+
+    run = tmp_path / "results" / "quick"
+    (run / "gmm" / "factorized").mkdir(parents=True)
+    (run / "claims.md").write_text("## Claims of the paper\n\n| a |\n|---|\n| 1 |\n")
+    (run / "gmm" / "factorized" / "table.md").write_text("## Gaussian mixture\n\n| b |\n|---|\n| 2 |\n")
+    page = tmp_path / "results.md"
+    page.write_text(f"# Results\n\nWritten by hand.\n\n## Tables of the run\n\n{RECORD_MARK} old -->\nstale\n")
+    write_record(run, page)
+    text = page.read_text()
+    assert text.startswith("# Results\n\nWritten by hand.\n\n## Tables of the run\n\n") and "stale" not in text
+    assert text.index("`claims.md`") < text.index("`gmm/factorized/table.md`") and "**Gaussian mixture**" in text
+    write_record(run, page)
+    assert page.read_text() == text  # the hand-written part is kept, the generated part replaced, not appended
+    (run / "claims.md").unlink()
+    with pytest.raises(InputError, match="no claims.md"):
+        write_record(run, page)

@@ -8,6 +8,7 @@ grid) (`write_claims`: one CSV per experiment); `collect_claims` stacks those fi
 claims table. Nothing here knows an experiment by name.
 
     python -m vae_approx.tables claims --inputs a.csv b.csv --csv claims.csv --md claims.md
+    python -m vae_approx.tables record results/quick --page docs/results.md
 """
 
 from __future__ import annotations
@@ -357,6 +358,40 @@ def plot_claims(df: pd.DataFrame, path) -> None:
     plt.close(fig)
 
 
+# The Markdown tables of a run, in the order docs/results.md shows them (globs under results/<run>/).
+RECORD_TABLES = ("claims.md", "gmm/*/table.md", "semhash/test_nelbo_best.md", "semhash/precision.md",
+                 "images/table.md", "images/ablation.md")
+RECORD_MARK = "<!-- generated: python -m vae_approx.tables record"
+
+
+def record_text(run_dir, tables: dict[str, str]) -> str:
+    """The generated part of a results page: the run's Markdown tables {relative path: text}, each under a
+    heading naming its file, their own headings one level down."""
+    parts = [f"{RECORD_MARK} {run_dir} -->", "",
+             f"Generated from `{run_dir}/` by `python -m vae_approx.tables record {run_dir} --page <this file>`; "
+             "each table as the run wrote it.", ""]
+    for name, text in tables.items():
+        title, _, body = text.strip().partition("\n")
+        title = f"**{title.removeprefix('## ')}**" if title.startswith("## ") else title  # the table's own title
+        parts += [f"### `{name}`", "", title, body, ""]
+    return "\n".join(parts)
+
+
+def write_record(run_dir, page) -> None:
+    """Replace everything from the page's generated mark on with the run's tables (record_text)."""
+    run_dir, page = Path(run_dir), Path(page)
+    tables = {}
+    for pattern in RECORD_TABLES:
+        for path in sorted(run_dir.glob(pattern)):
+            tables[str(path.relative_to(run_dir))] = path.read_text()
+    if "claims.md" not in tables:
+        raise InputError(f"{run_dir}: no claims.md; run the workflow first")
+    text = page.read_text() if page.is_file() else ""
+    mark = text.find(RECORD_MARK)
+    head = text[:mark] if mark >= 0 else text + ("\n" if text and not text.endswith("\n") else "")
+    save_text(head + record_text(str(run_dir), tables), page)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vae_approx.tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -366,8 +401,13 @@ def main(argv: list[str] | None = None) -> None:
     claims.add_argument("--csv", required=True)
     claims.add_argument("--md", required=True)
     claims.add_argument("--png", help="claims.png: every claim's change and interval against its tolerance")
+    record = sub.add_parser("record", help="write a run's tables into a results page, from its generated mark on")
+    record.add_argument("run_dir", help="the run's folder, results/<run>")
+    record.add_argument("--page", required=True, help="the Markdown page, e.g. docs/results.md")
     args = parser.parse_args(argv)
-    if args.command == "claims":
+    if args.command == "record":
+        write_record(args.run_dir, args.page)
+    elif args.command == "claims":
         df = collect_claims(args.inputs, args.csv, args.md)
         if args.png:
             plot_claims(df, args.png)
