@@ -15,11 +15,12 @@ import time
 import torch
 from torch import nn
 
-from vae_approx.gmm.model import TRUE_CENTRES, sample_mixture
+from vae_approx.gmm.data import sample_mixture
+from vae_approx.gmm.model import TRUE_CENTRES
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--steps", type=int, default=10000)
-parser.add_argument("--n-per-component", type=int, default=2000)
+parser.add_argument("--steps", type=int, required=True, help="steps of each phase (run.py: the paper preset's)")
+parser.add_argument("--n-per-component", type=int, required=True, help="run.py: the paper preset's")
 args = parser.parse_args()
 
 torch.manual_seed(0)

@@ -12,6 +12,7 @@ Prints, per benchmark, both times and ours/reference speed-up; writes benchmarks
 
 import argparse
 import csv
+import json
 import statistics
 import subprocess
 import sys
@@ -20,28 +21,50 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 PY = sys.executable
 
 
+def paper_section(experiment: str) -> dict:
+    """An experiment's config section at the paper preset: config.yaml updated by presets/paper.yaml,
+    as Snakemake merges --configfile."""
+    import yaml
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((ROOT / "presets" / "paper.yaml").read_text()))
+    return config[experiment]
+
+
 def gmm(scale: float, workdir: Path):
-    """GMM stage, factorized encoder: 10,000 + 10,000 full-batch steps on 8,000 points."""
-    steps, n = max(1, round(10000 * scale)), 2000
+    """GMM stage, factorized encoder, at the paper preset's settings (10,000 + 10,000 full-batch
+    steps on 8,000 points), each phase's steps scaled."""
+    from vae_approx.config import stage_json
+    from vae_approx.gmm.settings import PHASES, STAGE_KEYS
+
+    section = paper_section("gmm")
+    for phase in PHASES:
+        section[phase]["steps"] = max(1, round(section[phase]["steps"] * scale))
+    steps, n = section["pretrain"]["steps"], section["n_per_component"]
     data, model = workdir / "data.npz", workdir / "pretrained.pt"
 
     def ours():
-        run([PY, "-m", "vae_approx.gmm", "sample", "--n-per-component", str(n), "--variance", "1",
-             "--seed", "0", "--out", str(data)])
-        common = ["--encoder", "factorized", "--data", str(data), "--steps", str(steps), "--seed", "0",
-                  "--eval-every", "100", "--checkpoint-every", "1000", "--threads", "2", "--device", "cpu"]
-        run([PY, "-m", "vae_approx.gmm", "train", "--phase", "pretrain", "--lr", "1e-3", *common,
+        run([PY, "-m", "vae_approx.gmm", "sample", "--settings", stage_json(section, STAGE_KEYS["sample"]),
+             "--run", json.dumps({"seed": 0}), "--out", str(data)])
+        common = ["--run", json.dumps({"encoder": "factorized", "seed": 0}), "--data", str(data),
+                  "--threads", "2", "--device", "cpu"]
+        run([PY, "-m", "vae_approx.gmm", "train", "--phase", "pretrain",
+             "--settings", stage_json(section, STAGE_KEYS["pretrain"]), *common,
              "--out", str(model), "--metrics", str(workdir / "pre.csv")])
-        run([PY, "-m", "vae_approx.gmm", "train", "--phase", "joint", "--lr", "1e-4", "--init", str(model),
-             *common, "--out", str(workdir / "joint.pt"), "--metrics", str(workdir / "joint.csv")])
+        run([PY, "-m", "vae_approx.gmm", "train", "--phase", "joint",
+             "--settings", stage_json(section, STAGE_KEYS["joint"]), "--init", str(model), *common,
+             "--out", str(workdir / "joint.pt"), "--metrics", str(workdir / "joint.csv")])
 
     def reference():
+        # the reference formulation hand-types the variance (1) and the learning rates of the paper preset
         run([PY, str(HERE / "reference_gmm.py"), "--steps", str(steps), "--n-per-component", str(n)])
 
-    return ours, reference, f"{steps} + {steps} steps, {4 * n} points"
+    return ours, reference, f"{steps} + {section['joint']['steps']} steps, {4 * n} points"
 
 
 BENCHMARKS = {"gmm": gmm}

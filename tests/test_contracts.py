@@ -11,9 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import config_section
 from vae_approx.common import NonFiniteLossError, Progress, atomic_path, resume_path, save_torch
-from vae_approx.gmm.model import TRUE_CENTRES, MixtureDecoder, make_encoder, sample_mixture
-from vae_approx.gmm.train import TrainSettings, train
+from vae_approx.config import stage_json
+from vae_approx.gmm.data import sample_mixture
+from vae_approx.gmm.model import TRUE_CENTRES, MixtureDecoder, make_encoder
+from vae_approx.gmm.settings import STAGE_KEYS, TrainSettings
+from vae_approx.gmm.train import train
 
 
 def quiet():
@@ -54,7 +58,7 @@ class Interrupt(Exception):
 
 def run(x, name, settings, resume, interrupt_at=None):
     torch.manual_seed(settings.seed)
-    enc, dec = make_encoder(name), MixtureDecoder(TRUE_CENTRES, 1.0)
+    enc, dec = make_encoder(name, config_section("gmm")["hidden"]), MixtureDecoder(TRUE_CENTRES, 1.0)
 
     def on_step(step):
         if step == interrupt_at:
@@ -100,9 +104,15 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "vae_approx.gmm", *args], capture_output=True, text=True)
 
 
+def gmm_settings(stage, **changes):
+    """A GMM stage's --settings: config.yaml's section with `changes`."""
+    return stage_json({**config_section("gmm"), **changes}, STAGE_KEYS[stage])
+
+
 def train_args(tmp_path, data):
-    return ["train", "--phase", "pretrain", "--encoder", "consistent", "--data", str(data), "--steps", "5",
-            "--lr", "0.01", "--seed", "0", "--eval-every", "1", "--checkpoint-every", "2",
+    settings = gmm_settings("pretrain", pretrain={"steps": 5, "lr": 0.01}, eval_every=1, checkpoint_every=2)
+    return ["train", "--phase", "pretrain", "--settings", settings, "--run", '{"encoder": "consistent", "seed": 0}',
+            "--data", str(data), "--threads", "1", "--device", "cpu",
             "--out", str(tmp_path / "m.pt"), "--metrics", str(tmp_path / "m.csv")]
 
 
@@ -118,7 +128,8 @@ def test_cli_rejects_a_missing_or_corrupt_data_file(tmp_path):
 
 def test_cli_stage_writes_outputs_and_removes_its_resume_file(tmp_path):
     data = tmp_path / "data.npz"
-    assert cli("sample", "--n-per-component", "20", "--variance", "1", "--seed", "0", "--out", str(data)).returncode == 0
+    settings = gmm_settings("sample", n_per_component=20, variance=1.0)
+    assert cli("sample", "--settings", settings, "--run", '{"seed": 0}', "--out", str(data)).returncode == 0
     with np.load(data) as f:
         assert f["x"].shape == (80, 2)
     done = cli(*train_args(tmp_path, data))

@@ -8,12 +8,17 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
+from conftest import config_section
 from vae_approx.common import Progress
+from vae_approx.gmm.data import sample_mixture
 from vae_approx.gmm.model import (
     TRUE_CENTRES, ConsistentEncoder, MixtureDecoder, exact_elbo, kl_divergence, log_likelihood,
-    fit_centres_ml, log_posterior, make_encoder, sample_mixture,
+    fit_centres_ml, log_posterior, make_encoder,
 )
-from vae_approx.gmm.train import TrainSettings, train
+from vae_approx.gmm.settings import ENCODERS, TrainSettings
+from vae_approx.gmm.train import train
+
+HIDDEN = config_section("gmm")["hidden"]
 
 
 def data(n=200, variance=1.0, seed=0):
@@ -32,12 +37,12 @@ def test_log_joint_matches_scipy():
     torch.testing.assert_close(dec.log_joint(x), torch.from_numpy(expected - math.log(4)).float(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["factorized", "consistent"])
+@pytest.mark.parametrize("name", ENCODERS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_elbo_is_loglik_minus_kl_for_any_encoder(name, seed):
     torch.manual_seed(seed)
     x = data(100)
-    enc = make_encoder(name)
+    enc = make_encoder(name, HIDDEN)
     dec = MixtureDecoder(torch.tensor(TRUE_CENTRES) + torch.randn(4, 2), 0.5 + seed)
     log_q, log_joint = enc.log_q(x), dec.log_joint(x)
     lhs = exact_elbo(log_q, log_joint)
@@ -51,8 +56,8 @@ def test_posterior_and_encoders_sum_to_one():
     x = data(50)
     log_joint = MixtureDecoder(TRUE_CENTRES, 1.0).log_joint(x)
     torch.testing.assert_close(log_posterior(log_joint).exp().sum(1), torch.ones(len(x)))
-    for name in ("factorized", "consistent"):
-        torch.testing.assert_close(make_encoder(name).log_q(x).exp().sum(1), torch.ones(len(x)))
+    for name in ENCODERS:
+        torch.testing.assert_close(make_encoder(name, HIDDEN).log_q(x).exp().sum(1), torch.ones(len(x)))
 
 
 def test_consistent_family_contains_the_exact_posterior():
@@ -74,7 +79,7 @@ def test_training_the_consistent_encoder_closes_the_gap_but_not_the_factorized()
     gaps = {}
     for name in ("consistent", "factorized"):
         torch.manual_seed(0)
-        enc, dec = make_encoder(name), MixtureDecoder(TRUE_CENTRES, 1.0)
+        enc, dec = make_encoder(name, HIDDEN), MixtureDecoder(TRUE_CENTRES, 1.0)
         settings = TrainSettings("pretrain", 1500, 1e-2, 1500, 10**9, 0)
         rows = train(x, enc, dec, torch.tensor(TRUE_CENTRES), 1.0, settings, None, quiet())
         gaps[name] = rows[-1]["log_likelihood"] - rows[-1]["elbo"]
@@ -87,7 +92,7 @@ def test_training_the_consistent_encoder_closes_the_gap_but_not_the_factorized()
 def test_gradients_reach_only_the_trained_parts(phase):
     torch.manual_seed(0)
     x = data(100)
-    enc, dec = make_encoder("factorized"), MixtureDecoder(TRUE_CENTRES, 1.0)
+    enc, dec = make_encoder("factorized", HIDDEN), MixtureDecoder(TRUE_CENTRES, 1.0)
     enc_before = [p.detach().clone() for p in enc.parameters()]
     settings = TrainSettings(phase, 20, 1e-2, 10, 10**9, 0)
     train(x, enc, dec, torch.tensor(TRUE_CENTRES), 1.0, settings, None, quiet())
@@ -100,7 +105,7 @@ def test_gradients_reach_only_the_trained_parts(phase):
 def test_metrics_rows_are_tidy_and_complete():
     x = data(50)
     torch.manual_seed(0)
-    rows = train(x, make_encoder("consistent"), MixtureDecoder(TRUE_CENTRES, 1.0), torch.tensor(TRUE_CENTRES),
+    rows = train(x, make_encoder("consistent", HIDDEN), MixtureDecoder(TRUE_CENTRES, 1.0), torch.tensor(TRUE_CENTRES),
                  1.0, TrainSettings("joint", 25, 1e-2, 10, 10**9, 0), None, quiet())
     assert [r["step"] for r in rows] == [0, 10, 20, 25]
     expected = {"phase", "step", "elbo", "log_likelihood", "kl_to_posterior", "kl_to_true_posterior",

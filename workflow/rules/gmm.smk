@@ -1,44 +1,27 @@
 # Gaussian mixture, per seed: ground-truth sample -> encoder pretraining -> joint training, and
 # the maximum-likelihood fit of the centres (the control); over seeds: tables and claims.
+# The path layout, the keys each stage reads (--settings) and the file lists live in
+# vae_approx.gmm.settings; each job's wildcards are its identity (--run).
 
-GMM = f"{RESULTS}/gmm"
-SEEDED = f"{GMM}/seed{{seed}}"
+from vae_approx.gmm import settings as gmm_settings
 
+GMM_CONFIG = config["gmm"]
+# Each file's path template (wildcards seed, encoder), by its name in gmm_settings.PATHS.
+GMM_PATH = {name: gmm_settings.path(RESULTS, name) for name in gmm_settings.PATHS}
+GMM_LOGS = f"{LOGS}/gmm"
+GMM_BENCHMARKS = f"{BENCHMARKS}/gmm"
 
-def gmm_targets():
-    return expand(
-        f"{RESULTS}/gmm/{{encoder}}/{{name}}",
-        encoder=config["gmm"]["encoders"],
-        name=["table.csv", "table.md", "curves.png"],
-    ) + expand(
-        f"{RESULTS}/gmm/seed{{seed}}/{{encoder}}/regions.png",
-        seed=config["gmm"]["seeds"],
-        encoder=config["gmm"]["encoders"],
-    )
-
-
-def gmm_seeds(name):
-    """One file per GMM seed, in the config's seed order; `name` may hold {encoder}."""
-    return expand(
-        f"{RESULTS}/gmm/seed{{seed}}/{name}",
-        seed=config["gmm"]["seeds"],
-        allow_missing=True,
-    )
-
-
-TARGETS["gmm"] = gmm_targets()
-CLAIMS["gmm"] = expand(
-    f"{RESULTS}/gmm/{{encoder}}/claims.csv", encoder=config["gmm"]["encoders"]
-)
+TARGETS["gmm"] = gmm_settings.targets(GMM_CONFIG, RESULTS)
+CLAIMS["gmm"] = gmm_settings.claims_files(GMM_CONFIG, RESULTS)
 
 
 rule sample_gmm:
     output:
-        f"{SEEDED}/data.npz",
+        GMM_PATH["data"],
     log:
-        f"{LOGS}/gmm/seed{{seed}}/data.log",
+        f"{GMM_LOGS}/seed{{seed}}/data.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/seed{{seed}}/data.tsv"
+        f"{GMM_BENCHMARKS}/seed{{seed}}/data.tsv"
     conda:
         ENV
     threads: 1
@@ -46,179 +29,177 @@ rule sample_gmm:
         mem_mb=1000,
         runtime=5,
     params:
-        n=config["gmm"]["n_per_component"],
-        variance=config["gmm"]["variance"],
+        settings=settings_json(GMM_CONFIG, gmm_settings.STAGE_KEYS["sample"]),
+        run=run_json,
     shell:
-        "python -m vae_approx.gmm sample --n-per-component {params.n} --variance {params.variance}"
-        " --seed {wildcards.seed} --out {output} 2> {log}"
+        "python -m vae_approx.gmm sample --settings {params.settings} --run {params.run}"
+        " --out {output} 2> {log}"
 
 
 rule fit_gmm_ml:
     input:
-        f"{SEEDED}/data.npz",
+        GMM_PATH["data"],
     output:
-        f"{SEEDED}/ml_fit.csv",
+        GMM_PATH["ml_fit"],
     log:
-        f"{LOGS}/gmm/seed{{seed}}/ml_fit.log",
+        f"{GMM_LOGS}/seed{{seed}}/ml_fit.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/seed{{seed}}/ml_fit.tsv"
+        f"{GMM_BENCHMARKS}/seed{{seed}}/ml_fit.tsv"
     conda:
         ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        run=run_json,
     shell:
-        "python -m vae_approx.gmm fit-ml --data {input} --out {output} 2> {log}"
+        "python -m vae_approx.gmm fit-ml --run {params.run} --data {input} --out {output} 2> {log}"
 
 
 rule pretrain_gmm_encoder:
     input:
-        data=f"{SEEDED}/data.npz",
+        data=GMM_PATH["data"],
     output:
-        model=f"{SEEDED}/{{encoder}}/pretrained.pt",
-        metrics=f"{SEEDED}/{{encoder}}/pretrain_metrics.csv",
+        model=GMM_PATH["pretrained"],
+        metrics=GMM_PATH["pretrain_metrics"],
     log:
-        f"{LOGS}/gmm/seed{{seed}}/{{encoder}}/pretrained.log",
+        f"{GMM_LOGS}/seed{{seed}}/{{encoder}}/pretrained.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/seed{{seed}}/{{encoder}}/pretrained.tsv"
+        f"{GMM_BENCHMARKS}/seed{{seed}}/{{encoder}}/pretrained.tsv"
     conda:
         ENV
-    threads: config["gmm"]["threads"]
+    threads: GMM_CONFIG["threads"]
     resources:
         gpu_slots=1,
         mem_mb=2000,
         runtime=60,
     params:
-        hidden=config["gmm"]["hidden"],
-        steps=config["gmm"]["pretrain"]["steps"],
-        lr=config["gmm"]["pretrain"]["lr"],
-        eval_every=config["gmm"]["eval_every"],
-        checkpoint_every=config["gmm"]["checkpoint_every"],
+        settings=settings_json(GMM_CONFIG, gmm_settings.STAGE_KEYS["pretrain"]),
+        run=run_json,
         device=config["device"],
     shell:
-        "python -m vae_approx.gmm train --phase pretrain --encoder {wildcards.encoder}"
-        " --hidden {params.hidden} --data {input.data} --steps {params.steps} --lr {params.lr}"
-        " --seed {wildcards.seed} --eval-every {params.eval_every}"
-        " --checkpoint-every {params.checkpoint_every} --threads {threads}"
-        " --device {params.device}"
+        "python -m vae_approx.gmm train --phase pretrain --settings {params.settings} --run {params.run}"
+        " --data {input.data} --threads {threads} --device {params.device}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
 rule train_gmm_joint:
     input:
-        data=f"{SEEDED}/data.npz",
-        init=f"{SEEDED}/{{encoder}}/pretrained.pt",
+        data=GMM_PATH["data"],
+        init=GMM_PATH["pretrained"],
     output:
-        model=f"{SEEDED}/{{encoder}}/joint.pt",
-        metrics=f"{SEEDED}/{{encoder}}/joint_metrics.csv",
+        model=GMM_PATH["joint"],
+        metrics=GMM_PATH["joint_metrics"],
     log:
-        f"{LOGS}/gmm/seed{{seed}}/{{encoder}}/joint.log",
+        f"{GMM_LOGS}/seed{{seed}}/{{encoder}}/joint.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/seed{{seed}}/{{encoder}}/joint.tsv"
+        f"{GMM_BENCHMARKS}/seed{{seed}}/{{encoder}}/joint.tsv"
     conda:
         ENV
-    threads: config["gmm"]["threads"]
+    threads: GMM_CONFIG["threads"]
     resources:
         gpu_slots=1,
         mem_mb=2000,
         runtime=60,
     params:
-        hidden=config["gmm"]["hidden"],
-        steps=config["gmm"]["joint"]["steps"],
-        lr=config["gmm"]["joint"]["lr"],
-        eval_every=config["gmm"]["eval_every"],
-        checkpoint_every=config["gmm"]["checkpoint_every"],
+        settings=settings_json(GMM_CONFIG, gmm_settings.STAGE_KEYS["joint"]),
+        run=run_json,
         device=config["device"],
     shell:
-        "python -m vae_approx.gmm train --phase joint --encoder {wildcards.encoder}"
-        " --hidden {params.hidden} --data {input.data} --init {input.init}"
-        " --steps {params.steps} --lr {params.lr} --seed {wildcards.seed}"
-        " --eval-every {params.eval_every} --checkpoint-every {params.checkpoint_every}"
-        " --threads {threads} --device {params.device}"
+        "python -m vae_approx.gmm train --phase joint --settings {params.settings} --run {params.run}"
+        " --data {input.data} --init {input.init} --threads {threads} --device {params.device}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
 rule plot_gmm_regions:
     input:
-        data=f"{SEEDED}/data.npz",
-        pretrained=f"{SEEDED}/{{encoder}}/pretrained.pt",
-        joint=f"{SEEDED}/{{encoder}}/joint.pt",
+        data=GMM_PATH["data"],
+        pretrained=GMM_PATH["pretrained"],
+        joint=GMM_PATH["joint"],
     output:
         report(
-            f"{SEEDED}/{{encoder}}/regions.png",
+            GMM_PATH["regions"],
             caption="../report/gmm_regions.rst",
             category="Gaussian mixture",
             subcategory="{encoder} encoder",
         ),
     log:
-        f"{LOGS}/gmm/seed{{seed}}/{{encoder}}/regions.log",
+        f"{GMM_LOGS}/seed{{seed}}/{{encoder}}/regions.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/seed{{seed}}/{{encoder}}/regions.tsv"
+        f"{GMM_BENCHMARKS}/seed{{seed}}/{{encoder}}/regions.tsv"
     conda:
         ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        run=run_json,
     shell:
-        "python -m vae_approx.gmm regions --encoder {wildcards.encoder} --data {input.data}"
+        "python -m vae_approx.gmm regions --run {params.run} --data {input.data}"
         " --pretrained {input.pretrained} --joint {input.joint} --out {output} 2> {log}"
 
 
 rule plot_gmm_curves:
     input:
-        pretrain=gmm_seeds("{encoder}/pretrain_metrics.csv"),
-        joint=gmm_seeds("{encoder}/joint_metrics.csv"),
+        # every seed's file, in the config's order
+        pretrain=gmm_settings.every_seed(GMM_CONFIG, RESULTS, "pretrain_metrics"),
+        joint=gmm_settings.every_seed(GMM_CONFIG, RESULTS, "joint_metrics"),
     output:
         report(
-            f"{GMM}/{{encoder}}/curves.png",
+            GMM_PATH["curves"],
             caption="../report/gmm_curves.rst",
             category="Gaussian mixture",
             subcategory="{encoder} encoder",
         ),
     log:
-        f"{LOGS}/gmm/{{encoder}}/curves.log",
+        f"{GMM_LOGS}/{{encoder}}/curves.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/{{encoder}}/curves.tsv"
+        f"{GMM_BENCHMARKS}/{{encoder}}/curves.tsv"
     conda:
         ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        run=run_json,
     shell:
-        "python -m vae_approx.gmm curves --encoder {wildcards.encoder} --pretrain {input.pretrain}"
+        "python -m vae_approx.gmm curves --run {params.run} --pretrain {input.pretrain}"
         " --joint {input.joint} --out {output} 2> {log}"
 
 
 rule tabulate_gmm:
     input:
-        pretrain=gmm_seeds("{encoder}/pretrain_metrics.csv"),
-        joint=gmm_seeds("{encoder}/joint_metrics.csv"),
-        ml=gmm_seeds("ml_fit.csv"),
+        # every seed's files, in the config's order (the order of the per-seed table)
+        pretrain=gmm_settings.every_seed(GMM_CONFIG, RESULTS, "pretrain_metrics"),
+        joint=gmm_settings.every_seed(GMM_CONFIG, RESULTS, "joint_metrics"),
+        ml=gmm_settings.every_seed(GMM_CONFIG, RESULTS, "ml_fit"),
         published=config["published_results"],
     output:
         csv=report(
-            f"{GMM}/{{encoder}}/table.csv",
+            GMM_PATH["table_csv"],
             caption="../report/gmm_table.rst",
             category="Gaussian mixture",
             subcategory="{encoder} encoder",
         ),
-        md=f"{GMM}/{{encoder}}/table.md",
-        per_seed=f"{GMM}/{{encoder}}/table_per_seed.csv",
-        claims=f"{GMM}/{{encoder}}/claims.csv",
+        md=GMM_PATH["table_md"],
+        per_seed=GMM_PATH["table_per_seed"],
+        claims=GMM_PATH["claims"],
     log:
-        f"{LOGS}/gmm/{{encoder}}/table.log",
+        f"{GMM_LOGS}/{{encoder}}/table.log",
     benchmark:
-        f"{BENCHMARKS}/gmm/{{encoder}}/table.tsv"
+        f"{GMM_BENCHMARKS}/{{encoder}}/table.tsv"
     conda:
         ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        run=run_json,
     shell:
-        "python -m vae_approx.gmm tabulate --encoder {wildcards.encoder} --pretrain {input.pretrain}"
+        "python -m vae_approx.gmm tabulate --run {params.run} --pretrain {input.pretrain}"
         " --joint {input.joint} --ml {input.ml} --published {input.published}"
         " --per-seed {output.per_seed} --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"

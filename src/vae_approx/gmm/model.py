@@ -13,26 +13,16 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .settings import ENCODERS
 
 # Ground-truth centres of the reproduction (Kyrylov et al., ReScience C 9(2) 2023).
 TRUE_CENTRES = ((-1.0, 0.0), (0.0, 0.0), (1.0, 1.0), (1.0, -1.0))
 # The 2-bit code z_b of each component, in the order of TRUE_CENTRES, as +-1 spins.
 CODES = ((-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0))
-ENCODERS = ("factorized", "consistent")
-
-
-def sample_mixture(n_per_component: int, variance: float, seed: int,
-                   centres=TRUE_CENTRES) -> tuple[np.ndarray, np.ndarray]:
-    """n_per_component points from each isotropic component; returns (x [N,2], component [N])."""
-    rng = np.random.default_rng(seed)
-    centres = np.asarray(centres, dtype=np.float64)
-    component = np.repeat(np.arange(len(centres)), n_per_component)
-    x = centres[component] + math.sqrt(variance) * rng.standard_normal((len(component), centres.shape[1]))
-    return x.astype(np.float32), component
 
 
 class MixtureDecoder(nn.Module):
@@ -52,13 +42,13 @@ class MixtureDecoder(nn.Module):
 
 
 class FactorizedEncoder(nn.Module):
-    """MLP 2-64-64-2 giving g(x); q(z|x) proportional to exp(<g(x), z_b>) over the 2-bit codes.
+    """MLP 2-H-H-2 (H = gmm.hidden) giving g(x); q(z|x) proportional to exp(<g(x), z_b>) over the 2-bit codes.
 
     The exponential family of two independent bits: it cannot express correlations between
     the bits, which the true posterior of the mixture has.
     """
 
-    def __init__(self, hidden: int = 64):
+    def __init__(self, hidden: int):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(2, hidden), nn.ReLU(),       # [N, 2] -> [N, H]
@@ -82,7 +72,8 @@ class ConsistentEncoder(nn.Module):
         return F.log_softmax(self.linear(x), dim=1)  # [N, K]
 
 
-def make_encoder(name: str, hidden: int = 64) -> nn.Module:
+def make_encoder(name: str, hidden: int) -> nn.Module:
+    """An encoder of family `name` (settings.ENCODERS); `hidden` is the factorized encoder's width."""
     if name == "factorized":
         return FactorizedEncoder(hidden)
     if name == "consistent":
@@ -133,3 +124,12 @@ def fit_centres_ml(x: torch.Tensor, variance: float, centres=TRUE_CENTRES, tol: 
             if moved <= tol:
                 break
     return decoder.centres.detach().clone(), iteration
+
+
+def restore(saved: dict) -> tuple[nn.Module, MixtureDecoder]:
+    """The encoder and decoder of a saved model dict (the training stage's output file)."""
+    encoder = make_encoder(saved["encoder_name"], saved["hidden"])
+    encoder.load_state_dict(saved["encoder"])
+    decoder = MixtureDecoder(TRUE_CENTRES, saved["variance"])
+    decoder.load_state_dict(saved["decoder"])
+    return encoder, decoder

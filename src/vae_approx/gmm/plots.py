@@ -1,4 +1,4 @@
-"""Figures of the Gaussian-mixture experiment, made from saved models and metrics CSV files."""
+"""Figures of the Gaussian-mixture experiment, made from saved models and metrics records."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ import torch
 from matplotlib.colors import ListedColormap
 
 from ..common import plot_seeds, save_figure
+from .results import check_metrics, common_seeds
 
 COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
 
 
 @torch.no_grad()
-def plot_regions(x: torch.Tensor, models: dict, true_centres: torch.Tensor, name: str, path) -> None:
-    """The data, the ground-truth and learned centres, and the encoder's most probable code."""
+def plot_regions(x: torch.Tensor, pretrained: tuple, joint: tuple, true_centres: torch.Tensor, name: str,
+                 path) -> None:
+    """One run's data, ground-truth and learned centres, and the encoder's most probable code,
+    after encoder pretraining and after joint training (each an (encoder, decoder) pair)."""
+    models = {"after encoder pretraining": pretrained, "after joint training": joint}
     lo, hi = x.min(0).values - 0.5, x.max(0).values + 0.5
     gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing="xy")
     grid = torch.stack([gx.flatten(), gy.flatten()], dim=1)  # [G, 2]
@@ -44,9 +48,15 @@ def plot_regions(x: torch.Tensor, models: dict, true_centres: torch.Tensor, name
     plt.close(fig)
 
 
-def plot_curves(runs: list[pd.DataFrame], encoder_name: str, path) -> None:
+def plot_curves(pretrain: pd.DataFrame, joint: pd.DataFrame, encoder_name: str, path) -> None:
     """ELBO, true log-likelihood and centre drift over both phases (the joint phase's steps follow
-    on), one thin line per seed (`runs`: each seed's pretraining and joint metrics) and the mean."""
+    on), one thin line per seed and the mean. `pretrain`, `joint`: the phases' metrics records of
+    one encoder family (a seed column), grouped by seed in the records' order."""
+    check_metrics(pretrain, "pretrain", encoder_name)
+    check_metrics(joint, "joint", encoder_name)
+    seeds = common_seeds({"pretraining metrics": pretrain, "joint metrics": joint})
+    runs = [pd.concat([pretrain[pretrain.seed == seed], joint[joint.seed == seed]], ignore_index=True)
+            for seed in seeds]
     offset = max(run.step[run.phase == "pretrain"].max() for run in runs)
     curves = {}
     for run in runs:

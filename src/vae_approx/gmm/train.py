@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
-from .model import MixtureDecoder, exact_elbo, kl_divergence, log_likelihood, log_posterior
-
-PHASES = {
-    # phase name -> the stage label of the published tables
-    "pretrain": "encoder pretrained (decoder frozen)",
-    "joint": "joint training",
-}
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    phase: str             # "pretrain": encoder only, decoder frozen; "joint": both
-    steps: int             # full-batch Adam steps
-    lr: float              # Adam learning rate
-    eval_every: int        # steps between rows of the metrics table
-    checkpoint_every: int  # steps between resume checkpoints
-    seed: int
-
-
-@torch.no_grad()
-def evaluate(x, encoder, decoder, true_log_posterior, true_centres) -> dict[str, float]:
-    """Every quantity of the metrics table, exactly, averaged over the data."""
-    encoder.eval()
-    log_q = encoder.log_q(x)
-    log_joint = decoder.log_joint(x)
-    row = {
-        "elbo": exact_elbo(log_q, log_joint).mean().item(),
-        "log_likelihood": log_likelihood(log_joint).mean().item(),
-        "kl_to_posterior": kl_divergence(log_q, log_posterior(log_joint)).mean().item(),
-        "kl_to_true_posterior": kl_divergence(log_q, true_log_posterior).mean().item(),
-    }
-    distances = (decoder.centres - true_centres).norm(dim=1)
-    for k, dist in enumerate(distances.tolist()):
-        row[f"centre_{k}_distance"] = dist
-    row["mean_centre_distance"] = distances.mean().item()
-    encoder.train()
-    return row
+from .evaluate import evaluate
+from .model import MixtureDecoder, exact_elbo, log_posterior
+from .settings import PHASES, TrainSettings
 
 
 def train(
