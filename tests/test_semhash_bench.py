@@ -76,7 +76,16 @@ def archive(tmp_path_factory):
 
 
 def settings(seed: int, one: int, ten: int) -> TrainSettings:
-    return TrainSettings("e1", 0, 8, 16, "disarm", one, ten, 10, 256, 1e-3, seed, 1024, False, 10**9)
+    return bench.paper_settings(seed=seed, epochs_one_pair=one, epochs_many_pairs=ten, bits=8, width=16)
+
+
+def test_the_benchmark_trains_with_the_paper_presets_settings():
+    """Our side's settings are the paper preset's, but for the benchmark's own choices (BENCH, the command line)."""
+    ours = bench.paper_settings()
+    assert (ours.encoder, ours.depth, ours.bits, ours.seed) == ("e1", 0, 64, 1)
+    assert (ours.width, ours.batch_size, ours.lr, ours.many_pairs, ours.estimator) == (512, 256, 1e-3, 10, "disarm")
+    assert bench.PROTOCOL_EPOCHS == (1000, 500) and bench.VOCAB_SIZE == 10000
+    assert bench.PAPER_SHAPE["n_train"] == 11269 and bench.PAPER_SHAPE["n_test"] == 7505
 
 
 def test_script_copy_changes_only_seed_and_epoch_ranges():

@@ -27,11 +27,14 @@ from vae_approx.semhash.data import (
 
 torch.set_num_threads(1)
 
+# The generator's shape of the tests' corpora (the config's synthetic section has its own).
+SHAPE = dict(length_spread=1.0, topic_concentration=0.1)
+
 
 @pytest.fixture(scope="module")
 def corpus():
     return synthetic_corpus(n_train=60, n_test=40, vocab_size=300, n_classes=4, n_topics=6,
-                            mean_length=30, seed=3)
+                            mean_length=30, seed=3, **SHAPE)
 
 
 def same(a: sp.spmatrix, b: sp.spmatrix) -> bool:
@@ -42,8 +45,8 @@ def same(a: sp.spmatrix, b: sp.spmatrix) -> bool:
 
 
 def test_synthetic_corpus_is_seeded_and_labelled(corpus):
-    again = synthetic_corpus(60, 40, 300, 4, 6, 30, seed=3)
-    other = synthetic_corpus(60, 40, 300, 4, 6, 30, seed=4)
+    again = synthetic_corpus(60, 40, 300, 4, 6, 30, seed=3, **SHAPE)
+    other = synthetic_corpus(60, 40, 300, 4, 6, 30, seed=4, **SHAPE)
     assert all(same(a, b) for a, b in zip(corpus[:2], again[:2]))
     assert all(np.array_equal(a, b) for a, b in zip(corpus[2:], again[2:]))
     assert not same(corpus.train_counts, other.train_counts)
@@ -67,7 +70,7 @@ def test_token_sampler_draws_from_each_row():
 
 
 def test_synthetic_classes_differ_in_their_words():
-    c = synthetic_corpus(400, 10, 200, 2, 6, 80, seed=0)
+    c = synthetic_corpus(400, 10, 200, 2, 6, 80, seed=0, **SHAPE)
     profile = [np.asarray(c.train_counts[c.train_labels == k].sum(axis=0)).ravel() for k in (0, 1)]
     profile = [p / p.sum() for p in profile]
     assert 0.5 * np.abs(profile[0] - profile[1]).sum() > 0.1  # total variation between classes
@@ -252,9 +255,9 @@ def test_prepare_keeps_words_in_most_training_documents():
     with pytest.raises(InputError, match="unknown vocabulary tie rule 'random'"):
         prepare(train, test, 3, ties="random")
     with pytest.raises(InputError, match="exceeds the 5 distinct words"):
-        prepare(train, test, 6)
+        prepare(train, test, 6, ties="torch_topk")
     with pytest.raises(InputError, match="labels have shape"):
-        prepare(train, test, 3, train_labels=[0, 1])
+        prepare(train, test, 3, ties="torch_topk", train_labels=[0, 1])
 
 
 def test_vocabulary_ties_as_the_reproductions_loader_or_by_lowest_index():
@@ -278,7 +281,7 @@ def test_vocabulary_ties_as_the_reproductions_loader_or_by_lowest_index():
 
 
 def test_prepare_on_synthetic_corpus_and_save_load(corpus, tmp_path):
-    p = prepare(corpus.train_counts, corpus.test_counts, 100,
+    p = prepare(corpus.train_counts, corpus.test_counts, 100, ties="torch_topk",
                 train_labels=corpus.train_labels, test_labels=corpus.test_labels)
     df = np.asarray((corpus.train_counts > 0).sum(axis=0)).ravel()
     assert df[p.vocabulary].min() >= np.delete(df, p.vocabulary).max()  # nothing better was left out
@@ -291,13 +294,13 @@ def test_prepare_on_synthetic_corpus_and_save_load(corpus, tmp_path):
     assert np.array_equal(q.vocabulary, p.vocabulary) and np.array_equal(q.smoothing, p.smoothing)
     assert np.array_equal(q.test_labels, p.test_labels)
 
-    unlabelled = prepare(corpus.train_counts, corpus.test_counts, 100)
+    unlabelled = prepare(corpus.train_counts, corpus.test_counts, 100, ties="torch_topk")
     save_prepared(unlabelled, tmp_path / "u.npz")
     assert load_prepared(tmp_path / "u.npz").train_labels is None
 
 
 def test_load_prepared_rejects_bad_files(corpus, tmp_path):
-    p = prepare(corpus.train_counts, corpus.test_counts, 50)
+    p = prepare(corpus.train_counts, corpus.test_counts, 50, ties="torch_topk")
     save_prepared(p, tmp_path / "p.npz")
     blob = (tmp_path / "p.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(blob[: len(blob) // 2])

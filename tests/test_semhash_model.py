@@ -16,24 +16,21 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from vae_approx.semhash.data import SparseCounts
+from vae_approx.semhash.estimators import antithetic_codes, log_q_over_prior, pair_gradients, surrogate_loss
+from vae_approx.semhash.evaluate import evaluate_nelbo
 from vae_approx.semhash.model import (
     Decoder,
     Encoder,
-    SparseCounts,
-    antithetic_codes,
     bernoulli_entropy,
     empirical_log_likelihood,
     encoder_input,
     encoder_spec,
-    evaluate_nelbo,
     kl_to_uniform,
     log_likelihood,
-    log_q_over_prior,
     nelbo_estimate,
-    pair_gradients,
     reconstruction,
     sparse_log_likelihood,
-    surrogate_loss,
     _LinearMultinomial,
 )
 
@@ -133,7 +130,7 @@ def test_decoder_first_layer_reads_bits_or_spins(depth):
 
 
 def test_decoder_is_normalised_for_any_shape():
-    decoder = Decoder(BITS, WORDS, hidden=(7, 4)).double()
+    decoder = Decoder(BITS, WORDS, hidden=(7, 4), code_values="bits").double()
     codes = torch.randint(0, 2, (2, 5, BITS)).double()
     log_probs = decoder(codes)
     assert log_probs.shape == (2, 5, WORDS)
@@ -158,7 +155,7 @@ def test_reconstruction_is_relative_to_the_empirical_distribution(problem):
 def test_perfect_decoder_gives_zero_reconstruction():
     """A decoder ignoring z whose softmax is the document's frequencies reconstructs it exactly."""
     x = torch.tensor([[4.0, 1.0, 0.5, 2.5, 1.0, 1.0]], dtype=torch.float64)
-    decoder = Decoder(BITS, WORDS).double()
+    decoder = Decoder(BITS, WORDS, code_values="bits").double()
     with torch.no_grad():
         decoder.net[-1].weight.zero_()
         decoder.net[-1].bias.copy_((x / x.sum()).log()[0] + 1.7)  # any shift: softmax removes it
@@ -283,11 +280,11 @@ def test_surrogate_gradients_match_exact_gradients(problem, method, kl_gradient)
 def test_surrogate_rejects_bad_arguments(problem):
     x, logits, decoder = problem
     with pytest.raises(ValueError, match="unknown gradient estimator 'reinforce'"):
-        surrogate_loss(x, logits, decoder, method="reinforce")
+        surrogate_loss(x, logits, decoder, method="reinforce", kl_gradient="estimator")
     with pytest.raises(ValueError, match="pairs"):
-        surrogate_loss(x, logits, decoder, pairs=0)
+        surrogate_loss(x, logits, decoder, method="disarm", kl_gradient="estimator", pairs=0)
     with pytest.raises(ValueError, match="unknown KL gradient 'exact'"):
-        surrogate_loss(x, logits, decoder, kl_gradient="exact")
+        surrogate_loss(x, logits, decoder, method="disarm", kl_gradient="exact")
 
 
 def test_log_q_over_prior_of_every_code(problem):
@@ -303,8 +300,9 @@ def test_log_q_over_prior_of_every_code(problem):
 def test_training_step_reaches_encoder_and_decoder():
     torch.manual_seed(1)
     x = torch.rand(8, 20) * 3 + 0.05
-    encoder, decoder = Encoder(20, 4, hidden=(6,), representation="frequencies"), Decoder(4, 20, hidden=(5, 7))
-    terms = surrogate_loss(x, encoder(x), decoder, pairs=3)
+    encoder = Encoder(20, 4, hidden=(6,), representation="frequencies")
+    decoder = Decoder(4, 20, hidden=(5, 7), code_values="bits")
+    terms = surrogate_loss(x, encoder(x), decoder, method="disarm", kl_gradient="estimator", pairs=3)
     terms.loss.mean().backward()
     for module in (encoder, decoder):
         for p in module.parameters():
@@ -331,11 +329,11 @@ def test_encoder_shapes_and_representations(hidden):
 
 
 def test_encoder_specs():
-    assert encoder_spec("e1") == ("counts", ())
+    assert encoder_spec("e1", 16) == ("counts", ())
     assert encoder_spec("e2", 16) == ("frequencies", (16,))
-    assert encoder_spec("e3") == ("frequencies", ())
+    assert encoder_spec("e3", 16) == ("frequencies", ())
     with pytest.raises(ValueError, match="e4"):
-        encoder_spec("e4")
+        encoder_spec("e4", 16)
 
 
 def test_sparse_counts_densify_batches_only():
@@ -356,7 +354,7 @@ def test_evaluate_nelbo_is_reproducible_and_batch_independent():
     csr = sp.csr_matrix(rng.poisson(1.0, size=(10, 8)))
     counts, smoothing = SparseCounts(csr), torch.full((8,), 1 / 8)
     torch.manual_seed(0)
-    encoder, decoder = Encoder(8, 4), Decoder(4, 8, hidden=(3,))
+    encoder, decoder = Encoder(8, 4), Decoder(4, 8, hidden=(3,), code_values="bits")
     one = evaluate_nelbo(encoder, decoder, counts, smoothing, batch_size=4, generator=torch.Generator().manual_seed(2))
     two = evaluate_nelbo(encoder, decoder, counts, smoothing, batch_size=4, generator=torch.Generator().manual_seed(2))
     assert one.nelbo.shape == (10,) and torch.equal(one.nelbo, two.nelbo)
@@ -395,7 +393,8 @@ def test_sparse_batch_path_equals_the_dense_formulation(encoder_name, depth, chu
     params = [*encoder.parameters(), *decoder.parameters()]
     results = []
     for inputs in (x, batch):
-        terms = surrogate_loss(inputs, encoder(inputs), decoder, pairs=3, generator=torch.Generator().manual_seed(1))
+        terms = surrogate_loss(inputs, encoder(inputs), decoder, method="disarm", kl_gradient="estimator", pairs=3,
+                               generator=torch.Generator().manual_seed(1))
         grads = torch.autograd.grad(terms.loss.sum(), params)
         results.append((terms.loss.detach(), terms.nelbo, grads))
     (loss_d, nelbo_d, grads_d), (loss_s, nelbo_s, grads_s) = results
@@ -412,7 +411,7 @@ def test_sparse_likelihood_stays_finite_for_large_scores():
     counts = SparseCounts(sp.csr_matrix(rng.poisson(1.0, size=(5, 40))))
     smoothing = torch.as_tensor(rng.dirichlet(np.ones(40)), dtype=torch.float32)
     batch = counts.batch(torch.arange(5), smoothing)
-    decoder = Decoder(6, 40)
+    decoder = Decoder(6, 40, code_values="bits")
     with torch.no_grad():
         decoder.net[-1].weight.mul_(2000.0)                             # |h| up to about 1,000
     codes = torch.randint(0, 2, (3, 5, 6)).float()

@@ -1,4 +1,4 @@
-"""Semantic-hashing stages: retrieval metric, the command-line chain, resume."""
+"""Semantic-hashing stages: retrieval metric, the command-line chain, resume, the static step."""
 
 import io
 import json
@@ -9,13 +9,38 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import config_section
 
 from vae_approx.common import NonFiniteLossError, Progress, resume_path
+from vae_approx.config import stage_json
 from vae_approx.semhash import train as semhash_train
-from vae_approx.semhash.data import load_prepared
-from vae_approx.semhash.model import SparseCounts
-from vae_approx.semhash.train import StaticStep, TrainSettings, precision_at_k, reported_mean, train
-from vae_approx.semhash.settings import TrainSettings as SettingsOfTheRule
+from vae_approx.semhash.data import SparseCounts, load_prepared
+from vae_approx.semhash.evaluate import precision_at_k, reported_mean
+from vae_approx.semhash.settings import RUN, STAGE_KEYS, TRAIN_KEYS, TrainSettings
+from vae_approx.semhash.train import StaticStep, train
+
+SECTION = config_section("semhash")
+# The stages' settings: config.yaml's, at the tests' small sizes.
+SMALL = {"width": 16, "epochs_one_pair": 2, "epochs_many_pairs": 1, "many_pairs": 3, "lr": 1e-3,
+         "eval_batch_size": 128, "checkpoint_every": 1,
+         "synthetic": {**SECTION["synthetic"], "n_train": 200, "n_test": 50, "raw_vocab_size": 400, "n_classes": 4,
+                       "n_topics": 6, "mean_length": 40, "seed": 0},
+         "vocab_size": 200, "expected_documents": {"train": 200, "test": 50}}
+
+
+def settings_json(stage: str, **overrides) -> str:
+    return stage_json({**SECTION, **SMALL, **overrides}, STAGE_KEYS[stage])
+
+
+def run_json(**overrides) -> str:
+    return json.dumps({"seed": 1, "encoder": "e1", "depth": 1, "bits": 4, **overrides})
+
+
+def train_settings(**overrides) -> TrainSettings:
+    """The trainer's settings from config.yaml, at the tests' sizes (a linear e2 on 4 bits, 2 + 2 epochs)."""
+    small = {"seed": 1, "encoder": "e2", "depth": 0, "bits": 4, "width": 8, "epochs_one_pair": 2,
+             "epochs_many_pairs": 2, "many_pairs": 3, "lr": 1e-3, "eval_batch_size": 128, "checkpoint_every": 1}
+    return TrainSettings(**{**{key: SECTION[key] for key in TRAIN_KEYS}, **small, **overrides})
 
 
 def test_precision_at_k_by_hand():
@@ -28,76 +53,96 @@ def test_precision_at_k_by_hand():
     assert precision_at_k(queries, np.array([0, 1]), db, db_labels, k=1) == pytest.approx(1.0)
 
 
+def stage(*args):
+    return subprocess.run([sys.executable, "-m", "vae_approx.semhash", *map(str, args)], capture_output=True, text=True)
+
+
 def sh(*args):
-    proc = subprocess.run([sys.executable, "-m", "vae_approx.semhash", *map(str, args)], capture_output=True, text=True)
+    proc = stage(*args)
     assert proc.returncode == 0, proc.stderr
     return proc
 
 
-SETTINGS = {"width": 16, "estimator": "disarm", "kl_gradient": "estimator", "code_values": "bits",
-            "epochs_one_pair": 2, "epochs_many_pairs": 1, "many_pairs": 3, "batch_size": 64, "lr": 1e-3,
-            "eval_batch_size": 128, "reference_protocol": False, "checkpoint_every": 1,
-            "test_nelbo_batch": 0}
-TRAIN = ["--encoder", "e1", "--depth", "1", "--bits", "4", "--seed", "1", "--settings", json.dumps(SETTINGS)]
+def train_args(corpus, out, **settings):
+    return ["train", "--settings", settings_json("train", **settings), "--run", run_json(), "--corpus",
+            corpus / "corpus.npz", "--threads", 1, "--device", "cpu", "--out", out / "m.pt", "--history", out / "h.csv"]
+
+
+def retrieval_args(corpus, out, k=None, run=None):
+    return ["retrieval", "--settings", settings_json("retrieval", **({"precision_k": k} if k else {})),
+            "--run", run or run_json(), "--corpus", corpus / "corpus.npz", "--model", out / "m.pt", "--threads", 1,
+            "--out", out / "r.csv"]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("semhash")
-    sh("synthesize", "--n-train", 200, "--n-test", 50, "--raw-vocab-size", 400, "--n-classes", 4, "--n-topics", 6,
-       "--seed", 0, "--mean-length", 40, "--out", d / "raw.tgz")
-    sh("prepare", "--archive", d / "raw.tgz", "--vocab-size", 200, "--expect-train", 200, "--expect-test", 50,
-       "--out", d / "corpus.npz")
+    sh("synthesize", "--settings", settings_json("synthesize"), "--out", d / "raw.tgz")
+    sh("prepare", "--settings", settings_json("prepare"), "--archive", d / "raw.tgz", "--out", d / "corpus.npz")
     return d
 
 
-def test_the_stage_chain_writes_history_and_retrieval(corpus):
-    proc = sh("train", "--corpus", corpus / "corpus.npz", *TRAIN, "--out", corpus / "m.pt", "--history", corpus / "h.csv",
-              "--device", "cpu", "--cuda-graphs")
+def test_the_stage_chain_writes_history_and_retrieval_with_the_run_as_columns(corpus, tmp_path):
+    proc = sh(*train_args(corpus, tmp_path, cuda_graphs=True))
     assert "step 3/3" in proc.stderr
     assert "semhash.cuda_graphs: CUDA only; the steps run eagerly on cpu" in proc.stderr
-    history = pd.read_csv(corpus / "h.csv")
+    history = pd.read_csv(tmp_path / "h.csv")
+    assert list(history.columns[:4]) == list(RUN)
+    assert (history[list(RUN)] == pd.Series(json.loads(run_json()))).all().all()
     assert list(history.epoch) == [1, 2, 3] and list(history.pairs) == [1, 1, 3]
     assert np.isfinite(history[["train_nelbo", "test_nelbo"]]).all().all()
-    assert not resume_path(corpus / "m.pt").exists()
-    sh("retrieval", "--corpus", corpus / "corpus.npz", "--model", corpus / "m.pt", "--out", corpus / "r.csv")
-    assert 0 <= pd.read_csv(corpus / "r.csv").precision_at_100.iloc[0] <= 1
+    assert not resume_path(tmp_path / "m.pt").exists()
+    sh(*retrieval_args(corpus, tmp_path))
+    retrieval = pd.read_csv(tmp_path / "r.csv")
+    assert list(retrieval.columns) == [*RUN, "precision_at_100"] and retrieval.encoder.iloc[0] == "e1"
+    assert 0 <= retrieval.precision_at_100.iloc[0] <= 1
+    # a model is evaluated as the run it was trained for
+    proc = stage(*retrieval_args(corpus, tmp_path, run=run_json(seed=2)))
+    assert proc.returncode != 0 and "not of the run" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_train_settings_come_whole_from_the_config_section(corpus, tmp_path):
-    """The rule passes the section's training keys as one JSON object; the stage builds its
-    settings from it, and a missing or unknown key is an error naming it, before any training."""
-    assert SettingsOfTheRule is TrainSettings
-    assert sorted(TrainSettings.config_keys()) == sorted(SETTINGS)
-    section = {**SETTINGS, "precision_k": 100, "threads": 2}       # the section has other keys too
-    assert json.loads(TrainSettings.config_json(section)) == SETTINGS
-    built = TrainSettings.from_config(SETTINGS, "e2", "1", "8", "3")
-    assert (built.encoder, built.depth, built.bits, built.seed, built.code_values) == ("e2", 1, 8, 3, "bits")
-    with pytest.raises(ValueError, match=r"unknown \['seed'\]"):  # the seed comes from semhash.seeds, per job
-        TrainSettings.from_config({**SETTINGS, "seed": 1}, "e2", 1, 8, 3)
-    for bad, named in (({k: v for k, v in SETTINGS.items() if k != "code_values"}, "missing ['code_values']"),
-                       ({**SETTINGS, "lr_decay": 0.5}, "unknown ['lr_decay']")):
-        proc = subprocess.run([sys.executable, "-m", "vae_approx.semhash", "train", "--corpus", str(corpus / "corpus.npz"),
-                               "--encoder", "e1", "--depth", "0", "--bits", "4", "--seed", "1", "--settings", json.dumps(bad),
-                               "--out", str(tmp_path / "m.pt"), "--history", str(tmp_path / "h.csv")],
-                              capture_output=True, text=True)
-        assert proc.returncode != 0 and named in proc.stderr and "Traceback" not in proc.stderr
+def test_a_stage_reads_exactly_its_keys_and_the_run(corpus, tmp_path):
+    """The rule passes the section's keys of the stage as one JSON object; a missing or unknown key, or a
+    bad identity, is an error naming it, before any training."""
+    assert set(STAGE_KEYS["train"]) == {*TRAIN_KEYS, "cuda_graphs"} and not set(TRAIN_KEYS) & set(RUN)
+    section = json.loads(settings_json("train"))
+    cases = [(["--settings", json.dumps({k: v for k, v in section.items() if k != "code_values"})],
+              "missing ['code_values']"),
+             (["--settings", json.dumps({**section, "lr_decay": 0.5})], "unknown ['lr_decay']"),
+             (["--settings", json.dumps({**section, "seed": 1})], "unknown ['seed']"),  # per job: semhash.seeds
+             (["--run", run_json(encoder="e4")], "encoder 'e4' is not one of ['e1', 'e2', 'e3']"),
+             (["--run", json.dumps({"seed": 1, "encoder": "e1", "depth": 0})], "with the keys")]
+    for change, named in cases:
+        args = train_args(corpus, tmp_path)
+        flag = args.index(change[0])
+        args[flag + 1] = change[1]
+        proc = stage(*args)
+        assert proc.returncode != 0 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not (tmp_path / "m.pt").exists() and not (tmp_path / "h.csv").exists()
 
 
 def test_test_mean_over_documents_or_as_the_reproduction_averages_batches():
     values = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
-    assert reported_mean(values) == pytest.approx(4.0)
+    assert reported_mean(values, 0) == pytest.approx(4.0)
     assert reported_mean(values, 2) == pytest.approx((1.5 + 3.5 + 10.0) / 3)  # the last batch of one counts as two
     assert reported_mean(values, 5) == reported_mean(values, 100) == pytest.approx(4.0)
 
 
 def test_prepare_rejects_an_unexpected_document_count(corpus):
-    proc = subprocess.run([sys.executable, "-m", "vae_approx.semhash", "prepare", "--archive", str(corpus / "raw.tgz"),
-                           "--vocab-size", "200", "--expect-train", "11269", "--out", str(corpus / "x.npz")],
-                          capture_output=True, text=True)
+    proc = stage("prepare", "--settings", settings_json("prepare", expected_documents={"train": 11269, "test": 0}),
+                 "--archive", corpus / "raw.tgz", "--out", corpus / "x.npz")
     assert proc.returncode != 0 and "200 train documents, expected 11269" in proc.stderr
     assert not (corpus / "x.npz").exists()
+
+
+def test_prepare_checks_the_pinned_digest_of_the_real_archive_only(corpus, tmp_path):
+    wrong = "0" * 64
+    proc = stage("prepare", "--settings", settings_json("prepare", source="download", sha256=wrong),
+                 "--archive", corpus / "raw.tgz", "--out", tmp_path / "c.npz")
+    assert proc.returncode != 0 and f"does not match the pinned {wrong}" in proc.stderr
+    assert not (tmp_path / "c.npz").exists()
+    sh("prepare", "--settings", settings_json("prepare", source="synthetic", sha256=wrong),
+       "--archive", corpus / "raw.tgz", "--out", tmp_path / "c.npz")
 
 
 class Interrupt(Exception):
@@ -106,7 +151,7 @@ class Interrupt(Exception):
 
 def test_an_interrupted_training_resumes_to_the_same_history(corpus, tmp_path):
     data = load_prepared(corpus / "corpus.npz")
-    settings = TrainSettings("e2", 0, 4, 8, "disarm", 2, 2, 3, 64, 1e-3, 1, 128, False, 1)
+    settings = train_settings()
     quiet = lambda: Progress("t", 4, 1, stream=io.StringIO())  # noqa: E731
     full, _, _ = train(data, settings, torch.device("cpu"), None, quiet())
     resume = resume_path(tmp_path / "m.pt")
@@ -123,64 +168,52 @@ def test_an_interrupted_training_resumes_to_the_same_history(corpus, tmp_path):
     pd.testing.assert_frame_equal(pd.DataFrame(resumed)[cols], pd.DataFrame(full)[cols])
 
 
-def test_tabulate_decides_the_encoder_claims_per_cell_over_seeds(tmp_path):
-    """Fake histories of 3 seeds x {e1, e2} x {8, 16} bits: at 8 bits e1 is clearly lower in every
-    seed (holds), at 16 bits the difference changes sign between seeds (inconclusive), so the
-    claim over the grid is inconclusive and names the 16-bit cell."""
+def test_tabulate_and_plot_group_by_the_identity_columns(tmp_path):
+    """Fake histories of 2 seeds x {e1, e2}, at 8 bits e1 lower in both seeds: the tables and claims
+    come from the records' columns, whatever the files' paths and order; records that do not fit
+    are refused, naming the run."""
     from vae_approx.semhash.__main__ import main
-    from vae_approx.tables import paired_verdict
 
-    e1_minus_e2 = {8: [-5.0, -5.5, -4.5], 16: [-1.0, 2.0, -0.5]}
     histories, retrievals = [], []
-    for seed in (1, 2, 3):
-        for encoder in ("e1", "e2"):
-            for bits in (8, 16):
-                run = tmp_path / f"seed{seed}" / encoder / "depth0" / f"{bits}bits"
-                run.mkdir(parents=True)
-                best = 100.0 + (e1_minus_e2[bits][seed - 1] if encoder == "e1" else 0.0)
-                pd.DataFrame({"epoch": [1, 2], "pairs": [1, 1], "train_nelbo": [150.0, 120.0],
-                              "test_nelbo": [best + 20, best]}).to_csv(run / "history.csv", index=False)
-                pd.DataFrame([{"encoder": encoder, "depth": 0, "bits": bits, "seed": seed,
-                               "precision_at_100": 0.5}]).to_csv(run / "retrieval.csv", index=False)
-                histories.append(run / "history.csv")
-                retrievals.append(run / "retrieval.csv")
-    main(["tabulate", "--histories", *map(str, histories), "--retrievals", *map(str, retrievals),
-          "--published", "reference/published_results.csv", "--out-dir", str(tmp_path), "--claims",
-          str(tmp_path / "claims.csv")])
+    for i, (seed, encoder) in enumerate([(2, "e2"), (1, "e1"), (2, "e1"), (1, "e2")]):  # any order, any path
+        best = 100.0 - (5.0 + seed if encoder == "e1" else 0.0)
+        run = {"seed": seed, "encoder": encoder, "depth": 0, "bits": 8}
+        pd.DataFrame([{**run, "epoch": 1, "pairs": 1, "train_nelbo": 150.0, "test_nelbo": best + 20},
+                      {**run, "epoch": 2, "pairs": 1, "train_nelbo": 120.0, "test_nelbo": best}]
+                     ).to_csv(tmp_path / f"h{i}.csv", index=False)
+        pd.DataFrame([{**run, "precision_at_100": 0.5}]).to_csv(tmp_path / f"r{3 - i}.csv", index=False)
+        histories.append(str(tmp_path / f"h{i}.csv"))
+        retrievals.append(str(tmp_path / f"r{3 - i}.csv"))
+    common = ["--settings", settings_json("tabulate"), "--published", "reference/published_results.csv",
+              "--out-dir", str(tmp_path)]
+    main(["tabulate", "--histories", *histories, "--retrievals", *retrievals, *common,
+          "--claims", str(tmp_path / "claims.csv")])
     table = pd.read_csv(tmp_path / "test_nelbo_best.csv").set_index("encoder")
-    assert table.loc["e1", "8 bits"] == pytest.approx(100 - 5.0) and table.loc["e2", "16 bits std"] == 0
-    assert table.loc["e1", "16 bits std"] == pytest.approx(np.std(e1_minus_e2[16], ddof=1))
-    assert "Mean (standard deviation) over 3 seeds" in (tmp_path / "test_nelbo_best.md").read_text()
-    assert len(pd.read_csv(tmp_path / "results.csv")) == 12
-    cells = pd.read_csv(tmp_path / "claims_cells.csv").set_index("setting")
-    for bits, verdict in ((8, "holds"), (16, "inconclusive")):
-        row, pv = cells.loc[f"decoder depth 0, {bits} bits"], paired_verdict(e1_minus_e2[bits], "decrease")
-        assert row.verdict == pv.verdict == verdict and row.low == pytest.approx(pv.low)
-    claim = pd.read_csv(tmp_path / "claims.csv").iloc[0]
-    assert claim.verdict == "inconclusive" and claim.setting.startswith("encoders e1 vs e2")
-    assert "1 of 2 cells hold; inconclusive: decoder depth 0, 16 bits; fails: none" in claim.measured
-    # a history and a retrieval file of different runs are refused
-    with pytest.raises(SystemExit, match="not of the same run"):
-        main(["tabulate", "--histories", str(histories[0]), "--retrievals", str(retrievals[1]),
-              "--published", "reference/published_results.csv", "--out-dir", str(tmp_path), "--claims",
-              str(tmp_path / "c.csv")])
+    assert table.loc["e1", "8 bits"] == pytest.approx(100 - 6.5) and table.loc["e2", "8 bits std"] == 0
+    assert "Mean (standard deviation) over 2 seeds (1, 2" in (tmp_path / "test_nelbo_best.md").read_text()
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert list(results.encoder) == ["e1", "e1", "e2", "e2"] and list(results.seed) == [1, 2, 1, 2]
+    assert pd.read_csv(tmp_path / "claims.csv").verdict.tolist() == ["holds"]
+    assert pd.read_csv(tmp_path / "claims_cells.csv").setting.tolist() == ["decoder depth 0, 8 bits"]
+    main(["plot", "--histories", *histories, "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a run with a history but no retrieval
+    with pytest.raises(SystemExit, match="a history but no retrieval for seed 2 e2 depth 0 8 bits"):
+        main(["tabulate", "--histories", *histories, "--retrievals", *retrievals[1:], *common,
+              "--claims", str(tmp_path / "c.csv")])
 
 
 def test_too_large_vocabulary_or_k_is_an_error_naming_the_config_key(corpus, tmp_path):
-    def stage(*args):
-        return subprocess.run([sys.executable, "-m", "vae_approx.semhash", *map(str, args)], capture_output=True, text=True)
-
-    proc = stage("prepare", "--archive", corpus / "raw.tgz", "--vocab-size", 100000, "--out", tmp_path / "c.npz")
+    proc = stage("prepare", "--settings", settings_json("prepare", vocab_size=100000), "--archive", corpus / "raw.tgz",
+                 "--out", tmp_path / "c.npz")
     assert proc.returncode != 0 and "config key 'semhash.vocab_size'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "c.npz").exists()
-    model = tmp_path / "m.pt"
-    assert stage("train", "--corpus", corpus / "corpus.npz", *TRAIN, "--out", model, "--history", tmp_path / "h.csv").returncode == 0
+    sh(*train_args(corpus, tmp_path))
     # the corpus has 200 training documents: precision@201 cannot be computed, and is not capped
-    proc = stage("retrieval", "--corpus", corpus / "corpus.npz", "--model", model, "--k", 201, "--out", tmp_path / "r.csv")
+    proc = stage(*retrieval_args(corpus, tmp_path, k=201))
     assert proc.returncode != 0 and "config key 'semhash.precision_k': 201 is more than the 200" in proc.stderr
     assert not (tmp_path / "r.csv").exists()
-    assert stage("retrieval", "--corpus", corpus / "corpus.npz", "--model", model, "--k", 200,
-                 "--out", tmp_path / "r.csv").returncode == 0
+    sh(*retrieval_args(corpus, tmp_path, k=200))
 
 
 def quiet(epochs):
@@ -194,7 +227,7 @@ def test_the_static_step_trains_exactly_as_the_eager_step(corpus, monkeypatch, e
     through a phase change (a new static step on an existing optimizer state) and, with growth
     1, a re-capture whenever a batch has more nonzeros than any before."""
     data = load_prepared(corpus / "corpus.npz")
-    settings = TrainSettings(encoder, depth, 4, 8, "disarm", 2, 2, 3, 64, 1e-3, 1, 128, False, 1)
+    settings = train_settings(encoder=encoder, depth=depth)
     eager, _, _ = train(data, settings, torch.device("cpu"), None, quiet(4))
     monkeypatch.setattr(StaticStep, "GROWTH", growth)
     progress = quiet(4)
@@ -210,7 +243,7 @@ def test_the_static_step_pads_without_changing_a_batch(corpus):
     counts = SparseCounts(data.train)
     smoothing = torch.as_tensor(data.smoothing, dtype=torch.float32)
     small, large = sorted(counts.batches(torch.arange(192), 64, smoothing), key=lambda x: len(x.col))[::2]
-    settings = TrainSettings("e1", 0, 4, 8, "disarm", 1, 0, 1, 64, 1e-3, 1, 128, False, 1)
+    settings = train_settings(encoder="e1", epochs_one_pair=1, epochs_many_pairs=0, many_pairs=1)
     encoder, decoder = semhash_train.build_models(settings, data.n_words)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()])
     before = [p.detach().clone() for p in encoder.parameters()]
@@ -230,7 +263,7 @@ def test_the_static_step_pads_without_changing_a_batch(corpus):
 
 def test_a_non_finite_loss_stops_training_naming_the_epoch_and_batch(corpus, monkeypatch, tmp_path):
     data = load_prepared(corpus / "corpus.npz")
-    settings = TrainSettings("e1", 0, 4, 8, "disarm", 2, 0, 1, 64, 1e-3, 1, 128, False, 1)
+    settings = train_settings(encoder="e1", epochs_many_pairs=0, many_pairs=1)
     build = semhash_train.build_models
 
     def poisoned(*args):

@@ -1,46 +1,27 @@
 # Semantic hashing: corpus (real archive or synthetic, same raw format) -> prepared sparse
 # corpus -> one Bernoulli VAE per (seed, encoder, decoder depth, bits) -> retrieval -> tables and
-# claims over seeds.
+# claims over seeds. What each stage reads of the config, and the path layout, are in
+# vae_approx.semhash.settings; a training job's wildcards are its identity (--run).
 
-from vae_approx.semhash.settings import TrainSettings
+from vae_approx.semhash import settings as semhash_settings
 
 SEMHASH = f"{RESULTS}/semhash"
-RUN_DIR = "seed{seed}/{encoder}/depth{depth}/{bits}bits"  # one training job of the grid
 SH = config["semhash"]
-# The other tables of tabulate_semhash, beside the two the report shows.
+SEMHASH_RUN = semhash_settings.RUN_DIR  # one training job of the grid
+# The tables of tabulate_semhash beside the two the report shows (test_nelbo_best.csv, precision.csv).
 SEMHASH_TABLES = [
-    "test_nelbo_best.md",
-    "precision.md",
-    "test_nelbo_last.csv",
-    "test_nelbo_last.md",
-    "train_nelbo_last.csv",
-    "train_nelbo_last.md",
+    f"{SEMHASH}/{table}.{ext}"
+    for table in semhash_settings.TABLES
+    for ext in ("csv", "md")
+    if f"{table}.{ext}" not in ("test_nelbo_best.csv", "precision.csv")
 ]
 
 
+# Global constraints (the GMM's encoders are wildcards too): a name, and numbers.
 wildcard_constraints:
     encoder="[a-z0-9]+",
     depth=r"\d+",
     bits=r"\d+",
-
-
-def semhash_archive():
-    """The raw archive prepare_corpus reads: the real one (placed by hand or by
-    download_20newsgroups) or the synthetic one, in the same format."""
-    if config["semhash"]["source"] == "download":
-        return config["semhash"]["archive"]
-    return f"{RESULTS}/semhash/synthetic-20news-bydate-matlab.tgz"
-
-
-def semhash_grid(name):
-    """One file per training job (seed x encoder x decoder depth x bits), in one fixed order."""
-    return expand(
-        f"{RESULTS}/semhash/seed{{seed}}/{{encoder}}/depth{{depth}}/{{bits}}bits/{name}",
-        seed=config["semhash"]["seeds"],
-        encoder=config["semhash"]["encoders"],
-        depth=config["semhash"]["depths"],
-        bits=config["semhash"]["bits"],
-    )
 
 
 TARGETS["semhash"] = [
@@ -64,16 +45,14 @@ rule download_20newsgroups:
         mem_mb=1000,
         runtime=30,
     params:
-        url=SH["url"],
-        sha256=SH["sha256"],
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["fetch"]),
     shell:
-        "python -m vae_approx.semhash fetch --url {params.url} --sha256 '{params.sha256}'"
-        " --out {output} 2> {log}"
+        "python -m vae_approx.semhash fetch --settings {params.settings} --out {output} 2> {log}"
 
 
 rule synthesize_corpus:
     output:
-        f"{SEMHASH}/synthetic-20news-bydate-matlab.tgz",
+        f"{SEMHASH}/{semhash_settings.SYNTHETIC_ARCHIVE}",
     log:
         f"{LOGS}/semhash/synthetic-20news-bydate-matlab.log",
     benchmark:
@@ -85,19 +64,14 @@ rule synthesize_corpus:
         mem_mb=2000,
         runtime=10,
     params:
-        **{k: v for k, v in SH["synthetic"].items()},
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["synthesize"]),
     shell:
-        "python -m vae_approx.semhash synthesize --n-train {params.n_train} --n-test {params.n_test}"
-        " --raw-vocab-size {params.raw_vocab_size} --n-classes {params.n_classes}"
-        " --n-topics {params.n_topics} --mean-length {params.mean_length}"
-        " --length-spread {params.length_spread}"
-        " --topic-concentration {params.topic_concentration} --seed {params.seed}"
-        " --out {output} 2> {log}"
+        "python -m vae_approx.semhash synthesize --settings {params.settings} --out {output} 2> {log}"
 
 
 rule prepare_corpus:
     input:
-        semhash_archive(),
+        semhash_settings.archive_file(SH, SEMHASH),
     output:
         f"{SEMHASH}/corpus.npz",
     log:
@@ -111,28 +85,22 @@ rule prepare_corpus:
         mem_mb=2000,
         runtime=15,
     params:
-        vocab_size=SH["vocab_size"],
-        ties=SH["vocabulary_ties"],
-        expect_train=SH["expected_documents"]["train"],
-        expect_test=SH["expected_documents"]["test"],
-        sha256=SH["sha256"] if SH["source"] == "download" else "",
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["prepare"]),
     shell:
-        "python -m vae_approx.semhash prepare --archive {input} --vocab-size {params.vocab_size}"
-        " --vocabulary-ties {params.ties}"
-        " --expect-train {params.expect_train} --expect-test {params.expect_test}"
-        " --sha256 '{params.sha256}' --out {output} 2> {log}"
+        "python -m vae_approx.semhash prepare --settings {params.settings} --archive {input}"
+        " --out {output} 2> {log}"
 
 
 rule train_semhash:
     input:
         corpus=f"{SEMHASH}/corpus.npz",
     output:
-        model=f"{SEMHASH}/{RUN_DIR}/model.pt",
-        history=f"{SEMHASH}/{RUN_DIR}/history.csv",
+        model=f"{SEMHASH}/{SEMHASH_RUN}/model.pt",
+        history=f"{SEMHASH}/{SEMHASH_RUN}/history.csv",
     log:
-        f"{LOGS}/semhash/{RUN_DIR}/model.log",
+        f"{LOGS}/semhash/{SEMHASH_RUN}/model.log",
     benchmark:
-        f"{BENCHMARKS}/semhash/{RUN_DIR}/model.tsv"
+        f"{BENCHMARKS}/semhash/{SEMHASH_RUN}/model.tsv"
     conda:
         ENV
     threads: SH["threads"]
@@ -141,28 +109,25 @@ rule train_semhash:
         mem_mb=2000,
         runtime=240,
     params:
-        # the training keys of the semhash section, whole (vae_approx.semhash.settings)
-        settings=shlex.quote(TrainSettings.config_json(SH)),
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["train"]),
+        run=lambda wildcards: run_json(wildcards),
         device=config["device"],
-        cuda_graphs="--cuda-graphs" if SH["cuda_graphs"] else "",
     shell:
-        "python -m vae_approx.semhash train --corpus {input.corpus} --encoder {wildcards.encoder}"
-        " --depth {wildcards.depth} --bits {wildcards.bits} --seed {wildcards.seed}"
-        " --settings {params.settings}"
-        " --threads {threads} --device {params.device} {params.cuda_graphs}"
+        "python -m vae_approx.semhash train --settings {params.settings} --run {params.run}"
+        " --corpus {input.corpus} --threads {threads} --device {params.device}"
         " --out {output.model} --history {output.history} 2> {log}"
 
 
 rule evaluate_retrieval:
     input:
         corpus=f"{SEMHASH}/corpus.npz",
-        model=f"{SEMHASH}/{RUN_DIR}/model.pt",
+        model=f"{SEMHASH}/{SEMHASH_RUN}/model.pt",
     output:
-        f"{SEMHASH}/{RUN_DIR}/retrieval.csv",
+        f"{SEMHASH}/{SEMHASH_RUN}/retrieval.csv",
     log:
-        f"{LOGS}/semhash/{RUN_DIR}/retrieval.log",
+        f"{LOGS}/semhash/{SEMHASH_RUN}/retrieval.log",
     benchmark:
-        f"{BENCHMARKS}/semhash/{RUN_DIR}/retrieval.tsv"
+        f"{BENCHMARKS}/semhash/{SEMHASH_RUN}/retrieval.tsv"
     conda:
         ENV
     threads: 1
@@ -170,15 +135,16 @@ rule evaluate_retrieval:
         mem_mb=2000,
         runtime=15,
     params:
-        k=SH["precision_k"],
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["retrieval"]),
+        run=lambda wildcards: run_json(wildcards),
     shell:
-        "python -m vae_approx.semhash retrieval --corpus {input.corpus} --model {input.model}"
-        " --k {params.k} --threads {threads} --out {output} 2> {log}"
+        "python -m vae_approx.semhash retrieval --settings {params.settings} --run {params.run}"
+        " --corpus {input.corpus} --model {input.model} --threads {threads} --out {output} 2> {log}"
 
 
 rule plot_semhash:
     input:
-        semhash_grid("history.csv"),
+        semhash_settings.run_files(SH, SEMHASH, "history.csv"),
     output:
         report(
             f"{SEMHASH}/curves.png",
@@ -201,8 +167,8 @@ rule plot_semhash:
 
 rule tabulate_semhash:
     input:
-        histories=semhash_grid("history.csv"),
-        retrievals=semhash_grid("retrieval.csv"),
+        histories=semhash_settings.run_files(SH, SEMHASH, "history.csv"),
+        retrievals=semhash_settings.run_files(SH, SEMHASH, "retrieval.csv"),
         published=config["published_results"],
     output:
         test_nelbo=report(
@@ -215,10 +181,10 @@ rule tabulate_semhash:
             caption="../report/semhash_precision.rst",
             category="Semantic hashing",
         ),
-        tables=expand(f"{SEMHASH}/{{table}}", table=SEMHASH_TABLES),
+        tables=SEMHASH_TABLES,
         results=f"{SEMHASH}/results.csv",
         claims=f"{SEMHASH}/claims.csv",
-        claims_cells=f"{SEMHASH}/claims_cells.csv",
+        claims_cells=f"{SEMHASH}/{semhash_settings.CLAIMS_CELLS}",
     log:
         f"{LOGS}/semhash/tables.log",
     benchmark:
@@ -230,9 +196,10 @@ rule tabulate_semhash:
         mem_mb=1000,
         runtime=5,
     params:
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["tabulate"]),
         out_dir=lambda wildcards, output: os.path.dirname(output.claims),
-        k=SH["precision_k"],
     shell:
-        "python -m vae_approx.semhash tabulate --histories {input.histories}"
-        " --retrievals {input.retrievals} --published {input.published} --k {params.k}"
-        " --out-dir {params.out_dir} --claims {output.claims} 2> {log}"
+        "python -m vae_approx.semhash tabulate --settings {params.settings}"
+        " --histories {input.histories} --retrievals {input.retrievals}"
+        " --published {input.published} --out-dir {params.out_dir}"
+        " --claims {output.claims} 2> {log}"

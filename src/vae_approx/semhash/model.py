@@ -1,4 +1,4 @@
-"""Bernoulli VAE for semantic hashing, and the DisARM and ARM gradients of its encoder.
+"""Bernoulli VAE for semantic hashing: its encoders, its decoder and its losses.
 
 Shekhovtsov, Schlesinger, Flach, "VAE Approximation Error: ELBO and Exponential Families",
 ICLR 2022, and its reproduction (Kyrylov, Bedi, Zang, ReScience C 9(2) 2023): a document's
@@ -6,19 +6,20 @@ bag of words x is encoded into b independent bits, q(z|x) = prod_i Bernoulli(z_i
 sigmoid(a_i(x))), the prior is uniform, p(z) = 2^-b, and the decoder is a multinomial over
 the vocabulary, p(x|z) proportional to prod_w softmax_w(h(z))^x_w. The paper's claim: an
 encoder linear in the word counts (e1) reaches a lower NELBO than encoders on word frequencies
-(e2, e3), because the exact posterior's natural parameters are linear in the counts.
+(e2, e3), because the exact posterior's natural parameters are linear in the counts. The
+encoder's gradients (DisARM, ARM) are in estimators.py.
 
 Conventions
 - x is always the *smoothed* count vector of the protocol: the raw counts plus the smoothing
   vector of data.prepare (which sums to 1), so every word has a positive count and
-  |x| = (number of words) + 1. It is formed batch by batch (SparseCounts), never for the whole
-  corpus.
+  |x| = (number of words) + 1. It is formed batch by batch (data.SparseCounts), never for the
+  whole corpus.
 - Codes z are in {0, 1}^b, the natural space of Bernoulli variables and of the estimators'
   indicator formulas. The decoder's first layer reads them as bits z, as the reproduction's
-  code does, or as spins 2z - 1 in {-1, +1} (CODE_VALUES). The two are the same family of
-  functions (a linear layer absorbs the affine map) but do not train alike under Adam and the
-  default initialisation: at the paper's shape the reproduction's own script with spins trails
-  it with bits by 23 nats after 7 epochs (benchmarks/README.md).
+  code does, or as spins 2z - 1 in {-1, +1} (settings.ALLOWED["code_values"]). The two are the
+  same family of functions (a linear layer absorbs the affine map) but do not train alike under
+  Adam and the default initialisation: at the paper's shape ours with spins trails the
+  reproduction's own script, with bits, by 18.8 to 23.7 nats at epochs 2-11 (docs/semhash.md).
 - Every loss is per document, shape [B] (or [samples, B]); callers average.
 - Random draws take an optional torch.Generator, which must live on the tensors' device.
 """
@@ -28,185 +29,24 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Sequence
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPRESENTATIONS = ("counts", "frequencies")
-ESTIMATORS = ("disarm", "arm")
-# How the KL term's gradient reaches the encoder: through the estimator, with log q(z|x) - log p(z)
-# of each code added to its reconstruction (the reproduction's code), or as the analytic KL's
-# exact gradient (lower variance); both are unbiased. See surrogate_loss.
-KL_GRADIENTS = ("estimator", "analytic")
-# What the decoder's first layer reads of a code z in {0, 1}^b: z itself (the reproduction) or 2z - 1.
-CODE_VALUES = ("bits", "spins")
+from .data import SparseBatch
+from .settings import ALLOWED, REPRESENTATIONS
+
 _LOG2E = 1 / math.log(2)  # scores times log2(e) turn exp into the faster exp2
-# The reproduction's encoders: name -> (input representation, number of hidden layers).
-ENCODER_SPECS = {"e1": ("counts", 0), "e2": ("frequencies", 1), "e3": ("frequencies", 0)}
+# The reproduction's encoders, settings.ALLOWED["encoders"]: name -> (input representation, hidden layers).
+ENCODER_SPECS = dict(zip(ALLOWED["encoders"], (("counts", 0), ("frequencies", 1), ("frequencies", 0))))
 
 
-def encoder_spec(name: str, width: int = 512) -> tuple[str, tuple[int, ...]]:
-    """(representation, hidden widths) of encoder e1, e2 or e3 of the protocol."""
+def encoder_spec(name: str, width: int) -> tuple[str, tuple[int, ...]]:
+    """(representation, hidden widths) of encoder e1, e2 or e3 of the protocol; `width` the units of a hidden layer."""
     if name not in ENCODER_SPECS:
-        raise ValueError(f"unknown semantic-hashing encoder '{name}'; expected one of {sorted(ENCODER_SPECS)}")
+        raise ValueError(f"unknown semantic-hashing encoder '{name}'; expected one of {list(ENCODER_SPECS)}")
     representation, depth = ENCODER_SPECS[name]
     return representation, (int(width),) * depth
-
-
-# ---------------------------------------------------------------- batches of smoothed counts
-
-
-class SparseCounts:
-    """A CSR count matrix kept as three tensors on a device; rows become dense one batch at a time.
-
-    A batch of 256 documents over 10,000 words is 10 MB dense, the whole training corpus
-    450 MB; keeping the corpus sparse on the device and densifying on the device avoids both
-    the memory and a host-to-device copy of every batch.
-    """
-
-    def __init__(self, counts: sp.spmatrix, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        counts = sp.csr_matrix(counts, copy=True)
-        counts.sum_duplicates()
-        self.n_docs, self.n_words = counts.shape
-        self.dtype = dtype
-        self.crow = torch.as_tensor(counts.indptr.astype(np.int64), device=device)  # [N+1]
-        self.col = torch.as_tensor(counts.indices.astype(np.int64), device=device)  # [nnz]
-        self.val = torch.as_tensor(counts.data, device=device, dtype=dtype)          # [nnz]
-        self._document_terms = None  # (smoothing, |x| [N], sum x log(x/|x|) [N]), see document_terms
-
-    @property
-    def device(self) -> torch.device:
-        return self.crow.device
-
-    def __len__(self) -> int:
-        return self.n_docs
-
-    def dense(self, rows) -> torch.Tensor:
-        """Raw counts of the given documents: [B] indices -> [B, V]."""
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
-        starts = self.crow[rows]                                             # [B]
-        lengths = self.crow[rows + 1] - starts                               # [B] nonzeros per row
-        total = int(lengths.sum())
-        batch = torch.repeat_interleave(torch.arange(len(rows), device=self.device), lengths,
-                                        output_size=total)                  # [nnz_B] row in batch
-        # position in the CSR arrays of the batch's j-th nonzero, which is in batch row r:
-        # starts[r] + (j - first nonzero of row r in the batch)
-        shift = starts - (torch.cumsum(lengths, 0) - lengths)                   # [B]
-        pos = torch.repeat_interleave(shift, lengths, output_size=total) + torch.arange(total, device=self.device)
-        out = torch.zeros(len(rows), self.n_words, dtype=self.dtype, device=self.device)
-        return out.index_put_((batch, self.col[pos]), self.val[pos], accumulate=True)
-
-    def smoothed(self, rows, smoothing: torch.Tensor) -> torch.Tensor:
-        """x = counts + smoothing vector, the model's input and target: [B] -> [B, V]."""
-        return self.dense(rows) + smoothing
-
-    def batch(self, rows, smoothing: torch.Tensor, by_word: bool = True) -> "SparseBatch":
-        """The same documents as `smoothed`, kept sparse: x = counts + smoothing, never [B, V].
-        `by_word`: also sort the nonzeros by word, which training's gradients need."""
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
-        return next(self.batches(rows, max(len(rows), 1), smoothing, by_word))
-
-    def batches(self, order, batch_size: int, smoothing: torch.Tensor, by_word: bool = True):
-        """The documents in `order` as consecutive SparseBatches of `batch_size` documents: the
-        nonzeros are gathered in that order once, in one
-        pass over the corpus, and every batch is then a slice of them, which saves about 15 small
-        operations per batch (0.4 ms of a 20 ms training step on 2 CPU cores)."""
-        order = torch.as_tensor(order, dtype=torch.long, device=self.device)
-        starts = self.crow[order]                                            # [N] first nonzero of each row
-        lengths = self.crow[order + 1] - starts                              # [N] nonzeros per row
-        ends = torch.cumsum(lengths, 0)                                      # [N] end of each row, reordered
-        total = int(ends[-1]) if len(order) else 0
-        docs = torch.arange(len(order), device=self.device)
-        row = torch.repeat_interleave(docs, lengths, output_size=total)      # [nnz] position in `order`
-        pos = torch.repeat_interleave(starts - (ends - lengths), lengths, output_size=total) + torch.arange(total, device=self.device)
-        col, val = self.col[pos], self.val[pos]
-        length, empirical = (t[order] for t in self.document_terms(smoothing))
-        bounds = [0, *ends.tolist()]                                         # on the host, for slicing
-        for first in range(0, max(len(order), 1), batch_size):              # an empty order: one empty batch
-            last = min(first + batch_size, len(order))
-            a, b = bounds[first], bounds[last]
-            yield SparseBatch(row[a:b] - first, col[a:b], val[a:b], ends[first:last] - lengths[first:last] - a,
-                              smoothing, length[first:last], empirical[first:last],
-                              *(_word_order(row[a:b] - first, col[a:b], self.n_words) if by_word else ()))
-
-    def document_terms(self, smoothing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """|x| and sum_w x_w log(x_w / |x|) of every document, [N] each; computed once per smoothing
-        vector (they are constants of the corpus, needed by every batch)."""
-        cached = self._document_terms
-        if cached is not None and cached[0] is smoothing:
-            return cached[1], cached[2]
-        row = torch.repeat_interleave(torch.arange(self.n_docs, device=self.device), self.crow.diff(),
-                                      output_size=len(self.col))              # [nnz] document of each count
-        # |x| = number of words + 1, since the smoothing vector sums to 1
-        length = torch.zeros(self.n_docs, dtype=self.dtype, device=self.device).index_add_(0, row, self.val)
-        length += smoothing.sum()
-        # sum_w x_w log x_w over all V words, from the nonzeros only: the smoothing's own
-        # sum_w s_w log s_w, corrected where a count is added to s_w.
-        s_nz = smoothing[self.col]
-        corr = torch.special.xlogy(self.val + s_nz, self.val + s_nz) - torch.special.xlogy(s_nz, s_nz)
-        x_log_x = torch.zeros_like(length).index_add_(0, row, corr) + torch.special.xlogy(smoothing, smoothing).sum()
-        empirical = x_log_x - length * torch.log(length)                     # sum_w x_w log(x_w / |x|)
-        self._document_terms = (smoothing, length, empirical)
-        return length, empirical
-
-
-def _word_order(row: torch.Tensor, col: torch.Tensor, n_words: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SparseBatch's word_order, word_row and word_offsets of nonzeros at documents `row` and
-    words `col` [nnz]: a stable sort by word, the documents in that order, and each word's first
-    position in it.
-
-    On the CPU numpy sorts 16-bit integers by radix, O(nnz): 0.16 ms for 24,000 nonzeros against
-    0.7 ms for torch.sort or a 64-bit numpy sort.
-    """
-    if col.device.type == "cpu":
-        small = np.int16 if n_words <= np.iinfo(np.int16).max else np.int32
-        order = torch.from_numpy(np.argsort(col.numpy().astype(small), kind="stable"))
-        counts = torch.bincount(col, minlength=n_words)
-    else:
-        order = torch.sort(col, stable=True).indices
-        # bincount would wait for the device (it reads the largest word to size its output)
-        counts = torch.zeros(n_words, dtype=col.dtype, device=col.device).index_add_(0, col, torch.ones_like(col))
-    return order, row[order], torch.cumsum(counts, 0) - counts
-
-
-class SparseBatch(NamedTuple):
-    """Smoothed counts x = counts + smoothing of a batch of B documents, without a [B, V] tensor."""
-    row: torch.Tensor        # [nnz] document of each nonzero count, in 0..B-1, sorted
-    col: torch.Tensor        # [nnz] word of each nonzero count
-    val: torch.Tensor        # [nnz] the count
-    offsets: torch.Tensor    # [B] index of each document's first nonzero (embedding_bag's offsets)
-    smoothing: torch.Tensor  # [V] added to every document, sums to 1
-    length: torch.Tensor     # [B] |x|
-    empirical: torch.Tensor  # [B] sum_w x_w log(x_w / |x|), see empirical_log_likelihood
-    word_order: torch.Tensor | None = None    # [nnz] the nonzeros sorted by word (by document within a word)
-    word_row: torch.Tensor | None = None      # [nnz] row[word_order]
-    word_offsets: torch.Tensor | None = None  # [V] each word's first position in word_order; all three
-    #                                           None when the batch was made with by_word=False (values only)
-
-    def __len__(self) -> int:
-        return len(self.length)
-
-    def transposed_product(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """X^T dense for the [B, V] matrix X with the batch's nonzero pattern and `values` [nnz]
-        there (the counts, or the counts / |x|): [B, n] -> [V, n].
-
-        An embedding_bag over the words: each word sums the rows of `dense` of the documents
-        that contain it. The writes are in word order and the reads hit the small dense matrix,
-        so it takes 0.07 ms for 256 documents (24,000 nonzeros) x 64 columns on 2 CPU cores,
-        against 0.5-1.2 ms for scipy's CSR product and 1.1 ms for torch's COO sparse.mm, whose
-        scattered writes to the [V, n] result miss the cache.
-        """
-        if self.word_order is None:
-            raise ValueError("this SparseBatch was made with by_word=False; gradients need by_word=True")
-        return F.embedding_bag(self.word_row, dense, self.word_offsets, mode="sum",
-                               per_sample_weights=values[self.word_order])
-
-    def dense(self) -> torch.Tensor:
-        """x as [B, V], for tests and small problems."""
-        out = self.smoothing.expand(len(self), -1).clone()
-        return out.index_put_((self.row, self.col), self.val, accumulate=True)
 
 
 def encoder_input(x: torch.Tensor, representation: str) -> torch.Tensor:
@@ -319,16 +159,16 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Codes z in {0,1}^b [..., b] -> log-probabilities over the vocabulary [..., V].
 
-    The first layer reads `code_values` of z (CODE_VALUES: bits z or spins 2z - 1); `hidden`
+    The first layer reads `code_values` of z (settings.ALLOWED["code_values"]: bits z or spins 2z - 1); `hidden`
     are LeakyReLU widths, () for the linear (depth 0) decoder; the output is a log-softmax, so
     every row is a normalised distribution.
     """
 
-    def __init__(self, bits: int, n_words: int, hidden: Sequence[int] = (), negative_slope: float = 0.01,
-                 code_values: str = "bits"):
+    def __init__(self, bits: int, n_words: int, hidden: Sequence[int] = (), negative_slope: float = 0.01, *,
+                 code_values: str):
         super().__init__()
-        if code_values not in CODE_VALUES:
-            raise ValueError(f"unknown code values '{code_values}'; expected one of {CODE_VALUES}")
+        if code_values not in ALLOWED["code_values"]:
+            raise ValueError(f"unknown code values '{code_values}'; expected one of {ALLOWED['code_values']}")
         self.bits = int(bits)
         self.code_values = code_values
         self.net = _mlp([bits, *hidden, n_words], negative_slope)  # [..., b] -> [..., H...] -> [..., V]
@@ -565,128 +405,3 @@ def nelbo_estimate(x: torch.Tensor, logits: torch.Tensor, decoder: nn.Module,
     rec = decoder_reconstruction(x, decoder, sample_codes(logits, generator))  # [B]
     kl = kl_to_uniform(logits)                                         # [B]
     return NelboTerms(rec + kl, rec, kl)
-
-
-# ---------------------------------------------------------------- DisARM and ARM
-
-
-def antithetic_codes(logits: torch.Tensor, pairs: int, generator: torch.Generator | None = None,
-                     uniforms: torch.Tensor | None = None):
-    """K antithetic pairs per document from the same uniforms.
-
-    u ~ U(0,1)^[K, B, b]; b = 1[u < sigmoid(a)] and b~ = 1[1 - u < sigmoid(a)] are both
-    distributed as q(z|x). Returns (u, b, b~), each [K, B, b]. `uniforms` passes u drawn
-    beforehand (a CUDA graph's step draws them outside the graph, with the same generator).
-    """
-    probs = torch.sigmoid(logits.detach())
-    u = uniforms if uniforms is not None else torch.rand(
-        (pairs, *logits.shape), generator=generator, device=logits.device, dtype=logits.dtype)
-    return u, (u < probs).to(logits.dtype), ((1 - u) < probs).to(logits.dtype)
-
-
-def pair_gradients(f_b: torch.Tensor, f_anti: torch.Tensor, u: torch.Tensor, logits: torch.Tensor,
-                   method: str = "disarm", codes: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """One unbiased estimate of d/da E_q[f(z)] per antithetic pair: [K, B] values -> [K, B, b].
-
-    f_b = f(b), f_anti = f(b~) with b, b~ from antithetic_codes(u) (pass them as `codes` to
-    save recomputing them).
-    - ARM (Yin & Zhou, "ARM: Augment-REINFORCE-Merge Gradient for Stochastic Binary Networks",
-      ICLR 2019): (f(b~) - f(b)) (u - 1/2).
-    - DisARM (Dong, Mnih, Tucker, "DisARM: An Antithetic Gradient Estimator for Binary Latent
-      Variables", NeurIPS 2020): 1/2 (f(b) - f(b~)) (-1)^b~_i 1[b_i != b~_i] sigmoid(|a_i|),
-      the expectation of ARM given (b, b~): the same mean, never a larger variance.
-      (-1)^b~_i 1[b_i != b~_i] is b_i - b~_i.
-    """
-    logits = logits.detach()
-    if method == "arm":
-        return (f_anti - f_b).unsqueeze(-1) * (u - 0.5)
-    if method == "disarm":
-        if codes is None:
-            probs = torch.sigmoid(logits)
-            codes = (u < probs).to(logits.dtype), ((1 - u) < probs).to(logits.dtype)
-        b, b_anti = codes
-        return (0.5 * (f_b - f_anti)).unsqueeze(-1) * (b - b_anti) * torch.sigmoid(logits.abs())
-    raise ValueError(f"unknown gradient estimator '{method}'; expected one of {ESTIMATORS}")
-
-
-class SurrogateTerms(NamedTuple):
-    loss: torch.Tensor   # [B] differentiate its mean (or sum) to train; its value is `nelbo`
-    nelbo: torch.Tensor  # [B] detached NELBO estimate: mean reconstruction over the 2K codes + KL
-    encoder_gradient: torch.Tensor  # [B, b] detached estimate of d E_q[f] / d logits, f as kl_gradient says
-
-
-def log_q_over_prior(codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """log q(z|x) - log p(z) of codes z [..., B, b] under logits [B, b], uniform prior: -> [..., B].
-
-    log q = sum_i z_i log sigmoid(a_i) + (1 - z_i) log sigmoid(-a_i), and log sigmoid(-a) =
-    log sigmoid(a) - a; its mean over z ~ q is kl_to_uniform(logits).
-    """
-    return (F.logsigmoid(logits).sum(dim=-1) - ((1 - codes) * logits).sum(dim=-1)
-            + logits.shape[-1] * math.log(2.0))
-
-
-def surrogate_loss(x: torch.Tensor, logits: torch.Tensor, decoder: nn.Module, method: str = "disarm",
-                   pairs: int = 1, generator: torch.Generator | None = None,
-                   kl_gradient: str = "estimator", uniforms: torch.Tensor | None = None) -> SurrogateTerms:
-    """A per-document loss whose gradients are the training gradients of the NELBO.
-
-    - w.r.t. the encoder logits, with kl_gradient="estimator" (the reproduction's code): the
-      DisARM (or ARM) estimate of d E_q[f(z)] / d a with f(z) = -log p(x|z) + log q(z|x) -
-      log p(z), q held fixed inside f, averaged over `pairs` antithetic pairs. Since
-      E_q[d log q / d a] = 0, its mean is the NELBO's gradient. With kl_gradient="analytic": the
-      estimate for f(z) = -log p(x|z) plus the exact gradient of the analytic KL, the same mean
-      with less variance. The two do not train alike under Adam (benchmarks/README.md: after
-      11 epochs at the paper's shape, 0.84 nats apart in the reference formulation);
-    - w.r.t. the decoder: the ordinary gradient of -log p(x|z) averaged over the 2K codes.
-    All 2K codes go through the decoder in one batched pass ([2K, B, b] -> [2K, B, V]; for a
-    SparseBatch, the fused likelihood, whose decoder gradient is exact only for the mean or
-    sum of the loss over documents, the two reductions training uses). The estimator enters
-    as (g * (a - a.detach())).sum(), which is zero in value, so the loss's value is the
-    2K-sample NELBO estimate (analytic KL), usable for logging and non-finite checks.
-    x: smoothed counts [B, V] or a SparseBatch; logits: encoder output [B, b], attached to the encoder's graph;
-    uniforms: antithetic_codes' u [pairs, B, b], drawn beforehand (else drawn here from `generator`).
-    """
-    if method not in ESTIMATORS:
-        raise ValueError(f"unknown gradient estimator '{method}'; expected one of {ESTIMATORS}")
-    if kl_gradient not in KL_GRADIENTS:
-        raise ValueError(f"unknown KL gradient '{kl_gradient}'; expected one of {KL_GRADIENTS}")
-    if int(pairs) != pairs or pairs < 1:
-        raise ValueError(f"pairs must be a positive integer, got {pairs!r}")
-    if uniforms is not None and uniforms.shape != (pairs, *logits.shape):
-        raise ValueError(f"uniforms of shape {tuple(uniforms.shape)} for {pairs} pairs of logits {tuple(logits.shape)}")
-    u, b, b_anti = antithetic_codes(logits, int(pairs), generator, uniforms)  # [K, B, b] each
-    codes = torch.cat([b, b_anti])                                      # [2K, B, b]
-    if isinstance(x, SparseBatch):
-        # The fused likelihood returns values and one scalar carrying the decoder's gradient
-        # of sum_d mean_codes reconstruction_d; it is spread evenly over the documents'
-        # losses, which is exact for their sum or mean (the only ways training reduces them).
-        ll, total = sparse_log_likelihood(x, decoder, codes, weights=codes.new_full(codes.shape[:2], 1 / len(codes)))
-        rec = x.empirical - ll                                          # [2K, B], values
-        rec_mean = rec.mean(dim=0) - (total - total.detach()) / len(x)  # [B]
-    else:
-        rec = reconstruction(x, decoder(codes))                        # [2K, B], decoder's graph
-        rec_mean = rec.mean(dim=0)
-    rec = rec.detach()
-    kl = kl_to_uniform(logits)                                          # [B]
-    f = rec
-    if kl_gradient == "estimator":
-        f = rec + log_q_over_prior(codes, logits.detach())              # [2K, B]
-        kl = kl.detach()                                                # its gradient is in the estimate
-    grad = pair_gradients(f[:pairs], f[pairs:], u, logits, method, (b, b_anti)).mean(dim=0)  # [B, b]
-    loss = rec_mean + kl + (grad * (logits - logits.detach())).sum(dim=-1)
-    return SurrogateTerms(loss, (rec.mean(dim=0) + kl).detach(), grad)
-
-
-@torch.no_grad()
-def evaluate_nelbo(encoder: Encoder, decoder: Decoder, counts: SparseCounts, smoothing: torch.Tensor,
-                   batch_size: int = 1024, generator: torch.Generator | None = None,
-                   representation: str | None = None) -> NelboTerms:
-    """nelbo_estimate of every document of `counts`, batch by batch; each term [N] on the device.
-
-    The encoder sees its own input representation unless `representation` overrides it (the
-    reference code evaluated frequency encoders on counts; see DESIGN.md).
-    """
-    parts = []
-    for x in counts.batches(torch.arange(len(counts), device=counts.device), batch_size, smoothing, by_word=False):
-        parts.append(nelbo_estimate(x, encoder(x, representation), decoder, generator))
-    return NelboTerms(*(torch.cat(terms) for terms in zip(*parts)))

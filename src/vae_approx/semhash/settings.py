@@ -1,38 +1,74 @@
-"""The settings of one semantic-hashing training job, built from the config's `semhash` section.
+"""What the semantic-hashing stages read of the config's `semhash` section, its allowed values, and the
+layout of the files the rules make.
 
-Kept free of torch so that the workflow can import it while it builds the DAG: the rule hands
-the stage exactly the keys named here (TrainSettings.config_keys), so a change to any other key
-of the section (precision_k, threads) re-runs no training.
+Kept free of torch so that the workflow can import it while it builds the DAG. config.yaml is the
+one source of every default: nothing here repeats a configured value. Each stage gets exactly the
+keys STAGE_KEYS names (--settings), so a change to any other key of the section re-runs none of it;
+a training job's identity (seed, encoder, decoder depth, bits) comes from its wildcards (--run)
+and travels as the first columns of every CSV the job writes.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 
-# Set per job by the rule's wildcards, not by the config section (the seed: one of semhash.seeds).
-GRID_FIELDS = ("encoder", "depth", "bits", "seed")
+EXPERIMENT = "semhash"  # the config's section, the claims' experiment column
+
+# The values of each key of the section that the schema (workflow/schemas/config.schema.yaml) lists,
+# in its order; for the list-valued `encoders`, those of its items. The only place they are written.
+ALLOWED = {
+    "source": ("synthetic", "download"),        # the offline synthetic corpus, or the real archive
+    "encoders": ("e1", "e2", "e3"),
+    "estimator": ("disarm", "arm"),
+    # How the KL term's gradient reaches the encoder: through the estimator, with log q(z|x) -
+    # log p(z) of each code added to its reconstruction (the reproduction's code), or as the
+    # analytic KL's exact gradient (lower variance); both unbiased (estimators.surrogate_loss).
+    "kl_gradient": ("estimator", "analytic"),
+    # What the decoder's first layer reads of a code z in {0, 1}^b: z itself (the reproduction) or 2z - 1.
+    "code_values": ("bits", "spins"),
+    # Which of the words tied at the vocabulary's cut are kept (data.prepare).
+    "vocabulary_ties": ("torch_topk", "lowest_index"),
+}
+
+# The reproduction's encoders, in the tables' words (model.ENCODER_SPECS builds them).
+ENCODER_NAMES = dict(zip(ALLOWED["encoders"], ("counts, linear", "frequencies, one hidden layer",
+                                               "frequencies, linear")))
+# What an encoder reads of a document: its smoothed counts x, or x / |x|.
+REPRESENTATIONS = ("counts", "frequencies")
+
+# How a training step runs: eager (autograd, as written), static (the same step on fixed-size
+# buffers, as a CUDA graph replays it, without the capture: the CPU's test of that path) or
+# cuda_graphs (semhash.cuda_graphs on a CUDA device).
+STEP_MODES = ("eager", "static", "cuda_graphs")
+
+# ---------------------------------------------------------------- a training job's identity and settings
+
+# The wildcards of a training job, which are the identity columns of its CSVs, in that order.
+RUN = {"seed": int, "encoder": ALLOWED["encoders"], "depth": int, "bits": int}
 
 
 @dataclass(frozen=True)
 class TrainSettings:
+    # the run's identity (--run); the seed is the replicate: initialisation, batch order and code
+    # samples (the corpus stays)
+    seed: int
     encoder: str                # e1 (counts, linear), e2 (frequencies, one hidden layer), e3 (frequencies, linear)
     depth: int                  # decoder hidden layers
     bits: int                   # latent bits b
+    # the config's keys (--settings), explained in config.yaml
     width: int                  # units of every hidden layer (encoder e2 and decoder)
-    estimator: str              # disarm or arm
+    estimator: str              # ALLOWED["estimator"]
+    kl_gradient: str            # ALLOWED["kl_gradient"]
+    code_values: str            # ALLOWED["code_values"]
     epochs_one_pair: int        # phase 1: one antithetic pair per document
     epochs_many_pairs: int      # phase 2: `many_pairs` pairs per document
     many_pairs: int
     batch_size: int
     lr: float
-    seed: int                   # replicate: initialisation, batch order and code samples (the corpus stays)
-    eval_batch_size: int
+    eval_batch_size: int        # documents per batch of the test NELBO and of the codes
     reference_protocol: bool    # evaluate frequency encoders on counts, as the reference code did
+    test_nelbo_batch: int       # 0: test NELBO averaged over documents; n: mean of n-document batch means
     checkpoint_every: int       # epochs between resume checkpoints
-    kl_gradient: str = "estimator"  # estimator (the reproduction's code) or analytic; see model.surrogate_loss
-    code_values: str = "bits"   # what the decoder reads of a code: bits z (the reproduction) or spins 2z - 1
-    test_nelbo_batch: int = 0   # 0: test NELBO averaged over documents; n: mean of n-document batch means (train.reported_mean)
 
     @property
     def epochs(self) -> int:
@@ -42,23 +78,42 @@ class TrainSettings:
         """Pairs per document in 1-based `epoch`."""
         return 1 if epoch <= self.epochs_one_pair else self.many_pairs
 
-    @classmethod
-    def config_keys(cls) -> list[str]:
-        """The keys of the config's `semhash` section a training job reads."""
-        return [f.name for f in fields(cls) if f.name not in GRID_FIELDS]
 
-    @classmethod
-    def config_json(cls, section: dict) -> str:
-        """The training keys of a `semhash` config section, as the rule passes them (--settings)."""
-        return json.dumps({key: section[key] for key in cls.config_keys()}, sort_keys=True)
+TRAIN_KEYS = tuple(f.name for f in fields(TrainSettings) if f.name not in RUN)
 
-    @classmethod
-    def from_config(cls, section: dict, encoder: str, depth: int, bits: int, seed: int) -> "TrainSettings":
-        """One grid point and replicate's settings: `section` holds exactly config_keys() (extra keys are an error,
-        so a key the stage would silently ignore cannot exist)."""
-        keys = set(cls.config_keys())
-        missing, unknown = sorted(keys - set(section)), sorted(set(section) - keys)
-        if missing or unknown:
-            raise ValueError(f"semhash training settings: missing {missing}, unknown {unknown}; "
-                             f"expected the keys {sorted(keys)}")
-        return cls(encoder=encoder, depth=int(depth), bits=int(bits), seed=int(seed), **section)
+# The keys of the `semhash` section each stage reads; dotted paths for keys of a subsection.
+SYNTHETIC_KEYS = ("n_train", "n_test", "raw_vocab_size", "n_classes", "n_topics", "mean_length", "length_spread",
+                  "topic_concentration", "seed")
+STAGE_KEYS = {
+    "fetch": ("url", "sha256"),
+    "synthesize": tuple(f"synthetic.{key}" for key in SYNTHETIC_KEYS),
+    # the pinned SHA-256 belongs to the real archive: `source` says whether the archive is that one
+    "prepare": ("source", "sha256", "vocab_size", "vocabulary_ties", "expected_documents.train",
+                "expected_documents.test"),
+    "train": (*TRAIN_KEYS, "cuda_graphs"),
+    "retrieval": ("precision_k",),
+    "tabulate": ("precision_k",),
+}
+
+# ---------------------------------------------------------------- the files of the rules
+
+SYNTHETIC_ARCHIVE = "synthetic-20news-bydate-matlab.tgz"  # the offline corpus, in the real archive's format
+# One training job of the grid, under the experiment's folder; its wildcards are RUN's columns.
+RUN_DIR = "seed{seed}/{encoder}/depth{depth}/{bits}bits"
+# The tables of tabulate: a grid encoder x depth by bits of each value, as <value>.csv and <value>.md.
+TABLES = ("test_nelbo_best", "test_nelbo_last", "train_nelbo_last", "precision")
+CLAIMS_CELLS = "claims_cells.csv"  # beside the claims file: the per-cell rows of the encoder claims
+
+
+def archive_file(section: dict, folder: str) -> str:
+    """The raw archive prepare_corpus reads: the real one (placed by hand or by download_20newsgroups)
+    or the synthetic one in the experiment's `folder`, in the same format."""
+    return section["archive"] if section["source"] == "download" else f"{folder}/{SYNTHETIC_ARCHIVE}"
+
+
+def run_files(section: dict, folder: str, name: str) -> list[str]:
+    """File `name` of every training job (seed x encoder x decoder depth x bits) under the experiment's
+    `folder`, in one fixed order."""
+    return [f"{folder}/{RUN_DIR.format(seed=seed, encoder=encoder, depth=depth, bits=bits)}/{name}"
+            for seed in section["seeds"] for encoder in section["encoders"]
+            for depth in section["depths"] for bits in section["bits"]]

@@ -12,13 +12,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
-from .data import PreparedCorpus
-from .model import Decoder, Encoder, SparseBatch, SparseCounts, encoder_spec, evaluate_nelbo, surrogate_loss
-from .settings import TrainSettings  # noqa: F401  (re-exported: the trainer's settings)
+from .data import PreparedCorpus, SparseBatch, SparseCounts
+from .estimators import surrogate_loss
+from .evaluate import evaluate_nelbo, reported_mean
+from .model import Decoder, Encoder, encoder_spec
+from .settings import STEP_MODES, TrainSettings
 
 
 def build_models(settings: TrainSettings, n_words: int) -> tuple[Encoder, Decoder]:
@@ -28,15 +29,10 @@ def build_models(settings: TrainSettings, n_words: int) -> tuple[Encoder, Decode
     return encoder, decoder
 
 
-# How a training step runs: eager (autograd, as written), static (the same step on fixed-size
-# buffers, as a CUDA graph replays it, without the capture: the CPU's test of that path) or
-# cuda_graphs (semhash.cuda_graphs on a CUDA device).
-STEP_MODES = ("eager", "static", "cuda_graphs")
-
-
 def train(corpus: PreparedCorpus, settings: TrainSettings, device: torch.device,
           resume_file: Path | None, progress: Progress, step_mode: str = "eager") -> tuple[list[dict], Encoder, Decoder]:
-    """Returns the per-epoch history (train and test NELBO) and the final models."""
+    """Returns the per-epoch history (train and test NELBO) and the final models. `step_mode`, one of
+    settings.STEP_MODES, is how each step runs; the numbers are the same in every mode."""
     if step_mode not in STEP_MODES or (step_mode == "cuda_graphs" and device.type != "cuda"):
         raise ValueError(f"step mode '{step_mode}' on {device}: expected one of {STEP_MODES}, cuda_graphs on CUDA only")
     torch.manual_seed(settings.seed)
@@ -110,8 +106,8 @@ def training_step(encoder: Encoder, decoder: Decoder, optimizer, settings: Train
                   pairs: int, uniforms: torch.Tensor | None = None, generator: torch.Generator | None = None):
     """One Adam step on batch x: (mean loss, sum of the documents' NELBO estimates), both on the
     device, not synchronised. The code samples come from `uniforms` [pairs, B, b] or `generator`."""
-    terms = surrogate_loss(x, encoder(x), decoder, settings.estimator, pairs, generator, settings.kl_gradient,
-                           uniforms)
+    terms = surrogate_loss(x, encoder(x), decoder, method=settings.estimator, kl_gradient=settings.kl_gradient,
+                           pairs=pairs, generator=generator, uniforms=uniforms)
     loss = terms.loss.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -224,48 +220,3 @@ def _restore_training_state(optimizer, saved) -> None:
                 value.copy_(state[i][key])
             else:
                 value.zero_()
-
-
-def reported_mean(values: torch.Tensor, batch: int = 0) -> float:
-    """The test set's mean of per-document values [N]: over documents (batch 0), or as the
-    reproduction's script reports it, the mean of the means of consecutive batches of `batch`
-    documents in file order, which weighs the documents of a smaller last batch more (with 7,505
-    test documents in batches of 256, the last 81 count three times as much as the others)."""
-    if batch == 0:
-        return values.mean().item()
-    return torch.stack([chunk.mean() for chunk in values.split(batch)]).mean().item()
-
-
-# ---------------------------------------------------------------- retrieval
-
-
-@torch.no_grad()
-def binary_codes(encoder: Encoder, counts: SparseCounts, smoothing: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Deterministic codes, bit = logit > 0: [N, b] bool."""
-    encoder.eval()
-    parts = [encoder(x) > 0 for x in counts.batches(torch.arange(len(counts), device=counts.device), batch_size,
-                                                    smoothing, by_word=False)]
-    return torch.cat(parts)
-
-
-def precision_at_k(query_codes: torch.Tensor, query_labels: np.ndarray, database_codes: torch.Tensor,
-                   database_labels: np.ndarray, k: int, chunk: int = 512) -> float:
-    """Mean precision@k of Hamming ranking, relevance = same label.
-
-    Ties in Hamming distance are broken by database index (a stable sort), so the number is
-    deterministic. k may not exceed the database: a capped k would report another metric under
-    the name precision@k.
-    """
-    if not 1 <= k <= len(database_codes):
-        raise ValueError(f"precision@{k} on a database of {len(database_codes)} documents")
-    db = database_codes.float()
-    db_labels = torch.as_tensor(database_labels, device=db.device)
-    hits = 0.0
-    for first in range(0, len(query_codes), chunk):
-        q = query_codes[first:first + chunk].float()
-        # Hamming distance of {0,1} vectors: |q| + |d| - 2 <q, d>
-        dist = q.sum(1, keepdim=True) + db.sum(1) - 2 * q @ db.T           # [Q, N]
-        nearest = torch.sort(dist, dim=1, stable=True).indices[:, :k]      # [Q, k]
-        labels = torch.as_tensor(query_labels[first:first + chunk], device=db.device)
-        hits += (db_labels[nearest] == labels[:, None]).float().mean(1).sum().item()
-    return hits / len(query_codes)

@@ -1,0 +1,137 @@
+"""The semantic-hashing tables and claims, from records: the rows of every run's history.csv and
+retrieval.csv, each carrying the run's identity (settings.RUN) as columns.
+
+Pure functions: no paths, no files. A grid table is encoder x decoder depth by bits, each cell the
+mean (and standard deviation) over seeds of one value per run; the claims compare e1 with each other
+encoder in every (depth, bits) cell, per seed (vae_approx.tables.cells_claim).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pandas as pd
+
+from ..common import InputError
+from ..tables import cells_claim, mean_std, published_columns
+from .settings import ALLOWED, ENCODER_NAMES, EXPERIMENT, RUN, TABLES
+
+IDENTITY = list(RUN)                    # seed, encoder, depth, bits
+GRID = ["encoder", "depth", "bits"]     # a table's cell, over seeds
+HISTORY_COLUMNS = [*IDENTITY, "epoch", "train_nelbo", "test_nelbo"]
+
+
+def retrieval_columns(k: int) -> list[str]:
+    return [*IDENTITY, f"precision_at_{k}"]
+
+
+def _runs(keys) -> str:
+    """'seed 1 e2 depth 0 8 bits, ...' of identity tuples."""
+    return ", ".join(f"seed {s} {e} depth {d} {b} bits" for s, e, d, b in sorted(keys))
+
+
+def grid_results(histories: pd.DataFrame, retrievals: pd.DataFrame, k: int) -> pd.DataFrame:
+    """One row per run (grid point and seed): the test NELBO at the best and at the last epoch, the
+    train NELBO of the last epoch, the epochs and precision@k. `histories` has one row per run and
+    epoch (HISTORY_COLUMNS), `retrievals` one per run (retrieval_columns(k)). Raises InputError when
+    the records do not fit: an epoch or a run twice, a run in one of them only, or a grid with a
+    run missing (every encoder, depth and bits needs every seed, or the claims' pairs are not seeds')."""
+    twice = histories[histories.duplicated([*IDENTITY, "epoch"])]
+    if len(twice):
+        raise InputError(f"semhash histories: two rows for an epoch of {_runs(set(map(tuple, twice[IDENTITY].values)))}")
+    twice = retrievals[retrievals.duplicated(IDENTITY)]
+    if len(twice):
+        raise InputError(f"semhash retrievals: two rows for {_runs(set(map(tuple, twice[IDENTITY].values)))}")
+    trained = set(map(tuple, histories[IDENTITY].drop_duplicates().values))
+    evaluated = set(map(tuple, retrievals[IDENTITY].values))
+    for what, runs in (("a history but no retrieval", trained - evaluated),
+                       ("a retrieval but no history", evaluated - trained)):
+        if runs:
+            raise InputError(f"semhash records: {what} for {_runs(runs)}")
+    seeds, cells = {run[0] for run in trained}, {run[1:] for run in trained}
+    missing = {(seed, *cell) for seed in seeds for cell in cells} - trained
+    if missing:
+        raise InputError(f"semhash records: the grid lacks {_runs(missing)} (every cell needs every seed)")
+
+    precision = retrievals.set_index(IDENTITY)[f"precision_at_{k}"]
+    rows = []
+    for run, history in histories.groupby(IDENTITY, sort=False):
+        history = history.sort_values("epoch").reset_index(drop=True)
+        best, last = history.loc[history.test_nelbo.idxmin()], history.iloc[-1]
+        seed, encoder, depth, bits = run
+        rows.append({"encoder": encoder, "depth": int(depth), "bits": int(bits), "seed": int(seed),
+                     "test_nelbo_best": float(best.test_nelbo), "best_epoch": int(best.epoch),
+                     "test_nelbo_last": float(last.test_nelbo), "train_nelbo_last": float(last.train_nelbo),
+                     "epochs": int(last.epoch), "precision": float(precision.loc[run])})
+    return pd.DataFrame(rows).sort_values([*GRID, "seed"], ignore_index=True)
+
+
+def grid_table(results: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Rows encoder x decoder depth, columns bits, as the papers lay them out: each cell's mean over
+    seeds, and its standard deviation as '<b> bits std'."""
+    summary = mean_std(results, GRID, [value])
+    numbers = summary.pivot_table(index=["encoder", "depth"], columns="bits", values=[value, f"{value} std"],
+                                  dropna=False)
+    table = numbers.index.to_frame(index=False)
+    for b in sorted(summary.bits.unique()):
+        table[f"{b} bits"], table[f"{b} bits std"] = numbers[(value, b)].to_numpy(), numbers[(f"{value} std", b)].to_numpy()
+    return table
+
+
+class Table(NamedTuple):
+    name: str          # the file's name, without .csv or .md
+    table: pd.DataFrame
+    title: str
+    note: str
+
+
+def grid_tables(results: pd.DataFrame, k: int, published: pd.DataFrame) -> list[Table]:
+    """The grid table of each value of settings.TABLES, with its note: what the value is, the seeds, and
+    for the best test NELBO the published numbers (`published`, tables.load_published's)."""
+    seeds = sorted(results.seed.unique())
+    spread = (f"Mean (standard deviation) over {len(seeds)} seeds ({', '.join(map(str, seeds))}; each its own "
+              "initialisation, batch order and code samples on the same corpus; per-seed rows in results.csv)"
+              if len(seeds) > 1 else f"One seed ({seeds[0]}), no spread")
+    notes = {
+        "test_nelbo_best": "test NELBO (nats per document, relative to the document's empirical distribution) "
+                           "at the best epoch, the protocol's number",
+        "test_nelbo_last": "test NELBO at the last epoch",
+        "train_nelbo_last": "train NELBO in the last epoch",
+        "precision": f"precision@{k} of Hamming ranking (codes: bit = logit > 0; the training set is the "
+                     "database, the test set the queries; relevant = same label)",
+    }
+    out = []
+    for value in TABLES:
+        note = f"{notes[value]}. {spread}"
+        if value == "test_nelbo_best":
+            numbers = published_columns(published, EXPERIMENT, "test_nelbo", "best epoch")
+            if numbers:
+                note += "; published (e1, decoder depth 0, 64 bits, real 20 Newsgroups): " + ", ".join(
+                    f"{key.split('(')[-1].rstrip(')')}: {v:g}" for key, v in numbers.items())
+        out.append(Table(value, grid_table(results, value), f"Semantic hashing: {value}", note + "."))
+    return out
+
+
+def encoder_claims(results: pd.DataFrame, cells_file: str) -> tuple[list[dict], list[dict]]:
+    """e1 reaches a lower best test NELBO than e2, and than e3, in every (depth, bits) cell: per cell,
+    the paired change e1 minus the other encoder in the same cell and seed, over seeds. Returns the
+    claims and their per-cell rows, which go to `cells_file` (a name the claims cite)."""
+    counts, *others = ALLOWED["encoders"]
+    best = results.pivot_table(index=["depth", "bits", "seed"], columns="encoder", values="test_nelbo_best")
+    claims, cells_rows = [], []
+    for other in others:
+        if counts not in best.columns or other not in best.columns:
+            continue
+        pairs = best[[counts, other]].dropna()
+        cells = {}
+        for (depth, bits), group in pairs.groupby(level=["depth", "bits"]):
+            cells[f"decoder depth {depth}, {bits} bits"] = {
+                int(seed): float(row[counts] - row[other]) for (_, _, seed), row in group.iterrows()}
+        claim, rows = cells_claim(
+            EXPERIMENT, f"encoders {counts} vs {other}, every (depth, bits) cell",
+            f"a linear encoder on word counts ({counts}) reaches a lower test NELBO than {other} "
+            f"({ENCODER_NAMES[other]})", "test_nelbo_best", cells, "decrease",
+            f"{other} in the same cell and seed", cells_file)
+        claims.append(claim)
+        cells_rows += rows
+    return claims, cells_rows
