@@ -47,9 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' refe
 import images_bench as IB  # noqa: E402
 import semhash_bench as SB  # noqa: E402
 from vae_approx.common import Progress, set_threads  # noqa: E402
-from vae_approx.images.metrics import frechet_distance_eigh  # noqa: E402
-from vae_approx.images.train import GanSettings, train_gan  # noqa: E402
-from vae_approx.semhash.train import TrainSettings, train  # noqa: E402
+from vae_approx.images.evaluate import frechet_distance_eigh  # noqa: E402
+from vae_approx.images.settings import GanSettings  # noqa: E402
+from vae_approx.images.train import train_gan  # noqa: E402
+from vae_approx.semhash.settings import TrainSettings  # noqa: E402
+from vae_approx.semhash.train import train  # noqa: E402
 
 # The paper preset's sizes (presets/paper.yaml) and the reproduction's device time (hours).
 PAPER = {"semhash_jobs": 36 * 3, "epochs": (1000, 500), "gan_epochs": 100, "celeba": 202_599,
@@ -57,7 +59,7 @@ PAPER = {"semhash_jobs": 36 * 3, "epochs": (1000, 500), "gan_epochs": 100, "cele
          "sets": 5}
 REPRODUCTION_HOURS = {"semantic hashing": 16.0, "GAN": 5.0, "encoder pretraining": 1.0, "joint training": 3.0}
 TINY_CORPUS = dict(n_train=300, n_test=100, raw_vocab_size=800, n_classes=4, n_topics=4, mean_length=40.0)
-TINY_FACES = IB.Shape(nz=8, width=8, channels=3, size=32, batch=16)
+TINY_FACES = replace(IB.PAPER, nz=8, width=8, size=32, batch=16)
 
 
 class Report:
@@ -81,10 +83,9 @@ def sync(device: torch.device) -> None:
 
 
 def semhash_settings(encoder: str, depth: int, tiny: bool) -> TrainSettings:
-    return TrainSettings(encoder=encoder, depth=depth, bits=8 if tiny else 64, width=16 if tiny else 512,
-                         estimator="disarm", epochs_one_pair=2, epochs_many_pairs=2, many_pairs=10,
-                         batch_size=64 if tiny else 256, lr=1e-3, seed=1, eval_batch_size=256,
-                         reference_protocol=False, checkpoint_every=10**6)
+    """The paper preset's settings (semhash_bench.paper_settings), 2 + 2 epochs; tiny: 8 bits, width 16, batch 64."""
+    return SB.paper_settings(encoder=encoder, depth=depth, epochs_one_pair=2, epochs_many_pairs=2, eval_batch_size=256,
+                             **(dict(bits=8, width=16, batch_size=64) if tiny else {}))
 
 
 def later_epochs(rows: list[dict], pairs: int) -> float:
@@ -180,7 +181,7 @@ def check_faces(report: Report, device: torch.device, tiny: bool, steps: int) ->
     images = np.random.default_rng(0).integers(0, 256, (shape.batch * (steps + 1), shape.channels, shape.size,
                                                         shape.size), dtype=np.uint8)
     gan = GanSettings(epochs=1, batch_size=shape.batch, lr=2e-4, beta1=0.5, nz=shape.nz, ngf=shape.width,
-                      ndf=shape.width, seed=999, checkpoint_every=10**9)
+                      ndf=shape.width, seed=999, checkpoint_every=10**9, log_every=10**9)
     with tempfile.TemporaryDirectory() as tmp:
         stamps = [time.perf_counter()]
         train_gan(images, gan, Path(tmp), device, None, Progress("gan", steps, 10**9, stream=io.StringIO()),
@@ -190,7 +191,7 @@ def check_faces(report: Report, device: torch.device, tiny: bool, steps: int) ->
     variants = [("fp32", False, False), ("channels-last", True, False)]
     if device.type == "cuda":
         variants.append(("bf16 autocast", True, True))
-    for phase, (lr, beta1) in {"pretrain": (2e-5, 0.5), "joint": (1e-5, 0.9)}.items():
+    for phase, (lr, beta1) in IB.PAPER_STEPS.items():
         what = "encoder pretraining" if phase == "pretrain" else "joint training"
         seconds, _ = IB.reference_steps(phase, g, pretrained, steps, lr, beta1)
         report.add("faces", what, "reference formulation", 1 / IB.median_after_warmup(seconds), "it/s")
@@ -216,11 +217,11 @@ def check_inception(report: Report, device: torch.device, tiny: bool) -> float:
     """Images per second through pytorch-fid's InceptionV3 as the FID jobs load it (random weights in a temporary
     TORCH_HOME: the speed does not depend on them), and the Frechet distance's time; returns the former."""
     from vae_approx.images.data import write_random_inception_weights
-    from vae_approx.images.metrics import load_inception
+    from vae_approx.images.evaluate import load_inception
 
     with tempfile.TemporaryDirectory() as home:
         write_random_inception_weights(Path(home) / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
-        model = load_inception(home, device, unverified_ok=True)
+        model = load_inception(home, device, "", True)
     batch, rounds = (4, 1) if tiny else (200, 5)
     images = torch.rand(batch, 3, 64, 64, device=device)
     with torch.no_grad():

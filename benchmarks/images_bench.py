@@ -38,24 +38,52 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torchvision.utils import save_image
 
 from vae_approx.common import Progress, set_threads
+from vae_approx.images import settings as S
 from vae_approx.images.evaluate import Models, image_batches
 from vae_approx.images.model import Encoder, GaussianDecoder, Generator
-from vae_approx.images.train import VaeSettings, ground_truth, train_vae
+from vae_approx.images.settings import VaeSettings
+from vae_approx.images.train import ground_truth, train_vae
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def preset_section(*presets: str) -> dict:
+    """The `images` section of config.yaml updated by each preset file in turn (as Snakemake merges --configfile)."""
+    def update(base: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                update(base[key], value)
+            else:
+                base[key] = value
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for preset in presets:
+        update(config, yaml.safe_load((ROOT / "presets" / preset).read_text()))
+    return config["images"]
+
+
+QUICK, PAPER_CONFIG = preset_section(), preset_section("paper.yaml")
+
 
 @dataclass(frozen=True)
 class Shape:
-    nz: int = 100
-    width: int = 64       # ngf = ndf
-    channels: int = 3
-    size: int = 64
-    sigma: float = 0.05
-    batch: int = 128
+    nz: int
+    width: int       # ngf = ndf
+    channels: int
+    size: int
+    sigma: float
+    batch: int
 
 
-PAPER = Shape()
+# The paper preset's shape (64x64x3, nz 100, widths 64, sigma 0.05, batch 128) and training steps (lr, beta1).
+PAPER = Shape(PAPER_CONFIG["gan"]["nz"], PAPER_CONFIG["gan"]["ngf"], 3, PAPER_CONFIG["image_size"],
+              PAPER_CONFIG["sigma"], PAPER_CONFIG["pretrain"]["batch_size"])
+PAPER_STEPS = {phase: (PAPER_CONFIG[phase]["lr"], PAPER_CONFIG[phase]["beta1"]) for phase in S.PHASES}
+CORRECTED = S.corrected()  # the protocol ours runs
 
 
 def configure(shape: Shape, device: torch.device) -> None:
@@ -77,7 +105,7 @@ def sync() -> None:
 def paper_models(seed: int) -> tuple[Generator, Encoder, Encoder, Generator]:
     torch.manual_seed(seed)
     g = Generator(NZ, WIDTH, CHANNELS, SIZE)
-    pretrained, joint_encoder = Encoder(NZ, WIDTH, CHANNELS, SIZE), Encoder(NZ, WIDTH, CHANNELS, SIZE)
+    pretrained, joint_encoder = (Encoder(NZ, WIDTH, CHANNELS, SIZE, CORRECTED["encoder_init"]) for _ in range(2))
     return tuple(m.to(DEVICE) for m in (g, pretrained, joint_encoder, copy.deepcopy(g)))
 
 
@@ -110,7 +138,8 @@ def ours_sampling(g, pretrained, joint_encoder, joint_decoder, n: int, batch_siz
     models.eval(DEVICE, channels_last)
     tic = time.perf_counter()
     count = 0
-    for batch in image_batches(models, n, batch_size, 0, DEVICE):
+    sampling = {name: CORRECTED[name] for name in S.SAMPLING_FACTORS}
+    for batch in image_batches(models, n, batch_size, 0, DEVICE, **sampling, bf16=False):
         count += len(batch["ground_truth"])
     sync()
     rate = count / (time.perf_counter() - tic)
@@ -161,8 +190,9 @@ def reference_steps(phase: str, g, encoder, iterations: int, lr: float, beta1: f
 
 def ours_steps(phase: str, g, encoder, iterations: int, lr: float, beta1: float,
                channels_last: bool, bf16: bool = False) -> tuple[list[float], list[float]]:
-    settings = VaeSettings(phase, iterations, BATCH, lr, beta1, SIGMA, 0, 1, 10**9, ndf=WIDTH,
-                           channels_last=channels_last, bf16=bf16, bn_batches=0)
+    settings = VaeSettings(phase, iterations, BATCH, lr, beta1, SIGMA, 0, 1, 10**9, ndf=WIDTH, learn_sigma=False,
+                           channels_last=channels_last, bf16=bf16, bn_batches=0,
+                           decoder_bn=CORRECTED["decoder_bn"], encoder_init=CORRECTED["encoder_init"])
     stamps = [time.perf_counter()]
     rows, _, _ = train_vae(ground_truth(copy.deepcopy(g), SIGMA), copy.deepcopy(encoder), settings,
                            DEVICE, None, Progress(f"ours {phase}", iterations, 10**9, stream=io.StringIO()),
@@ -179,8 +209,9 @@ def median_after_warmup(seconds: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference-samples", type=int, default=60)
-    parser.add_argument("--samples", type=int, default=2000, help="our samples (batches of --batch-size)")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=QUICK["evaluate"]["n_samples"],
+                        help="our samples (batches of --batch-size; default: the quick preset's images per set)")
+    parser.add_argument("--batch-size", type=int, default=PAPER_CONFIG["evaluate"]["batch_size"])
     parser.add_argument("--iterations", type=int, default=10, help="training iterations per side and phase")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -195,7 +226,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ref_rate = reference_sampling(g, pretrained, joint_encoder, joint_decoder, args.reference_samples, Path(tmp))
-    phases = {"pretrain": (2e-5, 0.5), "joint": (1e-5, 0.9)}
+    phases = PAPER_STEPS
     ref_steps = {p: reference_steps(p, g, pretrained, args.iterations, *hp) for p, hp in phases.items()}
 
     set_threads(args.threads)

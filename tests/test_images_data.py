@@ -10,7 +10,9 @@ import torch
 
 from vae_approx.common import InputError
 from vae_approx.images import data as D
+from vae_approx.images import settings as S
 from vae_approx.images.__main__ import main
+from vae_approx.images.evaluate import load_inception, make_extractor
 
 
 def test_digits_array_format():
@@ -24,7 +26,8 @@ def test_digits_array_format():
 
 
 def test_prepare_digits_writes_memory_mappable_arrays(tmp_path):
-    main(["prepare-digits", "--size", "32", "--out", str(tmp_path / "d.npy"), "--labels", str(tmp_path / "l.npy")])
+    main(["prepare-digits", "--settings", '{"image_size": 32}', "--out", str(tmp_path / "d.npy"),
+          "--labels", str(tmp_path / "l.npy")])
     images = D.load_images(tmp_path / "d.npy", channels=1, size=32)
     assert isinstance(images, np.memmap)
     assert len(D.load_labels(tmp_path / "l.npy", len(images))) == 1797
@@ -75,7 +78,8 @@ def test_prepare_celeba_resizes_and_centre_crops(celeba_zip, tmp_path):
 def test_prepare_celeba_rejects_a_wrong_count_and_a_corrupt_member(celeba_zip, tmp_path):
     out = tmp_path / "celeba.npy"
     with pytest.raises(SystemExit, match="12 images img_align_celeba/NNNNNN.jpg, expected 202599"):
-        main(["prepare-celeba", "--zip", str(celeba_zip), "--expected-count", "202599", "--out", str(out)])
+        main(["prepare-celeba", "--zip", str(celeba_zip), "--settings",
+              '{"image_size": 64, "celeba": {"expected_count": 202599}}', "--out", str(out)])
     assert list(tmp_path.iterdir()) == []
 
     broken = tmp_path / "broken.zip"
@@ -84,12 +88,12 @@ def test_prepare_celeba_rejects_a_wrong_count_and_a_corrupt_member(celeba_zip, t
             data = src.read(name)
             dst.writestr(name, data[:200] if name.endswith("000007.jpg") else data)
     with pytest.raises(InputError, match="broken.zip: member img_align_celeba/000007.jpg cannot be decoded"):
-        D.prepare_celeba(broken, out, 64)
+        D.prepare_celeba(broken, out, 64, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.zip"]  # no output, no temporary file
 
     (tmp_path / "other.zip").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="other.zip: not a readable zip"):
-        D.prepare_celeba(tmp_path / "other.zip", out, 64)
+        D.prepare_celeba(tmp_path / "other.zip", out, 64, 0)
 
 
 @pytest.fixture
@@ -126,7 +130,7 @@ def test_fetch_inception_checks_the_digest_and_leaves_nothing(tmp_path):
     src.write_bytes(b"weights")
     home = tmp_path / "torch"
     with pytest.raises(InputError, match="does not start with 6726825d"):
-        D.fetch_inception(home, url=src.as_uri())
+        D.fetch_inception(home, "", url=src.as_uri())
     with pytest.raises(InputError, match="does not match the pinned"):
         D.fetch_inception(home, "0" * 64, url=src.as_uri(), prefix=None)
     assert not D.inception_weights_path(home).exists()
@@ -137,13 +141,16 @@ def test_fetch_inception_checks_the_digest_and_leaves_nothing(tmp_path):
 
 def test_inception_loads_offline_from_torch_home(tmp_path, no_network):
     """Random weights test the wiring only (with the explicit opt-out); they are never called FID."""
-    from vae_approx.images.metrics import make_extractor
-
     home = tmp_path / "torch"
+    weights = D.inception_weights_path(home)
+    assert str(weights) == S.inception_weights({"torch_home": str(home)})  # where the rules expect the file
+    assert D.torch_home_of(weights) == home
     with pytest.raises(InputError, match="pt_inception-2015-12-05-6726825d.pth.*fetch_inception"):
-        make_extractor("inception", torch.device("cpu"), torch_home=home)
-    D.write_random_inception_weights(D.inception_weights_path(home))
-    extractor = make_extractor("inception", torch.device("cpu"), torch_home=home, inception_unverified_ok=True)
+        make_extractor("inception", torch.device("cpu"), weights, 1, "", False)
+    with pytest.raises(InputError, match="expected a file <torch_home>/hub/checkpoints/"):
+        make_extractor("inception", torch.device("cpu"), home / "weights.pth", 1, "", False)
+    D.write_random_inception_weights(weights)
+    extractor = make_extractor("inception", torch.device("cpu"), weights, 1, "", True)
     assert extractor.metric == "fid" and extractor.dim == 2048 and extractor.frechet == "eigh"
     assert not extractor.verified and "NOT FID" in extractor.label
     features = extractor(torch.rand(2, 1, 32, 32) * 2 - 1)  # grey images are repeated over 3 channels
@@ -153,14 +160,12 @@ def test_inception_loads_offline_from_torch_home(tmp_path, no_network):
 def test_hand_placed_wrong_inception_weights_are_refused_unless_explicitly_accepted(tmp_path, no_network, capsys):
     """A file placed by hand never passes through fetch-inception (Snakemake skips
     download_inception when its output exists), so loading checks the SHA-256 itself."""
-    from vae_approx.images.metrics import load_inception, make_extractor
-
     home = tmp_path / "torch"
     weights = D.inception_weights_path(home)
     D.write_random_inception_weights(weights)
     actual = D.sha256(weights)
-    for load in (lambda **kw: make_extractor("inception", torch.device("cpu"), torch_home=home, **kw),
-                 lambda **kw: load_inception(home, "cpu", kw.get("inception_sha256", ""))):
+    for load in (lambda: make_extractor("inception", torch.device("cpu"), weights, 3, "", False),
+                 lambda: load_inception(home, "cpu", "", False)):
         with pytest.raises(InputError) as err:
             load()
         message = str(err.value)
@@ -169,10 +174,10 @@ def test_hand_placed_wrong_inception_weights_are_refused_unless_explicitly_accep
             assert phrase in message, phrase
     pinned = "ab" * 32
     with pytest.raises(InputError, match=f"Expected SHA-256: {pinned}"):
-        make_extractor("inception", torch.device("cpu"), torch_home=home, inception_sha256=pinned.upper())
+        make_extractor("inception", torch.device("cpu"), weights, 3, pinned.upper(), False)
     assert capsys.readouterr().err == ""
     # the explicit opt-out (tests and wiring checks only): loaded, with a warning, marked unverified
-    extractor = make_extractor("inception", torch.device("cpu"), torch_home=home, inception_unverified_ok=True)
+    extractor = make_extractor("inception", torch.device("cpu"), weights, 3, "", True)
     assert not extractor.verified and "UNVERIFIED" in extractor.label and "NOT FID" in extractor.label
     warning = capsys.readouterr().err
     assert "WARNING" in warning and str(weights) in warning and "UNVERIFIED" in warning and "NOT FID" in warning
@@ -187,10 +192,10 @@ def test_inception_weights_that_verify_are_fid_and_hashed_once(tmp_path, monkeyp
     monkeypatch.setattr(D, "INCEPTION_SHA256_PREFIX", actual[:8])
     calls = []
     monkeypatch.setattr(D, "sha256", lambda path: calls.append(path) or actual)
-    assert D.check_inception_weights(weights) is True
-    assert D.check_inception_weights(weights, actual.upper()) is True  # the pinned digest, in any case
+    assert D.check_inception_weights(weights, "", False) is True
+    assert D.check_inception_weights(weights, actual.upper(), False) is True  # the pinned digest, in any case
     with pytest.raises(InputError, match="Expected SHA-256: " + "0" * 64 + r" \(pinned"):
-        D.check_inception_weights(weights, "0" * 64)
+        D.check_inception_weights(weights, "0" * 64, False)
     assert D.check_inception_weights(weights, "0" * 64, unverified_ok=True) is False
     assert len(calls) == 1  # one hash per process for an unchanged file
     assert "UNVERIFIED" in capsys.readouterr().err

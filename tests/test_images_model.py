@@ -7,15 +7,17 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from vae_approx.images.metrics import (FRECHET, GaussianStats, frechet_distance, frechet_distance_eigh,
-                                      frechet_distance_pytorch_fid, quantize)
+from vae_approx.images.data import quantize
+from vae_approx.images.evaluate import (FRECHET, GaussianStats, frechet_distance, frechet_distance_eigh,
+                                       frechet_distance_pytorch_fid)
 from vae_approx.images.model import (Discriminator, Encoder, GaussianDecoder, Generator, elbo, elbo_terms,
                                      gaussian_log_density, kl_to_standard_normal, log_likelihood, log_q)
 
 
 @pytest.mark.parametrize("size,channels,nz,width", [(32, 1, 8, 4), (64, 3, 100, 8)])
 def test_shapes_at_both_image_sizes(size, channels, nz, width):
-    g, d, e = Generator(nz, width, channels, size), Discriminator(width, channels, size), Encoder(nz, width, channels, size)
+    g, d = Generator(nz, width, channels, size), Discriminator(width, channels, size)
+    e = Encoder(nz, width, channels, size, "zero")
     z = torch.randn(3, nz)
     x = g(z)
     assert x.shape == (3, channels, size, size) and x.abs().max() < 1
@@ -53,7 +55,7 @@ def test_log_densities_and_kl_against_torch_distributions():
 
 def test_elbo_is_reconstruction_minus_kl_and_sums_over_pixels():
     torch.manual_seed(1)
-    g, e = Generator(6, 4, 1, 32).eval(), Encoder(6, 4, 1, 32).eval()
+    g, e = Generator(6, 4, 1, 32).eval(), Encoder(6, 4, 1, 32, "zero").eval()
     decoder = GaussianDecoder(g, 0.05)
     x = decoder.sample(torch.randn(3, 6))
     gen = torch.Generator().manual_seed(5)

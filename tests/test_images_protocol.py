@@ -4,6 +4,7 @@
 import copy
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +12,22 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import config_section
 
 from vae_approx.common import Progress
+from vae_approx.config import stage_json, stage_section
 from vae_approx.images import settings as S
 from vae_approx.images.__main__ import main
-from vae_approx.images.evaluate import SETS, Models, image_batches, one_at_a_time, write_sets
+from vae_approx.images.evaluate import Models, image_batches, one_at_a_time, write_sets
 from vae_approx.images.model import Encoder, GaussianDecoder, Generator, weights_init
-from vae_approx.images.train import EMA_DECAY, VaeSettings, ground_truth, train_vae
+from vae_approx.images.settings import IMAGE_SETS as SETS
+from vae_approx.images.settings import VaeSettings
+from vae_approx.images.train import EMA_DECAY, ground_truth, train_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 NZ = 4
+CORRECTED_SAMPLING = {name: S.FACTORS[name].corrected for name in S.SAMPLING_FACTORS}
 
 
 def quiet():
@@ -48,11 +54,16 @@ def tiny_models(seed=0, same_decoder=False):
         with torch.no_grad():
             for p in joint.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-    return Models(truth, pre, enc, joint).eval(CPU)
+    return Models(truth, pre, enc, joint).eval(CPU, False)
+
+
+def batches(models, n, batch, seed, **factors):
+    """image_batches with the corrected protocol's sampling factors and fp32, but for `factors`."""
+    return image_batches(models, n, batch, seed, CPU, **{**CORRECTED_SAMPLING, "bf16": False, **factors})
 
 
 def sets(models, n=6, batch=6, seed=3, **factors):
-    return {k: torch.cat(v) for k, v in _stack(image_batches(models, n, batch, seed, CPU, **factors)).items()}
+    return {k: torch.cat(v) for k, v in _stack(batches(models, n, batch, seed, **factors)).items()}
 
 
 def _stack(batches):
@@ -73,7 +84,7 @@ def first_draws(n, seed=3):
 
 
 def test_reference_protocol_sets_every_factor_and_the_schema_knows_each_value():
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())["images"]
+    config = config_section("images")
     assert S.configured_protocol(config) == S.corrected() == config["protocol"]  # the default is the corrected one
     assert S.configured_protocol({**config, "reference_protocol": True}) == S.reference()
     assert all(S.reference()[name] != S.corrected()[name] for name in S.FACTORS)
@@ -83,13 +94,24 @@ def test_reference_protocol_sets_every_factor_and_the_schema_knows_each_value():
         name: f.values for name, f in S.FACTORS.items()}
     assert tuple(images["ablation"]["properties"]["rows"]["items"]["enum"]) == S.ABLATION_ROWS
     assert tuple(images["sigma_variants"]["items"]["enum"]) == S.SIGMA_VARIANTS
-    # an ablation row flips exactly its factor; reference flips all; the path reads back
+    assert S.ALLOWED["protocol.pixel_noise"] == S.FACTORS["pixel_noise"].values
+    # an ablation row flips exactly its factor; reference flips all
     for row in S.FACTORS:
         flipped = {k for k, v in S.ablation_protocol(row).items() if v != S.corrected()[k]}
         assert flipped == {row}
-    for row in S.ABLATION_ROWS:
-        protocol = S.ablation_protocol(row)
-        assert S.protocol_of(f"x/seed0/{S.run_dir(protocol, 'learned')}/fd.csv") == (protocol, "learned")
+    # the path templates' wildcards are the identity columns, one folder level per part of the identity, and
+    # their paths stay those of earlier versions
+    assert S.wildcards(S.TRAINED) == tuple(S.TRAINED_RUN) and S.wildcards(S.JOINT) == tuple(S.JOINT_RUN)
+    assert S.wildcards(S.SAMPLED) == tuple(S.SAMPLED_RUN)
+    assert all(set(S.wildcards(template)) <= set(S.SAMPLED_RUN) for template in S.PATHS.values())
+    run = S.identity(3, S.reference(), "learned")
+    assert S.path("results/x", "fid").format(**run) == (
+        "results/x/images/seed3/bn-train_init-normal/sigma-learned/sampling-train_batch1_noise-joint_z-shared/fid.csv")
+    assert S.run_dir(S.reference(), "learned") == "bn-train_init-normal/sigma-learned/" \
+        "sampling-train_batch1_noise-joint_z-shared"
+    values = {v for allowed in S.SAMPLED_RUN.values() if allowed is not int for v in allowed}
+    for name, pattern in S.wildcard_constraints().items():  # a wildcard takes exactly its allowed values
+        assert {v for v in values if re.fullmatch(pattern, v)} == set(S.SAMPLED_RUN[name])
     assert "training mode, one image at a time" in S.describe(S.reference())
     assert S.describe(S.corrected()).startswith("the corrected protocol")
 
@@ -98,21 +120,19 @@ def test_the_paper_preset_picks_the_reproductions_generator():
     """The reproduction kept generator-44.pt, which its script saves after its 0-based epoch 44, i.e.
     after 45 epochs; generator_epoch counts completed epochs (train-gan's epoch_045.pt)."""
     reference_file_epoch = 44  # train_celeba_01_gan.py: for epoch in range(num_epochs): ... f"generator-{epoch}.pt"
-    from snakemake.utils import update_config
-
-    paper = yaml.safe_load((ROOT / "config.yaml").read_text())
-    update_config(paper, yaml.safe_load((ROOT / "presets" / "paper.yaml").read_text()))
-    paper = paper["images"]
+    paper = config_section("images", "paper.yaml")
     assert paper["generator_epoch"] == reference_file_epoch + 1
     assert S.configured_protocol(paper) == S.corrected()  # the main paper run: the corrected protocol
     assert "reference" in paper["ablation"]["rows"] and "corrected" in paper["ablation"]["rows"]
 
 
 def test_a_gan_epoch_file_holds_the_generator_after_that_many_epochs(tmp_path):
-    from vae_approx.images.train import GanSettings, train_gan
+    from vae_approx.images.settings import GanSettings
+    from vae_approx.images.train import train_gan
 
     images = np.random.default_rng(0).integers(0, 256, (12, 1, 32, 32), dtype=np.uint8)
-    settings = GanSettings(epochs=2, batch_size=6, lr=2e-4, beta1=0.5, nz=4, ngf=4, ndf=4, seed=1, checkpoint_every=100)
+    settings = GanSettings(epochs=2, batch_size=6, lr=2e-4, beta1=0.5, nz=4, ngf=4, ndf=4, seed=1, checkpoint_every=100,
+                           log_every=10)
     train_gan(images, settings, tmp_path / "two", CPU, None, quiet())
     train_gan(images, GanSettings(**{**settings.__dict__, "epochs": 1}), tmp_path / "one", CPU, None, quiet())
     one, two = (torch.load(tmp_path / d / "epoch_001.pt", weights_only=False) for d in ("one", "two"))
@@ -190,14 +210,14 @@ def test_unknown_sampling_values_are_refused():
 
 def test_the_sets_are_stored_as_memory_mappable_uint8_files(tmp_path):
     models = tiny_models()
-    write_sets(image_batches(models, 10, 4, 3, CPU), 10, tmp_path)
+    write_sets(batches(models, 10, 4, 3), 10, tmp_path)
     for name in SETS:
         array = np.load(tmp_path / f"{name}.npy", mmap_mode="r")
         assert array.shape == (10, 1, 32, 32) and array.dtype == np.uint8
     assert not list(tmp_path.glob(".*tmp"))
     # a generator that stops early leaves no set behind
     def broken():
-        yield next(image_batches(models, 10, 4, 3, CPU))
+        yield next(batches(models, 10, 4, 3))
         raise RuntimeError("killed")
     with pytest.raises(RuntimeError, match="killed"):
         write_sets(broken(), 10, tmp_path / "broken")
@@ -209,7 +229,8 @@ def test_the_sets_are_stored_as_memory_mappable_uint8_files(tmp_path):
 
 def vae_settings(phase, **kw):
     base = dict(phase=phase, iterations=3, batch_size=6, lr=1e-3, beta1=0.5, sigma=0.05, seed=0, log_every=1,
-                checkpoint_every=100, ndf=4, bn_batches=0)
+                checkpoint_every=100, ndf=4, learn_sigma=False, channels_last=False, bf16=False, bn_batches=0,
+                decoder_bn="eval", encoder_init="zero")
     return VaeSettings(**{**base, **kw})
 
 
@@ -217,8 +238,8 @@ def vae_settings(phase, **kw):
 def test_decoder_bn_train_normalises_training_batches_by_their_own_statistics(mode):
     truth = tiny_models().truth
     stats = {k: v.clone() for k, v in truth.state_dict().items() if "running" in k}
-    _, encoder, _ = train_vae(truth, Encoder(NZ, 4, 1, 32), vae_settings("pretrain", decoder_bn=mode), CPU, None,
-                              quiet())
+    _, encoder, _ = train_vae(truth, Encoder(NZ, 4, 1, 32, "zero"), vae_settings("pretrain", decoder_bn=mode), CPU,
+                              None, quiet())
     moved = any(not torch.equal(truth.state_dict()[k], v) for k, v in stats.items())
     assert moved == (mode == "train")  # only training mode updates the running statistics from the batches
     truth = tiny_models().truth
@@ -278,9 +299,14 @@ def test_our_fid_is_pytorch_fids_on_the_same_files(tmp_path, monkeypatch):
     for k, name in enumerate(SETS):  # five sets, each further from the first
         array = np.clip(base + rng.normal(0, 10 + 20 * k, base.shape), 0, 255).astype(np.uint8)
         np.save(samples / f"{name}.npy", array)
-    main(["distances", "--samples", str(samples), "--features", "inception", "--torch-home", str(torch_home),
-          "--inception-unverified-ok", "true", "--batch-size", "10", "--out", str(tmp_path / "fid.csv")])
-    ours = pd.read_csv(tmp_path / "fid.csv")
+    settings = {"features": "inception", "inception_sha256": "", "inception_unverified_ok": True,
+                "evaluate": {"batch_size": 10}}
+    run = S.identity(0, S.corrected(), "fixed")
+    main(["distances", "--samples", str(samples), "--features-file", str(torch_home / "hub" / "checkpoints" /
+          S.INCEPTION_FILE), "--settings", json.dumps(settings), "--run", json.dumps(run), "--threads", "1",
+          "--device", "cpu", "--out", str(tmp_path / "fid.csv")])
+    ours = pd.read_csv(tmp_path / "fid.csv", keep_default_na=False)
+    assert list(ours.columns[:len(run)]) == list(run) and (ours[list(run)] == pd.Series(run)).all().all()
     assert ours.value[ours.metric == "inception_unverified"].tolist() == [1]  # random weights: not FID, and said so
     ours = ours[ours.metric == "fid"].set_index("image_set")
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
@@ -298,23 +324,24 @@ def test_our_fid_is_pytorch_fids_on_the_same_files(tmp_path, monkeypatch):
 
 
 def test_stage_settings_hold_exactly_the_stages_keys():
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())["images"]
+    config = config_section("images")
     for stage, keys in S.STAGE_KEYS.items():
-        text = S.stage_json(config, stage)
+        text = stage_json(config, keys)
         assert set(json.loads(text)) == {key.partition(".")[0] for key in keys}
-        section = S.stage_section(text, stage)
+        section = stage_section(text, keys, stage)
         for key in keys:
             top, _, sub = key.partition(".")
             assert (section[top][sub] if sub else section[key]) == (config[top][sub] if sub else config[key])
-    # what only the grids or the workflow read re-draws no image set
-    assert "keep_samples" not in S.stage_json(config, "generate") and "grid_size" not in S.stage_json(config, "generate")
-    with pytest.raises(ValueError, match="missing \\['evaluate.n_samples'\\]"):
-        S.stage_section(json.dumps({"channels_last": True, "bf16": False, "evaluate": {"batch_size": 5}}), "generate")
-    with pytest.raises(ValueError, match="unknown \\['threads'\\]"):
-        S.stage_section(json.dumps({**json.loads(S.stage_json(config, "joint")), "threads": 1}), "joint")
-    settings = VaeSettings.from_section(config, "pretrain", 7, "train", "normal")
-    assert (settings.iterations, settings.decoder_bn, settings.encoder_init, settings.seed) == (
-        config["pretrain"]["iterations"], "train", "normal", 7)
+    # what only the grids or the workflow read re-draws no image set; the protocol comes with the run, not here
+    generate = stage_json(config, S.STAGE_KEYS["generate"])
+    assert "keep_samples" not in generate and "grid_size" not in generate and "protocol" not in generate
+    assert not any("protocol" in key for keys in S.STAGE_KEYS.values() for key in keys)
+    run = S.identity(7, {**S.corrected(), "decoder_bn": "train", "encoder_init": "normal"}, "learned")
+    settings = VaeSettings.pretrain(config, run, 7)
+    assert (settings.iterations, settings.decoder_bn, settings.encoder_init, settings.seed, settings.ndf) == (
+        config["pretrain"]["iterations"], "train", "normal", 7, config["encoder_ndf"])
+    settings = VaeSettings.joint(config, run, 8, 0.25, 5)
+    assert (settings.lr, settings.sigma, settings.ndf, settings.learn_sigma) == (config["joint"]["lr"], 0.25, 5, True)
 
 
 def test_bf16_autocast_is_a_cuda_option_the_cpu_ignores():

@@ -5,179 +5,57 @@
 # here, compute_fd_digits); held-out ELBOs and decoder drift; grids -> table, claims, and the
 # protocol ablation's table and claims.
 # The generator is trained once (the ground truth every replicate shares); pretraining, joint
-# training and evaluation run once per seed of images.seeds (seed<k>/) and per protocol
-# (vae_approx.images.settings: the main run's, and the ablation's rows).
+# training and evaluation run once per seed of images.seeds (seed<k>/) and per protocol (the
+# main run's, and the ablation's rows), each factor a wildcard named as its identity column.
+# The path layout, the keys each stage reads (--settings) and the file lists live in
+# vae_approx.images.settings; each per-run job's wildcards are its identity (--run).
 # choose_generator and compute_fid load the Inception weights and check their SHA-256 there
-# (features_args: images.inception_sha256, and images.inception_unverified_ok for tests only),
-# since a file placed by hand never passes through download_inception.
+# (images.inception_sha256, and images.inception_unverified_ok for tests only), since a file
+# placed by hand never passes through download_inception.
 
 from vae_approx.images import settings as images_settings
 
 
-# The faces protocol's wildcards take exactly their factor's values.
+# The faces protocol's wildcards take exactly their allowed values.
 wildcard_constraints:
     **images_settings.wildcard_constraints(),
 
 
-IMG = f"{RESULTS}/images"
 IM = config["images"]
-# One run of the faces protocol (vae_approx.images.settings): the training factors, the sigma
-# variant, then the sampling factors, each a folder level, so a factor re-runs only what it touches.
-IMG_TRAINED_NAME = "seed{seed}/bn-{bn}_init-{init}"
-IMG_JOINT_NAME = f"{IMG_TRAINED_NAME}/sigma-{{sigma}}"
-IMG_RUN_NAME = f"{IMG_JOINT_NAME}/sampling-{{sampling}}_noise-{{noise}}_z-{{pairing}}"
-IMG_TRAINED, IMG_JOINT, IMG_RUN = (
-    f"{IMG}/{name}" for name in (IMG_TRAINED_NAME, IMG_JOINT_NAME, IMG_RUN_NAME)
+IMG = images_settings.folder(RESULTS)
+IMG_LOGS = f"{LOGS}/images"
+IMG_BENCHMARKS = f"{BENCHMARKS}/images"
+# Each per-run file's path template (wildcards: the identity columns), by its name in images_settings.PATHS.
+IMG_PATH = {name: images_settings.path(RESULTS, name) for name in images_settings.PATHS}
+# One run's folders below the experiment's (log and benchmark paths): trained, jointly trained, sampled.
+IMG_TRAINED, IMG_JOINT, IMG_SAMPLED = (
+    images_settings.TRAINED,
+    images_settings.JOINT,
+    images_settings.SAMPLED,
 )
-
-# The image sets of the faces experiment, one uint8 file and one PNG grid each (vae_approx.images.evaluate.SETS).
-IMAGE_SETS = [
-    "ground_truth",
-    "ground_truth_resample",
-    "pretrained_reconstruction",
-    "joint_reconstruction",
-    "joint_prior",
+# The uint8 image sets of a run: Snakemake temp files (deleted once their distances and grids
+# are written) unless images.evaluate.keep_samples.
+IMG_SAMPLES = [
+    f if IM["evaluate"]["keep_samples"] else temp(f)
+    for f in images_settings.sample_files(RESULTS)
 ]
+IMG_DATA = images_settings.data_array(IM, RESULTS)
+IMG_FEATURES = images_settings.features_file(IM, RESULTS)
+IMG_INCEPTION = images_settings.inception_weights(IM)
+IMG_CLASSIFIER = f"{IMG}/classifier/classifier.pt"
+IMG_GENERATOR = f"{IMG}/gan/generator.pt"
+
+TARGETS["images"] = images_settings.targets(IM, RESULTS)
+CLAIMS["images"] = images_settings.claims_files(IM, RESULTS)
 
 
-def images_protocol():
-    """The main run's faces protocol: one value per factor (images.protocol, or the reference's)."""
-    return images_settings.configured_protocol(config["images"])
-
-
-def images_run_files(protocol, sigmas, seeds):
-    """The files one faces protocol's runs leave, aligned by (sigma variant, seed): the distances, the
-    held-out metrics and the joint curve (rules tabulate_images and tabulate_images_ablation).
-    """
-    files = {"distances": [], "heldout": [], "curves": []}
-    distance = f"{images_metric()}.csv"
-    for sigma in sigmas:
-        for seed in seeds:
-            run = f"{RESULTS}/images/seed{seed}/{images_settings.run_dir(protocol, sigma)}"
-            trained = os.path.dirname(run)
-            files["distances"].append(f"{run}/{distance}")
-            files["heldout"].append(f"{trained}/heldout.csv")
-            files["curves"].append(f"{trained}/joint_curve.csv")
-    return files
-
-
-def images_ablation_files():
-    """images_run_files of every ablation row (fixed sigma), one after another."""
-    files = {"distances": [], "heldout": [], "curves": []}
-    for row in config["images"]["ablation"]["rows"]:
-        protocol = images_settings.ablation_protocol(row)
-        for key, paths in images_run_files(
-            protocol, ["fixed"], config["images"]["seeds"]
-        ).items():
-            files[key] += paths
-    return files
-
-
-def images_metric():
-    """The faces distance's name: fid (Inception) or fd_digits."""
-    return "fid" if config["images"]["features"] == "inception" else "fd_digits"
-
-
-def images_targets():
-    im = config["images"]
-    protocol = images_protocol()
-    targets = [f"{RESULTS}/images/table.md", f"{RESULTS}/images/curves.png"]
-    if im["ablation"]["rows"]:
-        targets.append(f"{RESULTS}/images/ablation.md")
-    return targets + expand(
-        f"{RESULTS}/images/seed{{seed}}/{{run}}/grids/{{name}}.png",
-        seed=im["seeds"],
-        run=[
-            images_settings.run_dir(protocol, sigma) for sigma in im["sigma_variants"]
-        ],
-        name=[*IMAGE_SETS, "comparison"],
-    )
-
-
-def images_seeds(name):
-    """One file per faces seed below the main protocol's training folder, in the config's seed order;
-    a {sigma} in `name` is the first of images.sigma_variants."""
-    training = images_settings.training_dir(images_protocol())
-    return expand(
-        f"{RESULTS}/images/seed{{seed}}/{training}/{name}",
-        seed=config["images"]["seeds"],
-        sigma=config["images"]["sigma_variants"][:1],
-    )
-
-
-def images_setting():
-    """The faces setting's name in its table, claims and curves."""
-    im = config["images"]
-    kind = "CelebA" if im["source"] == "celeba" else "digits"
-    return f"{kind} {im['image_size']}x{im['image_size']} DCGAN, sigma {im['sigma']:g}"
-
-
-def images_sample_files(run):
-    """The uint8 image sets of a run folder: Snakemake temp files (deleted once their distances and
-    grids are written) unless images.evaluate.keep_samples."""
-    files = [f"{run}/samples/{name}.npy" for name in IMAGE_SETS]
-    return (
-        files
-        if config["images"]["evaluate"]["keep_samples"]
-        else [temp(f) for f in files]
-    )
-
-
-INCEPTION_WEIGHTS = f"{config['images']['torch_home']}/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth"
-
-
-def images_array():
-    """The uint8 image array every images stage reads: prepared CelebA or digits."""
-    return f"{RESULTS}/images/data/{config['images']['source']}.npy"
-
-
-def images_features():
-    """What the image distance needs: the digits classifier, or the Inception weights (FID)."""
-    if config["images"]["features"] == "digits":
-        return f"{RESULTS}/images/classifier/classifier.pt"
-    return INCEPTION_WEIGHTS
-
-
-def torch_home_of(path):
-    """TORCH_HOME of a FID job: the folder whose hub/checkpoints/ holds the Inception weights.
-    For digits features (a classifier file) it is the config's torch_home, which nothing reads.
-    """
-    if path != INCEPTION_WEIGHTS:
-        return config["images"]["torch_home"]
-    return os.path.dirname(os.path.dirname(os.path.dirname(path)))
-
-
-def features_args(wildcards, input):
-    """The --features arguments of choose-generator and evaluate. With Inception, the weights are
-    SHA-256-checked where they are loaded (a file placed by hand never passes through
-    download_inception), against images.inception_sha256 when it pins one;
-    images.inception_unverified_ok (tests and wiring checks only) lets failing weights through,
-    and their distances are labelled NOT FID."""
-    im = config["images"]
-    if im["features"] == "digits":
-        return f"--features digits --classifier {input.features}"
-    return (
-        f"--features inception --torch-home {torch_home_of(input.features)}"
-        f" --inception-sha256 '{im['inception_sha256']}'"
-        f" --inception-unverified-ok {str(im['inception_unverified_ok']).lower()}"
-    )
-
-
-def images_claims():
-    files = [f"{IMG}/claims.csv"]
-    if IM["ablation"]["rows"]:
-        files.append(f"{IMG}/ablation_claims.csv")
-    return files
-
-
-TARGETS["images"] = images_targets()
-CLAIMS["images"] = images_claims()
-
-
-if IM["generator_epoch"] != "auto" and IM["generator_epoch"] > IM["gan"]["epochs"]:
+if (
+    IM["generator_epoch"] != images_settings.AUTO
+    and IM["generator_epoch"] > IM["gan"]["epochs"]
+):
     raise ConfigError(
         f"config key 'images.generator_epoch': {IM['generator_epoch']} is more than"
-        f" images.gan.epochs ({IM['gan']['epochs']}); use an epoch the GAN trains, or auto"
+        f" images.gan.epochs ({IM['gan']['epochs']}); use an epoch the GAN trains, or {images_settings.AUTO}"
     )
 
 
@@ -186,9 +64,9 @@ rule prepare_digits:
         images=f"{IMG}/data/digits.npy",
         labels=f"{IMG}/data/digits_labels.npy",
     log:
-        f"{LOGS}/images/data/digits.log",
+        f"{IMG_LOGS}/data/digits.log",
     benchmark:
-        f"{BENCHMARKS}/images/data/digits.tsv"
+        f"{IMG_BENCHMARKS}/data/digits.tsv"
     conda:
         ENV
     threads: 1
@@ -196,9 +74,9 @@ rule prepare_digits:
         mem_mb=1000,
         runtime=5,
     params:
-        size=IM["image_size"],
+        settings=settings_json(IM, images_settings.STAGE_KEYS["prepare-digits"]),
     shell:
-        "python -m vae_approx.images prepare-digits --size {params.size}"
+        "python -m vae_approx.images prepare-digits --settings {params.settings}"
         " --out {output.images} --labels {output.labels} 2> {log}"
 
 
@@ -206,9 +84,9 @@ rule download_celeba:
     output:
         IM["celeba"]["zip"],
     log:
-        f"{LOGS}/images/download_celeba.log",
+        f"{IMG_LOGS}/download_celeba.log",
     benchmark:
-        f"{BENCHMARKS}/images/download_celeba.tsv"
+        f"{IMG_BENCHMARKS}/download_celeba.tsv"
     conda:
         ENV
     threads: 1
@@ -225,9 +103,9 @@ rule prepare_celeba:
     output:
         f"{IMG}/data/celeba.npy",
     log:
-        f"{LOGS}/images/data/celeba.log",
+        f"{IMG_LOGS}/data/celeba.log",
     benchmark:
-        f"{BENCHMARKS}/images/data/celeba.tsv"
+        f"{IMG_BENCHMARKS}/data/celeba.tsv"
     conda:
         ENV
     threads: 1
@@ -235,20 +113,19 @@ rule prepare_celeba:
         mem_mb=2000,
         runtime=90,
     params:
-        size=IM["image_size"],
-        expected_count=IM["celeba"]["expected_count"],
+        settings=settings_json(IM, images_settings.STAGE_KEYS["prepare-celeba"]),
     shell:
-        "python -m vae_approx.images prepare-celeba --zip {input} --size {params.size}"
-        " --expected-count {params.expected_count} --out {output} 2> {log}"
+        "python -m vae_approx.images prepare-celeba --zip {input} --settings {params.settings}"
+        " --out {output} 2> {log}"
 
 
 rule download_inception:
     output:
-        INCEPTION_WEIGHTS,
+        IMG_INCEPTION,
     log:
-        f"{LOGS}/images/download_inception.log",
+        f"{IMG_LOGS}/download_inception.log",
     benchmark:
-        f"{BENCHMARKS}/images/download_inception.tsv"
+        f"{IMG_BENCHMARKS}/download_inception.tsv"
     conda:
         ENV
     threads: 1
@@ -256,11 +133,14 @@ rule download_inception:
         mem_mb=1000,
         runtime=30,
     params:
-        torch_home=lambda wildcards, output: torch_home_of(output[0]),
-        sha256=IM["inception_sha256"],
+        # <torch_home>/hub/checkpoints/<file> -> <torch_home>
+        torch_home=lambda wildcards, output: os.path.dirname(
+            os.path.dirname(os.path.dirname(output[0]))
+        ),
+        settings=settings_json(IM, images_settings.STAGE_KEYS["fetch-inception"]),
     shell:
         "python -m vae_approx.images fetch-inception --torch-home {params.torch_home}"
-        " --sha256 '{params.sha256}' 2> {log}"
+        " --settings {params.settings} 2> {log}"
 
 
 rule train_digits_classifier:
@@ -268,12 +148,12 @@ rule train_digits_classifier:
         images=f"{IMG}/data/digits.npy",
         labels=f"{IMG}/data/digits_labels.npy",
     output:
-        model=f"{IMG}/classifier/classifier.pt",
+        model=IMG_CLASSIFIER,
         metrics=f"{IMG}/classifier/classifier.csv",
     log:
-        f"{LOGS}/images/classifier/classifier.log",
+        f"{IMG_LOGS}/classifier/classifier.log",
     benchmark:
-        f"{BENCHMARKS}/images/classifier/classifier.tsv"
+        f"{IMG_BENCHMARKS}/classifier/classifier.tsv"
     conda:
         ENV
     threads: 1
@@ -282,12 +162,11 @@ rule train_digits_classifier:
         mem_mb=1000,
         runtime=30,
     params:
-        **IM["classifier"],
+        settings=settings_json(IM, images_settings.STAGE_KEYS["train-classifier"]),
         device=config["device"],
     shell:
         "python -m vae_approx.images train-classifier --images {input.images} --labels {input.labels}"
-        " --width {params.width} --epochs {params.epochs} --batch-size {params.batch_size}"
-        " --lr {params.lr} --seed {params.seed} --threads {threads} --device {params.device}"
+        " --settings {params.settings} --threads {threads} --device {params.device}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
@@ -296,14 +175,14 @@ rule train_digits_classifier:
 # survive a failed job (Snakemake removes the declared directory only), so a re-run resumes.
 rule train_gan:
     input:
-        images_array(),
+        IMG_DATA,
     output:
         generators=directory(f"{IMG}/gan/generators"),
         losses=f"{IMG}/gan/losses.csv",
     log:
-        f"{LOGS}/images/gan/generators.log",
+        f"{IMG_LOGS}/gan/generators.log",
     benchmark:
-        f"{BENCHMARKS}/images/gan/generators.tsv"
+        f"{IMG_BENCHMARKS}/gan/generators.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -312,29 +191,29 @@ rule train_gan:
         mem_mb=4000,
         runtime=600,
     params:
-        **IM["gan"],
-        log_every=IM["log_every"],
+        settings=settings_json(IM, images_settings.STAGE_KEYS["train-gan"]),
         device=config["device"],
     shell:
-        "python -m vae_approx.images train-gan --images {input} --nz {params.nz} --ngf {params.ngf}"
-        " --ndf {params.ndf} --epochs {params.epochs} --batch-size {params.batch_size}"
-        " --lr {params.lr} --beta1 {params.beta1} --checkpoint-every {params.checkpoint_every}"
-        " --log-every {params.log_every} --seed {params.seed} --threads {threads}"
-        " --device {params.device} --out-dir {output.generators} --losses {output.losses} 2> {log}"
+        "python -m vae_approx.images train-gan --images {input} --settings {params.settings}"
+        " --threads {threads} --device {params.device}"
+        " --out-dir {output.generators} --losses {output.losses} 2> {log}"
 
 
+# The distance's features (--features-file): the digits classifier, or the Inception weights at
+# <images.torch_home>/hub/checkpoints/, which the stage loads with TORCH_HOME pointed at that
+# folder, whatever the caller's environment says (nothing is downloaded there).
 rule choose_generator:
     input:
         generators=f"{IMG}/gan/generators",
-        images=images_array(),
-        features=images_features(),
+        images=IMG_DATA,
+        features=IMG_FEATURES,
     output:
-        generator=f"{IMG}/gan/generator.pt",
+        generator=IMG_GENERATOR,
         distances=f"{IMG}/gan/distances.csv",
     log:
-        f"{LOGS}/images/gan/generator.log",
+        f"{IMG_LOGS}/gan/generator.log",
     benchmark:
-        f"{BENCHMARKS}/images/gan/generator.tsv"
+        f"{IMG_BENCHMARKS}/gan/generator.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -343,32 +222,25 @@ rule choose_generator:
         mem_mb=4000,
         runtime=60,
     params:
-        epoch=IM["generator_epoch"],
-        features=features_args,
-        torch_home=lambda wildcards, input: torch_home_of(input.features),
-        n_samples=IM["choose"]["n_samples"],
-        batch_size=IM["evaluate"]["batch_size"],
-        seed=IM["choose"]["seed"],
+        settings=settings_json(IM, images_settings.STAGE_KEYS["choose-generator"]),
         device=config["device"],
     shell:
-        "export TORCH_HOME={params.torch_home}; "
         "python -m vae_approx.images choose-generator --generators {input.generators}"
-        " --images {input.images} --epoch {params.epoch} {params.features}"
-        " --n-samples {params.n_samples} --batch-size {params.batch_size} --seed {params.seed}"
+        " --images {input.images} --features-file {input.features} --settings {params.settings}"
         " --threads {threads} --device {params.device}"
         " --out {output.generator} --distances {output.distances} 2> {log}"
 
 
 rule pretrain_images_encoder:
     input:
-        generator=f"{IMG}/gan/generator.pt",
+        generator=IMG_GENERATOR,
     output:
-        model=f"{IMG_TRAINED}/pretrained.pt",
-        metrics=f"{IMG_TRAINED}/pretrain_curve.csv",
+        model=IMG_PATH["pretrained"],
+        metrics=IMG_PATH["pretrain_curve"],
     log:
-        f"{LOGS}/images/{IMG_TRAINED_NAME}/pretrained.log",
+        f"{IMG_LOGS}/{IMG_TRAINED}/pretrained.log",
     benchmark:
-        f"{BENCHMARKS}/images/{IMG_TRAINED_NAME}/pretrained.tsv"
+        f"{IMG_BENCHMARKS}/{IMG_TRAINED}/pretrained.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -377,25 +249,26 @@ rule pretrain_images_encoder:
         mem_mb=4000,
         runtime=240,
     params:
-        settings=shlex.quote(images_settings.stage_json(IM, "pretrain")),
+        settings=settings_json(IM, images_settings.STAGE_KEYS["pretrain"]),
+        run=run_json,
         device=config["device"],
     shell:
         "python -m vae_approx.images pretrain --generator {input.generator} --settings {params.settings}"
-        " --decoder-bn {wildcards.bn} --encoder-init {wildcards.init} --seed {wildcards.seed}"
-        " --threads {threads} --device {params.device} --out {output.model} --metrics {output.metrics} 2> {log}"
+        " --run {params.run} --threads {threads} --device {params.device}"
+        " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
 rule train_images_joint:
     input:
-        generator=f"{IMG}/gan/generator.pt",
-        encoder=f"{IMG_TRAINED}/pretrained.pt",
+        generator=IMG_GENERATOR,
+        encoder=IMG_PATH["pretrained"],
     output:
-        model=f"{IMG_JOINT}/joint.pt",
-        metrics=f"{IMG_JOINT}/joint_curve.csv",
+        model=IMG_PATH["joint"],
+        metrics=IMG_PATH["joint_curve"],
     log:
-        f"{LOGS}/images/{IMG_JOINT_NAME}/joint.log",
+        f"{IMG_LOGS}/{IMG_JOINT}/joint.log",
     benchmark:
-        f"{BENCHMARKS}/images/{IMG_JOINT_NAME}/joint.tsv"
+        f"{IMG_BENCHMARKS}/{IMG_JOINT}/joint.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -404,26 +277,26 @@ rule train_images_joint:
         mem_mb=4000,
         runtime=240,
     params:
-        settings=shlex.quote(images_settings.stage_json(IM, "joint")),
+        settings=settings_json(IM, images_settings.STAGE_KEYS["joint"]),
+        run=run_json,
         device=config["device"],
     shell:
         "python -m vae_approx.images joint --generator {input.generator} --encoder {input.encoder}"
-        " --settings {params.settings} --decoder-bn {wildcards.bn} --sigma-variant {wildcards.sigma}"
-        " --seed {wildcards.seed} --threads {threads} --device {params.device}"
+        " --settings {params.settings} --run {params.run} --threads {threads} --device {params.device}"
         " --out {output.model} --metrics {output.metrics} 2> {log}"
 
 
 rule evaluate_images_heldout:
     input:
-        generator=f"{IMG}/gan/generator.pt",
-        pretrained=f"{IMG_TRAINED}/pretrained.pt",
-        joint=f"{IMG_JOINT}/joint.pt",
+        generator=IMG_GENERATOR,
+        pretrained=IMG_PATH["pretrained"],
+        joint=IMG_PATH["joint"],
     output:
-        f"{IMG_JOINT}/heldout.csv",
+        IMG_PATH["heldout"],
     log:
-        f"{LOGS}/images/{IMG_JOINT_NAME}/heldout.log",
+        f"{IMG_LOGS}/{IMG_JOINT}/heldout.log",
     benchmark:
-        f"{BENCHMARKS}/images/{IMG_JOINT_NAME}/heldout.tsv"
+        f"{IMG_BENCHMARKS}/{IMG_JOINT}/heldout.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -432,25 +305,26 @@ rule evaluate_images_heldout:
         mem_mb=2000,
         runtime=60,
     params:
-        settings=shlex.quote(images_settings.stage_json(IM, "heldout")),
+        settings=settings_json(IM, images_settings.STAGE_KEYS["heldout"]),
+        run=run_json,
         device=config["device"],
     shell:
         "python -m vae_approx.images heldout --generator {input.generator} --pretrained {input.pretrained}"
-        " --joint {input.joint} --settings {params.settings} --seed {wildcards.seed}"
+        " --joint {input.joint} --settings {params.settings} --run {params.run}"
         " --threads {threads} --device {params.device} --out {output} 2> {log}"
 
 
 rule generate_samples:
     input:
-        generator=f"{IMG}/gan/generator.pt",
-        pretrained=f"{IMG_TRAINED}/pretrained.pt",
-        joint=f"{IMG_JOINT}/joint.pt",
+        generator=IMG_GENERATOR,
+        pretrained=IMG_PATH["pretrained"],
+        joint=IMG_PATH["joint"],
     output:
-        images_sample_files(IMG_RUN),
+        IMG_SAMPLES,
     log:
-        f"{LOGS}/images/{IMG_RUN_NAME}/samples.log",
+        f"{IMG_LOGS}/{IMG_SAMPLED}/samples.log",
     benchmark:
-        f"{BENCHMARKS}/images/{IMG_RUN_NAME}/samples.tsv"
+        f"{IMG_BENCHMARKS}/{IMG_SAMPLED}/samples.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -459,13 +333,13 @@ rule generate_samples:
         mem_mb=4000,
         runtime=120,
     params:
-        settings=shlex.quote(images_settings.stage_json(IM, "generate")),
+        settings=settings_json(IM, images_settings.STAGE_KEYS["generate"]),
+        run=run_json,
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
         device=config["device"],
     shell:
         "python -m vae_approx.images generate --generator {input.generator} --pretrained {input.pretrained}"
-        " --joint {input.joint} --settings {params.settings} --sampling {wildcards.sampling}"
-        " --pixel-noise {wildcards.noise} --z-pairing {wildcards.pairing} --seed {wildcards.seed}"
+        " --joint {input.joint} --settings {params.settings} --run {params.run}"
         " --threads {threads} --device {params.device} --out-dir {params.out_dir} 2> {log}"
 
 
@@ -473,14 +347,14 @@ rule generate_samples:
 # (paper), or fd_digits on the digits classifier's (quick, smoke), from the same sample files.
 rule compute_fid:
     input:
-        samples=images_sample_files(IMG_RUN),
-        features=INCEPTION_WEIGHTS,
+        samples=IMG_SAMPLES,
+        features=IMG_INCEPTION,
     output:
-        f"{IMG_RUN}/fid.csv",
+        IMG_PATH[images_settings.DISTANCES["inception"]],
     log:
-        f"{LOGS}/images/{IMG_RUN_NAME}/distances.log",
+        f"{IMG_LOGS}/{IMG_SAMPLED}/distances.log",
     benchmark:
-        f"{BENCHMARKS}/images/{IMG_RUN_NAME}/distances.tsv"
+        f"{IMG_BENCHMARKS}/{IMG_SAMPLED}/distances.tsv"
     conda:
         ENV
     threads: IM["threads"]
@@ -489,48 +363,49 @@ rule compute_fid:
         mem_mb=4000,
         runtime=120,
     params:
-        features=features_args,
-        torch_home=lambda wildcards, input: torch_home_of(input.features),
+        settings=settings_json(IM, images_settings.STAGE_KEYS["distances"]),
+        run=run_json,
         samples=lambda wildcards, input: os.path.dirname(input.samples[0]),
-        batch_size=IM["evaluate"]["batch_size"],
         device=config["device"],
     shell:
-        "export TORCH_HOME={params.torch_home}; "
-        "python -m vae_approx.images distances --samples {params.samples} {params.features}"
-        " --batch-size {params.batch_size} --threads {threads} --device {params.device} --out {output} 2> {log}"
+        "python -m vae_approx.images distances --samples {params.samples} --features-file {input.features}"
+        " --settings {params.settings} --run {params.run} --threads {threads} --device {params.device}"
+        " --out {output} 2> {log}"
 
 
 use rule compute_fid as compute_fd_digits with:
     input:
-        samples=images_sample_files(IMG_RUN),
-        features=f"{IMG}/classifier/classifier.pt",
+        samples=IMG_SAMPLES,
+        features=IMG_CLASSIFIER,
     output:
-        f"{IMG_RUN}/fd_digits.csv",
+        IMG_PATH[images_settings.DISTANCES["digits"]],
 
 
 rule plot_images_grids:
     input:
-        images_sample_files(IMG_RUN),
+        IMG_SAMPLES,
     output:
         grids=[
             report(
-                f"{IMG_RUN}/grids/{name}.png",
+                grid,
                 caption=f"../report/images_grid_{name}.rst",
                 category="Faces",
-                subcategory="image grids, seed {seed}, sigma {sigma}",
+                subcategory="image grids, seed {seed}, sigma {sigma_variant}",
             )
-            for name in IMAGE_SETS
+            for name, grid in zip(
+                images_settings.IMAGE_SETS, images_settings.grid_files(RESULTS)
+            )
         ],
         comparison=report(
-            f"{IMG_RUN}/grids/comparison.png",
+            IMG_PATH["comparison"],
             caption="../report/images_comparison.rst",
             category="Faces",
-            subcategory="image grids, seed {seed}, sigma {sigma}",
+            subcategory="image grids, seed {seed}, sigma {sigma_variant}",
         ),
     log:
-        f"{LOGS}/images/{IMG_RUN_NAME}/grids.log",
+        f"{IMG_LOGS}/{IMG_SAMPLED}/grids.log",
     benchmark:
-        f"{BENCHMARKS}/images/{IMG_RUN_NAME}/grids.tsv"
+        f"{IMG_BENCHMARKS}/{IMG_SAMPLED}/grids.tsv"
     conda:
         ENV
     threads: 1
@@ -538,18 +413,18 @@ rule plot_images_grids:
         mem_mb=1000,
         runtime=10,
     params:
+        settings=settings_json(IM, images_settings.STAGE_KEYS["grids"]),
+        run=run_json,
         samples=lambda wildcards, input: os.path.dirname(input[0]),
         grids=lambda wildcards, output: os.path.dirname(output.comparison),
-        grid_size=IM["evaluate"]["grid_size"],
     shell:
-        "python -m vae_approx.images grids --samples {params.samples} --grid-size {params.grid_size}"
-        " --out-dir {params.grids} 2> {log}"
+        "python -m vae_approx.images grids --samples {params.samples} --settings {params.settings}"
+        " --run {params.run} --out-dir {params.grids} 2> {log}"
 
 
 rule plot_images_curves:
     input:
-        pretrain=images_seeds("pretrain_curve.csv"),
-        joint=images_seeds("sigma-{sigma}/joint_curve.csv"),
+        **images_settings.curve_files(IM, RESULTS),
     output:
         report(
             f"{IMG}/curves.png",
@@ -557,9 +432,9 @@ rule plot_images_curves:
             category="Faces",
         ),
     log:
-        f"{LOGS}/images/curves.log",
+        f"{IMG_LOGS}/curves.log",
     benchmark:
-        f"{BENCHMARKS}/images/curves.tsv"
+        f"{IMG_BENCHMARKS}/curves.tsv"
     conda:
         ENV
     threads: 1
@@ -567,19 +442,15 @@ rule plot_images_curves:
         mem_mb=1000,
         runtime=10,
     params:
-        setting=images_setting(),
+        settings=settings_json(IM, images_settings.STAGE_KEYS["curves"]),
     shell:
         "python -m vae_approx.images curves --pretrain {input.pretrain} --joint {input.joint}"
-        " --setting '{params.setting}' --out {output} 2> {log}"
+        " --settings {params.settings} --out {output} 2> {log}"
 
 
 rule tabulate_images:
     input:
-        unpack(
-            lambda wildcards: images_run_files(
-                images_protocol(), IM["sigma_variants"], IM["seeds"]
-            )
-        ),
+        **images_settings.table_files(IM, RESULTS),
         published=config["published_results"],
     output:
         csv=report(
@@ -591,9 +462,9 @@ rule tabulate_images:
         per_seed=f"{IMG}/table_per_seed.csv",
         claims=f"{IMG}/claims.csv",
     log:
-        f"{LOGS}/images/table.log",
+        f"{IMG_LOGS}/table.log",
     benchmark:
-        f"{BENCHMARKS}/images/table.tsv"
+        f"{IMG_BENCHMARKS}/table.tsv"
     conda:
         ENV
     threads: 1
@@ -601,18 +472,16 @@ rule tabulate_images:
         mem_mb=1000,
         runtime=5,
     params:
-        setting=images_setting(),
-        fd_tolerance=IM["fd_tolerance"],
+        settings=settings_json(IM, images_settings.STAGE_KEYS["tabulate"]),
     shell:
         "python -m vae_approx.images tabulate --distances {input.distances} --heldout {input.heldout}"
-        " --curves {input.curves} --published {input.published} --setting '{params.setting}'"
-        " --fd-tolerance {params.fd_tolerance} --per-seed {output.per_seed}"
-        " --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"
+        " --curves {input.curves} --published {input.published} --settings {params.settings}"
+        " --per-seed {output.per_seed} --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"
 
 
 rule tabulate_images_ablation:
     input:
-        unpack(lambda wildcards: images_ablation_files()),
+        **images_settings.ablation_files(IM, RESULTS),
         published=config["published_results"],
     output:
         csv=report(
@@ -623,9 +492,9 @@ rule tabulate_images_ablation:
         md=f"{IMG}/ablation.md",
         claims=f"{IMG}/ablation_claims.csv",
     log:
-        f"{LOGS}/images/ablation.log",
+        f"{IMG_LOGS}/ablation.log",
     benchmark:
-        f"{BENCHMARKS}/images/ablation.tsv"
+        f"{IMG_BENCHMARKS}/ablation.tsv"
     conda:
         ENV
     threads: 1
@@ -633,11 +502,8 @@ rule tabulate_images_ablation:
         mem_mb=1000,
         runtime=5,
     params:
-        rows=" ".join(IM["ablation"]["rows"]),
-        setting=images_setting(),
-        fd_tolerance=IM["fd_tolerance"],
+        settings=settings_json(IM, images_settings.STAGE_KEYS["ablate"]),
     shell:
-        "python -m vae_approx.images ablate --rows {params.rows} --distances {input.distances}"
-        " --heldout {input.heldout} --curves {input.curves} --published {input.published}"
-        " --setting '{params.setting}' --fd-tolerance {params.fd_tolerance}"
+        "python -m vae_approx.images ablate --distances {input.distances} --heldout {input.heldout}"
+        " --curves {input.curves} --published {input.published} --settings {params.settings}"
         " --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"

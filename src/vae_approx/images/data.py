@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from ..common import InputError, atomic_path, sha256
+from .settings import INCEPTION_FILE
 
 CELEBA_DIR = "img_align_celeba"
 CELEBA_MEMBER = re.compile(r"^img_align_celeba/(\d{6})\.jpg$")
 CELEBA_COUNT = 202_599
 CELEBA_SIZE = (178, 218)  # width, height of every aligned-and-cropped CelebA image
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub names a file <name>-<first 8 hex digits of its SHA-256>.<ext>
 
 
@@ -54,6 +54,16 @@ def to_uint8(x: np.ndarray | torch.Tensor) -> np.ndarray:
     """Pixels in [-1, 1] (clipped) -> the nearest stored value v = round((x + 1) * 127.5)."""
     x = torch.as_tensor(x, dtype=torch.float32)
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> the uint8 values a PNG written by save_image(normalize=True, value_range=(-1, 1)) holds."""
+    return ((x.clamp(-1, 1) + 1) * 0.5).mul(255).add_(0.5).clamp_(0, 255).floor_().to(torch.uint8)
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1] in steps of 1/255, as save_image(normalize=True, value_range=(-1, 1)) + PNG."""
+    return quantize_uint8(x).float() / 255
 
 
 def save_array(array: np.ndarray, path) -> None:
@@ -98,7 +108,7 @@ def load_labels(path, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- digits
 
 
-def digits_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def digits_images(size: int) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 digits as uint8 [N, 1, size, size] (bilinear upsampling) and labels [N]."""
     from sklearn.datasets import load_digits
 
@@ -134,7 +144,7 @@ def load_face(data: bytes, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def prepare_celeba(zip_path, out, size: int = 64, expected_count: int = 0, progress=None) -> int:
+def prepare_celeba(zip_path, out, size: int, expected_count: int, progress=None) -> int:
     """Stream the zip's JPEGs into out (uint8 [N, 3, size, size]); returns N.
 
     The count is checked before any decoding, every member is checked as it is decoded, and
@@ -241,7 +251,17 @@ def file_sha256_once(path) -> str:
     return _DIGESTS[key]
 
 
-def inception_digest_problem(actual: str, sha: str = "", prefix: str | None = INCEPTION_SHA256_PREFIX) -> str | None:
+def torch_home_of(weights) -> Path:
+    """TORCH_HOME of a weights file at <torch_home>/hub/checkpoints/INCEPTION_FILE (inception_weights_path);
+    any other path is an InputError."""
+    weights = Path(weights)
+    torch_home = weights.parents[2] if len(weights.parents) > 2 else weights.parent
+    if inception_weights_path(torch_home) != weights:
+        raise InputError(f"Inception weights {weights}: expected a file <torch_home>/hub/checkpoints/{INCEPTION_FILE}")
+    return torch_home
+
+
+def inception_digest_problem(actual: str, sha: str, prefix: str | None = INCEPTION_SHA256_PREFIX) -> str | None:
     """Why a SHA-256 is not that of the expected Inception weights, or None when it is."""
     if prefix and not actual.startswith(prefix):
         return f"SHA-256 {actual} does not start with {prefix}, the hash in its file name"
@@ -250,7 +270,7 @@ def inception_digest_problem(actual: str, sha: str = "", prefix: str | None = IN
     return None
 
 
-def check_inception_weights(path, sha: str = "", unverified_ok: bool = False) -> bool:
+def check_inception_weights(path, sha: str, unverified_ok: bool) -> bool:
     """Check the FID Inception weights at `path` before they are loaded; True when they verify.
 
     The same check as `fetch_inception`: the SHA-256 must start with INCEPTION_SHA256_PREFIX
@@ -295,7 +315,7 @@ def check_inception_weights(path, sha: str = "", unverified_ok: bool = False) ->
     return False
 
 
-def fetch_inception(torch_home, sha: str = "", url: str | None = None,
+def fetch_inception(torch_home, sha: str, url: str | None = None,
                     prefix: str | None = INCEPTION_SHA256_PREFIX) -> Path:
     """Download pytorch-fid's Inception weights into <torch_home>/hub/checkpoints/, atomically.
 

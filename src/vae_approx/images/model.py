@@ -7,7 +7,8 @@ discriminator's body with a last convolution to 2*nz outputs, q(z|x) = N(z; mu(x
 
 Image size, channels and widths are parameters, so the same code serves 64x64x3 CelebA
 (the paper: nz 100, ngf = ndf = 64) and 32x32x1 digits: a 32x32 network has one up- (down-)
-sampling block fewer than a 64x64 one. Every log-density is a sum over an image's pixels
+sampling block fewer than a 64x64 one. The digits classifier, whose features give the quick
+presets' Frechet distance (fd_digits), is here too. Every log-density is a sum over an image's pixels
 (or a code's dimensions), never a mean, as in both papers: the published ELBOs
 (-19072 after encoder pretraining, +5137 after joint training, Kyrylov et al. 2023, Table 1)
 are nats per 64x64x3 image with sigma 0.05.
@@ -16,9 +17,13 @@ are nats per 64x64x3 image with sigma 0.05.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from ..common import InputError, load_torch
+from .settings import FACTORS
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)  # log sqrt(2 pi) = 0.91894; the reference rounds it to 0.9189
 
@@ -109,18 +114,18 @@ class Encoder(nn.Module):
     from N(0, 0.02), leaving the bias at zero.
     """
 
-    LAST_INIT = ("zero", "normal")
-
-    def __init__(self, nz: int, ndf: int, channels: int, image_size: int, last_init: str = "zero"):
+    def __init__(self, nz: int, ndf: int, channels: int, image_size: int, last_init: str):
         super().__init__()
-        if last_init not in self.LAST_INIT:
-            raise ValueError(f"unknown last-layer initialisation '{last_init}'; expected one of {self.LAST_INIT}")
+        if last_init not in FACTORS["encoder_init"].values:
+            raise ValueError(f"unknown last-layer initialisation '{last_init}'; expected one of "
+                             f"{FACTORS['encoder_init'].values}")
         self.nz, self.ndf, self.channels, self.image_size = nz, ndf, channels, image_size
         self.body, width = _body(channels, ndf, image_size)
         self.body.apply(weights_init)
         self.last = nn.Conv2d(width, 2 * nz, 4, 1, 0, bias=True)
         nn.init.zeros_(self.last.bias)
-        if last_init == "zero":
+        zero, _ = FACTORS["encoder_init"].values  # zero or normal
+        if last_init == zero:
             nn.init.zeros_(self.last.weight)
         else:
             nn.init.normal_(self.last.weight, 0.0, 0.02)
@@ -233,8 +238,118 @@ def build_generator(spec: dict, state: dict | None = None) -> Generator:
     return g
 
 
-def build_encoder(spec: dict, state: dict | None = None) -> Encoder:
-    e = Encoder(spec["nz"], spec["ndf"], spec["channels"], spec["image_size"])
-    if state is not None:
-        e.load_state_dict(state)
+def build_encoder(spec: dict, state: dict) -> Encoder:
+    # the state replaces every weight, so the last layer's initialisation does not matter
+    e = Encoder(spec["nz"], spec["ndf"], spec["channels"], spec["image_size"], FACTORS["encoder_init"].corrected)
+    e.load_state_dict(state)
     return e
+
+
+def pretrained_file(encoder: Encoder, g: Generator, generator_epoch: int, settings: dict) -> dict:
+    """What pretrain saves: the encoder, the generator's spec and epoch, sigma and decoder_bn (joint checks them)."""
+    return {"kind": "pretrained encoder", "encoder_spec": encoder_spec(encoder), "encoder": encoder.cpu().state_dict(),
+            "generator_spec": generator_spec(g), "generator_epoch": generator_epoch, "sigma": settings["sigma"],
+            "decoder_bn": settings["decoder_bn"], "settings": settings}
+
+
+def joint_file(encoder: Encoder, g: Generator, decoder: GaussianDecoder, settings: dict) -> dict:
+    """What joint saves: the jointly trained encoder and decoder."""
+    return {"kind": "joint vae", "encoder_spec": encoder_spec(encoder), "encoder": encoder.cpu().state_dict(),
+            "generator_spec": generator_spec(g), "decoder": decoder.cpu().state_dict(),
+            "learn_sigma": settings["learn_sigma"], "sigma_truth": settings["sigma"], "settings": settings}
+
+
+def load_generator(path) -> tuple[dict, Generator]:
+    saved = load_torch(path, "generator")
+    if not isinstance(saved, dict) or saved.get("kind") != "dcgan generator":
+        raise InputError(f"generator {path}: not a generator file (written by train-gan or choose-generator)")
+    return saved, build_generator(saved["spec"], saved["state"]).eval()
+
+
+def load_pretrained(path) -> tuple[dict, Encoder]:
+    saved = load_torch(path, "pretrained encoder")
+    if not isinstance(saved, dict) or saved.get("kind") != "pretrained encoder":
+        raise InputError(f"pretrained encoder {path}: not an encoder file (written by pretrain)")
+    return saved, build_encoder(saved["encoder_spec"], saved["encoder"]).eval()
+
+
+def load_joint(path) -> tuple[dict, Encoder, GaussianDecoder]:
+    saved = load_torch(path, "jointly trained VAE")
+    if not isinstance(saved, dict) or saved.get("kind") != "joint vae":
+        raise InputError(f"jointly trained VAE {path}: not a joint model file (written by joint)")
+    encoder = build_encoder(saved["encoder_spec"], saved["encoder"]).eval()
+    decoder = GaussianDecoder(build_generator(saved["generator_spec"]), 1.0, saved["learn_sigma"])
+    decoder.load_state_dict(saved["decoder"])
+    return saved, encoder, decoder.eval()
+
+
+def check_same(spec_a: dict, spec_b: dict, what: str, keys=("nz", "channels", "image_size")) -> None:
+    """Two model files' specs agree in `keys`; else an InputError naming `what`."""
+    for key in keys:
+        if spec_a[key] != spec_b[key]:
+            raise InputError(f"{what}: {key} {spec_a[key]} does not match {spec_b[key]}")
+
+
+def check_pretrained(saved: dict, path, g: Generator, generator, decoder_bn: str) -> None:
+    """The pretrained encoder file `saved` (from `path`) is of generator g (from `generator`) and was pretrained with
+    decoder BatchNorm `decoder_bn`, the mode joint training is asked for: both stages of a protocol use one."""
+    check_same(saved["generator_spec"], generator_spec(g), f"pretrained encoder {path} vs generator {generator}",
+               ("nz", "ngf", "channels", "image_size"))
+    if saved["decoder_bn"] != decoder_bn:
+        raise InputError(f"joint --run decoder_bn {decoder_bn}: the pretrained encoder {path} was trained with decoder "
+                         f"BatchNorm {saved['decoder_bn']}; both stages of a protocol use one mode")
+
+
+def epoch_files(directory) -> dict[int, Path]:
+    """train-gan's generator files epoch_NNN.pt, by epoch."""
+    directory = Path(directory)
+    files = {int(p.stem.split("_")[1]): p for p in directory.glob("epoch_*.pt")} if directory.is_dir() else {}
+    if not files:
+        raise InputError(f"{directory}: no generator files epoch_NNN.pt (written by train-gan)")
+    return dict(sorted(files.items()))
+
+
+# ---------------------------------------------------------------- the digits classifier
+
+
+class DigitsClassifier(nn.Module):
+    """Three 3x3 convolution blocks, global average pooling (the features), a linear head.
+
+    The features are the pooled output of the last block (4 * width values), the
+    counterpart of Inception's pool3 features that FID uses.
+    """
+
+    def __init__(self, channels: int, width: int, n_classes: int):
+        super().__init__()
+        self.channels, self.width, self.n_classes = channels, width, n_classes
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4 * w, n_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        return 4 * self.width
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def classifier_file(model: DigitsClassifier) -> dict:
+    return {"kind": "digits classifier", "channels": model.channels, "width": model.width,
+            "n_classes": model.n_classes, "state": model.state_dict()}
+
+
+def load_classifier(path) -> DigitsClassifier:
+    saved = load_torch(path, "digits classifier")
+    if not isinstance(saved, dict) or saved.get("kind") != "digits classifier":
+        raise InputError(f"digits classifier {path}: not a classifier file")
+    model = DigitsClassifier(saved["channels"], saved["width"], saved["n_classes"])
+    model.load_state_dict(saved["state"])
+    return model.eval()

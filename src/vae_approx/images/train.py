@@ -1,4 +1,4 @@
-"""Training loops of the faces experiment: DCGAN, encoder pretraining, joint VAE training.
+"""Training loops of the faces experiment: the digits classifier, DCGAN, encoder pretraining, joint VAE training.
 
 Plain loops with resume checkpoints (common.checkpoint / load_resume): on the CPU an
 interrupted and resumed run ends with exactly the numbers of an uninterrupted one. Every loop
@@ -27,23 +27,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import asdict, dataclass
+import os
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
-from .data import to_float
-from .model import (Discriminator, Encoder, GaussianDecoder, Generator, elbo_terms, generator_spec, log_q)
-
-PHASES = {
-    # phase -> the stage label of the published tables
-    "pretrain": "encoder pretrained (decoder frozen)",
-    "joint": "joint training",
-}
+from ..common import Progress, check_finite, checkpoint, load_resume, resume_path, save_csv, save_torch, seed_everything
+from .data import quantize, to_float
+from .model import (DigitsClassifier, Discriminator, Encoder, GaussianDecoder, Generator, elbo_terms, generator_spec,
+                    log_q)
+from .settings import FACTORS, PHASES, SIGMA_VARIANTS, GanSettings, VaeSettings
 
 
 class Optimizers:
@@ -69,21 +68,56 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else contextlib.nullcontext()
 
 
+# ---------------------------------------------------------------- the digits classifier
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, width: int, epochs: int, batch_size: int, lr: float,
+                     seed: int, val_fraction: float, device: torch.device,
+                     progress=None) -> tuple[DigitsClassifier, list[dict]]:
+    """Adam on cross-entropy; a held-out split (val_fraction) measures accuracy each epoch.
+
+    Inputs are quantised exactly as the images the classifier will later see.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    n = len(images)
+    order = torch.randperm(n, generator=gen)
+    n_val = int(round(val_fraction * n))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    x_all = quantize(to_float(np.asarray(images))) * 2 - 1
+    y_all = torch.as_tensor(labels)
+    model = DigitsClassifier(images.shape[1], width, int(labels.max()) + 1).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    rows = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        total, count = 0.0, 0
+        for start in range(0, len(perm), batch_size):
+            idx = perm[start:start + batch_size]
+            if len(idx) < 2:
+                continue
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        row = {"epoch": epoch, "train_loss": total / max(count, 1)}
+        if n_val:
+            model.eval()
+            with torch.no_grad():
+                pred = model(x_all[val_idx].to(device)).argmax(1).cpu()
+            row["val_accuracy"] = (pred == y_all[val_idx]).float().mean().item()
+        rows.append(row)
+        if progress is not None:
+            progress.log(epoch, force=True, **{k: v for k, v in row.items() if k != "epoch"})
+    model.eval()
+    return model.cpu(), rows
+
+
 # ---------------------------------------------------------------- DCGAN
-
-
-@dataclass(frozen=True)
-class GanSettings:
-    epochs: int            # passes over the data (the paper: up to 100)
-    batch_size: int        # images per step (the paper: 128)
-    lr: float              # Adam learning rate of both networks (the paper: 2e-4)
-    beta1: float           # Adam beta1 (the paper: 0.5)
-    nz: int                # latent dimensions (the paper: 100)
-    ngf: int               # generator width (the paper: 64)
-    ndf: int               # discriminator width (the paper: 64)
-    seed: int              # the paper: 999
-    checkpoint_every: int  # iterations between resume checkpoints (epoch ends always checkpoint)
-    log_every: int = 50    # iterations between progress lines
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -178,38 +212,26 @@ def train_gan(images: np.ndarray, settings: GanSettings, epoch_dir: Path, device
     return rows
 
 
+def train_gan_into(images: np.ndarray, settings: GanSettings, out_dir: Path, losses: Path,
+                   device: torch.device) -> None:
+    """train_gan writing its epochs into a staging folder .<out_dir>.partial/ beside `out_dir`, renamed onto it
+    once the per-epoch losses are written to `losses`; the staging folder and the resume file
+    (common.resume_path(out_dir)) survive a failed job, so a re-run resumes."""
+    progress = Progress("images train-gan", settings.epochs * -(-len(images) // settings.batch_size),
+                        settings.log_every)
+    progress.message(f"{images.shape[0]} images {images.shape[1:]}, {settings.epochs} epochs, on {device}, "
+                     f"{torch.get_num_threads()} threads")
+    out_dir = Path(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    resume = resume_path(out_dir)
+    save_csv(pd.DataFrame(train_gan(images, settings, staging, device, resume, progress)), losses)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    resume.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------- encoder pretraining and joint training
-
-
-@dataclass(frozen=True)
-class VaeSettings:
-    phase: str             # "pretrain": encoder by log q(z|x), decoder = ground truth; "joint": ELBO, both
-    iterations: int        # Adam steps, each on a fresh batch from the ground-truth decoder (the paper: 1e6)
-    batch_size: int        # the paper: 128
-    lr: float              # the reference code: 2e-5 (pretrain), 1e-5 (joint)
-    beta1: float           # Adam beta1; the reference code: 0.5 (pretrain), 0.9 (joint)
-    sigma: float           # pixel noise of the ground-truth decoder (the paper: 0.05)
-    seed: int
-    log_every: int         # iterations per row of the curve CSV (the row holds their mean)
-    checkpoint_every: int  # iterations between resume checkpoints
-    ndf: int = 64          # encoder width (pretrain only; joint takes the pretrained encoder)
-    learn_sigma: bool = False  # joint: learn the decoder's sigma (the original paper's second variant)
-    channels_last: bool = False  # speed option: channels-last memory layout
-    bf16: bool = False     # speed option: bf16 autocast of the forward passes
-    bn_batches: int = 50   # batches of fresh samples that re-estimate the encoder's BatchNorm statistics at the end
-    decoder_bn: str = "eval"   # BatchNorm mode of both decoders while training: eval or train (the reference)
-    encoder_init: str = "zero"  # pretrain: the encoder's last layer, zero or normal (the reference); model.Encoder
-
-    @classmethod
-    def from_section(cls, section: dict, phase: str, seed: int, decoder_bn: str, encoder_init: str = "zero",
-                     learn_sigma: bool = False, sigma: float | None = None) -> "VaeSettings":
-        """One stage's settings from its keys of the `images` section (settings.STAGE_KEYS[phase]) and the
-        protocol factors of its path; `sigma` (joint) comes from the pretrained encoder's file."""
-        stage = section[phase]
-        return cls(phase, stage["iterations"], stage["batch_size"], stage["lr"], stage["beta1"],
-                   section["sigma"] if sigma is None else sigma, seed, section["log_every"],
-                   section["checkpoint_every"], section.get("encoder_ndf", 64), learn_sigma,
-                   section["channels_last"], section["bf16"], section["bn_batches"], decoder_bn, encoder_init)
 
 
 EMA_DECAY = 0.999  # the reference script's moving average of training-batch ELBOs
@@ -224,7 +246,7 @@ def ground_truth(generator: Generator, sigma: float) -> GaussianDecoder:
 
 @torch.no_grad()
 def draw(decoder: GaussianDecoder, batch_size: int, device: torch.device,
-         channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+         channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(z, x) with z ~ N(0, I) and x = g(z) + sigma * eps from the (eval-mode) decoder."""
     z = torch.randn(batch_size, decoder.generator.nz, device=device)
     x = decoder.sample(z)
@@ -243,10 +265,11 @@ def train_vae(truth: GaussianDecoder, encoder: Encoder, settings: VaeSettings, d
     s = settings
     if s.phase not in PHASES:
         raise ValueError(f"unknown phase '{s.phase}'; expected one of {sorted(PHASES)}")
-    if s.decoder_bn not in ("eval", "train"):
-        raise ValueError(f"unknown decoder BatchNorm mode '{s.decoder_bn}'; expected eval or train")
+    modes = FACTORS["decoder_bn"].values  # eval, train
+    if s.decoder_bn not in modes:
+        raise ValueError(f"unknown decoder BatchNorm mode '{s.decoder_bn}'; expected one of {modes}")
     torch.manual_seed(s.seed)
-    train_bn = s.decoder_bn == "train"  # see the module's note on BatchNorm
+    train_bn = s.decoder_bn == modes[1]  # see the module's note on BatchNorm
     truth = _layout(truth.to(device).train(train_bn), s.channels_last)
     encoder = _layout(encoder.to(device).train(), s.channels_last)
     if s.phase == "joint":
@@ -310,9 +333,35 @@ def train_vae(truth: GaussianDecoder, encoder: Encoder, settings: VaeSettings, d
     return rows, encoder.eval(), decoder
 
 
+def pretrain(g: Generator, settings: VaeSettings, device: torch.device, resume_file: Path | None,
+             about: str) -> tuple[list[dict], Encoder]:
+    """Encoder pretraining of one run: a fresh encoder (drawn from the run's stream, settings.seed) trained on the
+    ground truth N(g(z), sigma^2 I); `about` (the generator) goes into the log. Returns the curve and the encoder."""
+    s = settings
+    seed_everything(s.seed)
+    encoder = Encoder(g.nz, s.ndf, g.channels, g.image_size, s.encoder_init)
+    progress = Progress("images pretrain", s.iterations, s.log_every)
+    progress.message(f"{about}, sigma {s.sigma}, {s.iterations} iterations of {s.batch_size}, decoder BatchNorm "
+                     f"{s.decoder_bn}, last layer {s.encoder_init}, on {device}, {torch.get_num_threads()} threads")
+    rows, encoder, _ = train_vae(ground_truth(g, s.sigma), encoder, s, device, resume_file, progress)
+    return rows, encoder
+
+
+def joint(g: Generator, encoder: Encoder, settings: VaeSettings, device: torch.device,
+          resume_file: Path | None) -> tuple[list[dict], Encoder, GaussianDecoder]:
+    """Joint training of one run: the pretrained encoder and a copy of the ground truth g by ELBO."""
+    s = settings
+    seed_everything(s.seed)
+    progress = Progress("images joint", s.iterations, s.log_every)
+    progress.message(f"sigma {s.sigma} ({SIGMA_VARIANTS[s.learn_sigma]}), {s.iterations} iterations of "
+                     f"{s.batch_size}, decoder BatchNorm {s.decoder_bn}, on {device}, "
+                     f"{torch.get_num_threads()} threads")
+    return train_vae(ground_truth(g, s.sigma), encoder, s, device, resume_file, progress)
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(encoder: Encoder, truth: GaussianDecoder, batches: int, batch_size: int,
-                          device: torch.device, channels_last: bool = False) -> None:
+                          device: torch.device, channels_last: bool) -> None:
     """Replace the encoder's BatchNorm running statistics by plain averages over `batches` fresh
     batches from the ground truth, computed with the final weights (weights unchanged).
 
