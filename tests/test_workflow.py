@@ -386,9 +386,9 @@ def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthe
     assert list(pd.read_csv(out / "images" / "ablation.csv").protocol) == config["ablation"]["rows"]
     # Every FID job checks the hand-placed weights' SHA-256; the random ones pass only through the
     # opt-out, and every output says that their distances are not FID.
-    fid_jobs = [job for job in jobs if "--features inception" in job.command]
+    fid_jobs = [job for job in jobs if '"features": "inception"' in job.command]
     assert {job.rule for job in fid_jobs} == {"choose_generator", "compute_fid"}
-    assert all("--inception-unverified-ok true" in job.command for job in fid_jobs)
+    assert all('"inception_sha256": "", "inception_unverified_ok": true' in job.command for job in fid_jobs)
     assert distances.inception_unverified.tolist() == [True]
     for job in (j for j in jobs if j.rule == "compute_fid"):
         metrics = pd.read_csv(workdir / job.outputs[0])

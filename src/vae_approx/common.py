@@ -158,14 +158,6 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
         fig.savefig(tmp, format=Path(path).suffix.lstrip("."), **kwargs)
 
 
-def seed_of(path) -> int:
-    """The replicate of a per-seed file: .../seed<k>/... -> k."""
-    for part in Path(path).parts:
-        if part.startswith("seed") and part[4:].isdigit():
-            return int(part[4:])
-    raise InputError(f"{path}: not a per-seed file (no seed<k> folder in its path)")
-
-
 def plot_seeds(ax, curves, colour: str, label: str) -> None:
     """Curves (x, y) of several seeds on one axis: each seed as a thin line, their mean as a thick
     one, labelled with the number of seeds. The seeds share one schedule, so the mean is taken
