@@ -158,6 +158,13 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
         fig.savefig(tmp, format=Path(path).suffix.lstrip("."), **kwargs)
 
 
+def with_run(run: dict, rows: list[dict]):
+    """A per-run stage's rows as a frame, the run's identity (its --run) as their first columns."""
+    import pandas as pd
+
+    return pd.DataFrame([{**run, **row} for row in rows])
+
+
 def plot_seeds(ax, curves, colour: str, label: str) -> None:
     """Curves (x, y) of several seeds on one axis: each seed as a thin line, their mean as a thick
     one, labelled with the number of seeds. The seeds share one schedule, so the mean is taken
@@ -255,12 +262,14 @@ def load_resume(path: Path, config: dict[str, Any], models: dict[str, torch.nn.M
 
 
 def run_stage(parser, argv: list[str] | None = None) -> None:
-    """Parse a stage's command line and run it; a bad input or a non-finite loss exits with
-    its one-line message instead of a traceback."""
+    """Parse a stage's command line and run it; a bad input, settings that do not fit the stage or a
+    non-finite loss exits with its one-line message instead of a traceback."""
+    from .config import ConfigError  # --settings or --run that does not fit the stage
+
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (InputError, NonFiniteLossError) as exc:
+    except (InputError, NonFiniteLossError, ConfigError) as exc:
         sys.exit(f"error: {exc}")
 
 

@@ -119,13 +119,13 @@ def stage_json(section: dict, keys) -> str:
 
 def stage_section(text: str, keys, what: str) -> dict:
     """--settings back into a dict holding exactly `keys` (stage_json's); a missing or unknown key,
-    or text that is not a JSON object, is a ValueError naming `what`."""
+    or text that is not a JSON object, is a ConfigError naming `what` (a stage exits with its message)."""
     try:
         section = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} --settings: not JSON ({exc})") from None
+        raise ConfigError(f"{what} --settings: not JSON ({exc})") from None
     if not isinstance(section, dict):
-        raise ValueError(f"{what} --settings: expected a JSON object, got {text!r}")
+        raise ConfigError(f"{what} --settings: expected a JSON object, got {text!r}")
     nested = {path.partition(".")[0] for path in keys if "." in path}  # subsections the stage reads a part of
     given = set()
     for key, value in section.items():
@@ -135,7 +135,7 @@ def stage_section(text: str, keys, what: str) -> dict:
             given.add(key)
     missing, unknown = sorted(set(keys) - given), sorted(given - set(keys))
     if missing or unknown:
-        raise ValueError(f"{what} --settings: missing {missing}, unknown {unknown}; expected {sorted(keys)}")
+        raise ConfigError(f"{what} --settings: missing {missing}, unknown {unknown}; expected {sorted(keys)}")
     return section
 
 
@@ -146,16 +146,16 @@ def run_identity(text: str, allowed: dict, what: str) -> dict:
     try:
         run = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} --run: not JSON ({exc})") from None
+        raise ConfigError(f"{what} --run: not JSON ({exc})") from None
     if not isinstance(run, dict) or set(run) != set(allowed):
-        raise ValueError(f"{what} --run: expected a JSON object with the keys {sorted(allowed)}, got {text!r}")
+        raise ConfigError(f"{what} --run: expected a JSON object with the keys {sorted(allowed)}, got {text!r}")
     out = {}
     for key, values in allowed.items():
         value = run[key]
         if values is int:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{what} --run: {key} must be an integer, got {value!r}")
+                raise ConfigError(f"{what} --run: {key} must be an integer, got {value!r}")
         elif value not in values:
-            raise ValueError(f"{what} --run: {key} {value!r} is not one of {list(values)}")
+            raise ConfigError(f"{what} --run: {key} {value!r} is not one of {list(values)}")
         out[key] = value
     return {key: out[key] for key in allowed}

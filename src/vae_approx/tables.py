@@ -65,6 +65,11 @@ def read_tidy(path, what: str, columns) -> pd.DataFrame:
     return df
 
 
+def read_records(paths, what: str, columns) -> pd.DataFrame:
+    """Per-run tidy CSV files (read_tidy), concatenated in the order given: the records a table is made of."""
+    return pd.concat([read_tidy(p, what, columns) for p in paths], ignore_index=True)
+
+
 def one_value(df: pd.DataFrame, what: str, column: str = "value", **where) -> float:
     """The one number in `column` of the row matching every column=value in `where`."""
     sel = pd.Series(True, index=df.index)

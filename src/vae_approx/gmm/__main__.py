@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import pandas as pd
 import torch
 
 from ..common import (InputError, Progress, load_torch, resume_path, run_stage, save_csv, save_torch, seed_everything,
-                      select_device, set_threads)
+                      select_device, set_threads, with_run)
 from ..config import run_identity, stage_section
-from ..tables import load_published, read_tidy, write_claims, write_table
+from ..tables import load_published, read_records, write_claims, write_table
 from . import results
 from . import settings as S
 from .data import load_data, sample_mixture, save_data
@@ -37,17 +36,11 @@ from .train import train
 
 
 def settings_of(args, stage: str) -> dict:
-    try:
-        return stage_section(args.settings, S.STAGE_KEYS[stage], f"gmm {stage}")
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    return stage_section(args.settings, S.STAGE_KEYS[stage], f"gmm {stage}")
 
 
 def run_of(args, allowed: dict) -> dict:
-    try:
-        return run_identity(args.run, allowed, f"gmm {args.command}")
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    return run_identity(args.run, allowed, f"gmm {args.command}")
 
 
 def load_model(path, what: str) -> dict:
@@ -55,11 +48,6 @@ def load_model(path, what: str) -> dict:
     if not isinstance(model, dict) or {"encoder_name", "hidden", "variance", "encoder", "decoder"} - set(model):
         raise InputError(f"{what} {path}: not a GMM model file")
     return model
-
-
-def load_records(paths, what: str, columns) -> pd.DataFrame:
-    """Per-run CSV files, concatenated in the order given."""
-    return pd.concat([read_tidy(p, what, columns) for p in paths], ignore_index=True)
 
 
 # ---------------------------------------------------------------- stages
@@ -100,7 +88,7 @@ def cmd_train(args) -> None:
     resume = resume_path(args.out)
     rows = train(x, encoder, decoder, torch.tensor(TRUE_CENTRES, device=device), variance, settings, resume, progress)
     encoder, decoder = encoder.cpu(), decoder.cpu()
-    save_csv(pd.DataFrame([{**run, **row} for row in rows]), args.metrics)
+    save_csv(with_run(run, rows), args.metrics)
     save_torch({"encoder_name": encoder_name, "hidden": hidden, "variance": variance, "phase": args.phase,
                 "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "steps": settings.steps}, args.out)
     resume.unlink(missing_ok=True)
@@ -112,7 +100,7 @@ def cmd_fit_ml(args) -> None:
     run = run_of(args, S.SEED_RUN)
     x, variance = load_data(args.data)
     row = ml_control(x, variance)
-    save_csv(pd.DataFrame([{**run, **row}]), args.out)
+    save_csv(with_run(run, [row]), args.out)
     print(f"[gmm fit-ml] {len(x)} points: EM converged in {row['iterations']} iterations, mean centre distance "
           f"{row['mean_centre_distance']:.4f}, log-likelihood {row['log_likelihood']:.5f} "
           f"(ground truth {row['ground_truth_log_likelihood']:.5f}) -> {args.out}", file=sys.stderr)
@@ -136,17 +124,17 @@ def cmd_curves(args) -> None:
     from .plots import plot_curves
 
     run = run_of(args, S.FAMILY_RUN)
-    pretrain = load_records(args.pretrain, "GMM pretraining metrics", results.METRIC_COLUMNS)
-    joint = load_records(args.joint, "GMM joint metrics", results.METRIC_COLUMNS)
+    pretrain = read_records(args.pretrain, "GMM pretraining metrics", results.METRIC_COLUMNS)
+    joint = read_records(args.joint, "GMM joint metrics", results.METRIC_COLUMNS)
     plot_curves(pretrain, joint, run["encoder"], args.out)
 
 
 def cmd_tabulate(args) -> None:
     run = run_of(args, S.FAMILY_RUN)
     pub = load_published(args.published)
-    finals = results.finals(load_records(args.pretrain, "GMM pretraining metrics", results.METRIC_COLUMNS),
-                            load_records(args.joint, "GMM joint metrics", results.METRIC_COLUMNS),
-                            load_records(args.ml, "GMM maximum-likelihood fit", results.ML_COLUMNS), run["encoder"])
+    finals = results.finals(read_records(args.pretrain, "GMM pretraining metrics", results.METRIC_COLUMNS),
+                            read_records(args.joint, "GMM joint metrics", results.METRIC_COLUMNS),
+                            read_records(args.ml, "GMM maximum-likelihood fit", results.ML_COLUMNS), run["encoder"])
     per_seed = results.per_seed_table(finals, pub)
     save_csv(per_seed, args.per_seed)
     table, title, note = results.summary_table(per_seed, pub, run["encoder"])

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..common import (InputError, Progress, resume_path, run_stage, save_csv, save_text, save_torch, select_device,
-                      set_threads, stage_seed)
+from ..common import (Progress, resume_path, run_stage, save_csv, save_text, save_torch, select_device,
+                      set_threads, stage_seed, with_run)
 from ..config import run_identity, stage_section
-from ..tables import load_published, markdown, read_tidy, write_claims, write_table
+from ..tables import load_published, markdown, read_records, write_claims, write_table
 from . import data as D
 from . import results as R
 from . import settings as S
@@ -31,29 +31,31 @@ from .train import joint, pretrain, train_classifier, train_gan_into
 
 def prepared(args):
     """args with --settings as `section`, --run as `identity` and --threads and --device applied (the device as
-    `on`); a wrong key, value or text is an InputError."""
-    try:
-        if args.stage in S.STAGE_KEYS:
-            args.section = stage_section(args.settings, S.STAGE_KEYS[args.stage], f"images {args.stage}")
-        if args.stage in S.RUNS:
-            args.identity = run_identity(args.run, S.RUNS[args.stage], f"images {args.stage}")
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    `on`); a wrong key, value or text is a ConfigError (run_stage exits with its message)."""
+    if args.stage in S.STAGE_KEYS:
+        args.section = stage_section(args.settings, S.STAGE_KEYS[args.stage], f"images {args.stage}")
+    if args.stage in S.RUNS:
+        args.identity = run_identity(args.run, S.RUNS[args.stage], f"images {args.stage}")
     if hasattr(args, "threads"):
         set_threads(args.threads)
         args.on = select_device(args.device)
     return args
 
 
-def with_run(run: dict, rows: list[dict]) -> pd.DataFrame:
-    """A per-run stage's rows, its identity as their first columns."""
-    return pd.DataFrame([{**run, **row} for row in rows])
+# The command line, stage by stage (@stage beside each function): what it does; its required options ("name" a
+# path, "name:int" a number, "name:+" several paths); which of --settings, --run and --threads/--device it takes;
+# an option whose default is no config value.
+STAGES: dict = {}
 
 
-def records(paths, what: str, columns) -> pd.DataFrame:
-    return pd.concat([read_tidy(p, what, columns) for p in paths], ignore_index=True)
+def stage(name: str, help: str, options: str, takes: str = "", optional: tuple | None = None):
+    def register(command):
+        STAGES[name] = (command, help, options.split(), takes.split(), optional)
+        return command
+    return register
 
 
+@stage("prepare-digits", "scikit-learn's digits as a uint8 image array + labels", "out labels", takes="settings")
 def cmd_prepare_digits(args) -> None:
     images, labels = D.digits_images(args.section["image_size"])
     D.save_array(labels, args.labels)
@@ -61,27 +63,36 @@ def cmd_prepare_digits(args) -> None:
     print(f"[images prepare-digits] {images.shape} uint8 -> {args.out}, labels -> {args.labels}", file=sys.stderr)
 
 
+@stage("synth-celeba-zip", "a small zip of JPEGs in CelebA's layout (tests, dry runs)",
+       "n:int out", optional=("--seed", {"type": int, "default": 0}))
 def cmd_synth_celeba_zip(args) -> None:
     D.write_synthetic_celeba_zip(args.out, args.n, args.seed)
     print(f"[images synth-celeba-zip] {args.n} JPEGs in CelebA's layout -> {args.out}", file=sys.stderr)
 
 
+@stage("fetch-celeba", "download img_align_celeba.zip (else: say where to put it)", "out")
 def cmd_fetch_celeba(args) -> None:
     D.fetch_celeba(args.out)
 
 
+@stage("prepare-celeba", "the zip's JPEGs, resized and centre-cropped, as a uint8 array", "zip out", takes="settings")
 def cmd_prepare_celeba(args) -> None:
     progress, size = Progress("images prepare-celeba", 0, 1), args.section["image_size"]
     n = D.prepare_celeba(args.zip, args.out, size, args.section["celeba"]["expected_count"], progress)
     progress.message(f"{n} images of {size}x{size}x3 -> {args.out}")
 
 
+@stage("fetch-inception", "pytorch-fid's Inception weights into TORCH_HOME", "torch-home", takes="settings",
+       optional=("--url", {"default": "", "help": "default: pytorch-fid's FID_WEIGHTS_URL"}))
 def cmd_fetch_inception(args) -> None:
     path = D.fetch_inception(args.torch_home, args.section["inception_sha256"], args.url or None,
                              None if args.url else D.INCEPTION_SHA256_PREFIX)
     print(f"[images fetch-inception] {path}", file=sys.stderr)
 
 
+@stage("train-classifier", "the digits classifier whose features give fd_digits",
+       "images labels out metrics", takes="settings device",
+       optional=("--val-fraction", {"type": float, "default": 0.2}))
 def cmd_train_classifier(args) -> None:
     c = args.section["classifier"]
     images = D.load_images(args.images)
@@ -92,11 +103,15 @@ def cmd_train_classifier(args) -> None:
     save_torch(classifier_file(model), args.out)
 
 
+@stage("train-gan", "DCGAN; the generator of every epoch into --out-dir",
+       "images out-dir losses", takes="settings device")
 def cmd_train_gan(args) -> None:
     settings = S.GanSettings.from_section(args.section)
     train_gan_into(D.load_images(args.images), settings, Path(args.out_dir), Path(args.losses), args.on)
 
 
+@stage("choose-generator", "the ground truth: a given epoch or the lowest distance",
+       "generators images features-file out distances", takes="settings device")
 def cmd_choose_generator(args) -> None:
     s, files, images = args.section, epoch_files(args.generators), D.load_images(args.images)
     features = make_extractor(s["features"], args.on, args.features_file, images.shape[1], s["inception_sha256"],
@@ -108,6 +123,8 @@ def cmd_choose_generator(args) -> None:
     save_torch(saved, args.out)
 
 
+@stage("pretrain", "encoder by log q(z|x) on ground-truth samples",
+       "generator out metrics", takes="settings run device")
 def cmd_pretrain(args) -> None:
     run, (gsaved, g) = args.identity, load_generator(args.generator)
     # the stage's stream of the replicate, the same for every protocol: protocols differ by their factors, not draws
@@ -119,6 +136,7 @@ def cmd_pretrain(args) -> None:
     resume.unlink(missing_ok=True)
 
 
+@stage("joint", "encoder + a copy of the decoder by ELBO", "generator encoder out metrics", takes="settings run device")
 def cmd_joint(args) -> None:
     run, (_, g), (esaved, encoder) = args.identity, load_generator(args.generator), load_pretrained(args.encoder)
     check_pretrained(esaved, args.encoder, g, args.generator, run["decoder_bn"])
@@ -131,6 +149,8 @@ def cmd_joint(args) -> None:
     resume.unlink(missing_ok=True)
 
 
+@stage("generate", "the image sets of one run as uint8 arrays",
+       "generator pretrained joint out-dir", takes="settings run device")
 def cmd_generate(args) -> None:
     s, run, ev = args.section, args.identity, args.section["evaluate"]
     models = load_models(args.generator, args.pretrained, args.joint).eval(args.on, s["channels_last"])
@@ -138,12 +158,15 @@ def cmd_generate(args) -> None:
                   run["sampling"], run["pixel_noise"], run["z_pairing"], s["bf16"], Path(args.out_dir))
 
 
+@stage("grids", "a PNG grid of each image set, and the comparison figure", "samples out-dir", takes="settings run")
 def cmd_grids(args) -> None:
     write_grids(Path(args.samples), Path(args.out_dir), args.section["evaluate"]["grid_size"])
     print(f"[images grids] {', '.join(f'{k} {v}' for k, v in args.identity.items())} -> {args.out_dir}",
           file=sys.stderr)
 
 
+@stage("distances", "Frechet distance of every image set to the ground truth",
+       "samples features-file out", takes="settings run device")
 def cmd_distances(args) -> None:
     s, channels = args.section, D.load_images(Path(args.samples) / f"{S.IMAGE_SETS[0]}.npy").shape[1]
     features = make_extractor(s["features"], args.on, args.features_file, channels, s["inception_sha256"],
@@ -152,6 +175,8 @@ def cmd_distances(args) -> None:
     save_csv(with_run(args.identity, rows), args.out)
 
 
+@stage("heldout", "held-out ELBOs, decoder drift and sigma, in eval mode",
+       "generator pretrained joint out", takes="settings run device")
 def cmd_heldout(args) -> None:
     s, run = args.section, args.identity
     rows = heldout(load_models(args.generator, args.pretrained, args.joint), s["evaluate"]["n_eval"],
@@ -159,19 +184,22 @@ def cmd_heldout(args) -> None:
     save_csv(with_run(run, rows), args.out)
 
 
+@stage("curves", "training curves, one thin line per seed and the mean", "pretrain:+ joint:+ out", takes="settings")
 def cmd_curves(args) -> None:
-    pretrain_curves = records(args.pretrain, "pretraining curve", [*S.TRAINED_RUN, "step", "loss"])
-    joint_curves = records(args.joint, "joint-training curve", [*S.JOINT_RUN, "step", "elbo", "reconstruction", "kl"])
-    training_curves(pretrain_curves, joint_curves, S.setting_name(args.section), args.out)
+    training_curves(read_records(args.pretrain, "pretraining curve", [*S.TRAINED_RUN, "step", "loss"]),
+                    read_records(args.joint, "joint-training curve", [*S.JOINT_RUN, "step", "elbo", "kl"]),
+                    S.setting_name(args.section), args.out)
 
 
 def run_records(args) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The distances, held-out metrics and joint curves of every run the table is over."""
-    return (records(args.distances, "images distances", R.RUN + R.DISTANCE_COLUMNS),
-            records(args.heldout, "images held-out metrics", R.TRAINING + R.DISTANCE_COLUMNS),
-            records(args.curves, "joint-training curve", R.TRAINING + R.CURVE_COLUMNS))
+    return (read_records(args.distances, "images distances", R.RUN + R.DISTANCE_COLUMNS),
+            read_records(args.heldout, "images held-out metrics", R.TRAINING + R.DISTANCE_COLUMNS),
+            read_records(args.curves, "joint-training curve", R.TRAINING + R.CURVE_COLUMNS))
 
 
+@stage("tabulate", "the table and claims of one protocol over seeds",
+       "distances:+ heldout:+ curves:+ published per-seed csv md claims", takes="settings")
 def cmd_tabulate(args) -> None:
     s = args.section
     table, per_seed, claims, unverified = R.faces_table(*run_records(args), load_published(args.published),
@@ -184,6 +212,8 @@ def cmd_tabulate(args) -> None:
     write_claims(claims, args.claims)
 
 
+@stage("ablate", "the protocol ablation's table and claims",
+       "distances:+ heldout:+ curves:+ published csv md claims", takes="settings")
 def cmd_ablate(args) -> None:
     s = args.section
     table, shown, claims = R.ablation_table(*run_records(args), load_published(args.published), S.setting_name(s),
@@ -193,54 +223,24 @@ def cmd_ablate(args) -> None:
     write_claims(claims, args.claims)
 
 
-# The command line: stage -> (what it does; its required options: "name" a path, "name:int" a number, "name:+"
-# several paths; what else it takes: s --settings, r --run, d --threads and --device)
-STAGES = {
-    "prepare-digits": ("scikit-learn's digits as a uint8 image array + labels", "out labels", "s"),
-    "synth-celeba-zip": ("a small zip of JPEGs in CelebA's layout (tests, dry runs)", "n:int out", ""),
-    "fetch-celeba": ("download img_align_celeba.zip (else: say where to put it)", "out", ""),
-    "prepare-celeba": ("the zip's JPEGs, resized and centre-cropped, as a uint8 array", "zip out", "s"),
-    "fetch-inception": ("pytorch-fid's Inception weights into TORCH_HOME", "torch-home", "s"),
-    "train-classifier": ("the digits classifier whose features give fd_digits", "images labels out metrics", "sd"),
-    "train-gan": ("DCGAN; the generator of every epoch into --out-dir", "images out-dir losses", "sd"),
-    "choose-generator": ("the ground truth: a given epoch or the lowest distance",
-                         "generators images features-file out distances", "sd"),
-    "pretrain": ("encoder by log q(z|x) on ground-truth samples", "generator out metrics", "srd"),
-    "joint": ("encoder + a copy of the decoder by ELBO", "generator encoder out metrics", "srd"),
-    "generate": ("the image sets of one run as uint8 arrays", "generator pretrained joint out-dir", "srd"),
-    "grids": ("a PNG grid of each image set, and the comparison figure", "samples out-dir", "sr"),
-    "distances": ("Frechet distance of every image set to the ground truth", "samples features-file out", "srd"),
-    "heldout": ("held-out ELBOs, decoder drift and sigma, in eval mode", "generator pretrained joint out", "srd"),
-    "curves": ("training curves, one thin line per seed and the mean", "pretrain:+ joint:+ out", "s"),
-    "tabulate": ("the table and claims of one protocol over seeds",
-                 "distances:+ heldout:+ curves:+ published per-seed csv md claims", "s"),
-    "ablate": ("the protocol ablation's table and claims", "distances:+ heldout:+ curves:+ published csv md claims",
-               "s"),
-}
-KINDS = {"": {}, "int": {"type": int}, "+": {"nargs": "+"}}
-OPTIONAL = {"synth-celeba-zip": ("--seed", {"type": int, "default": 0}),  # defaults that are no config value
-            "fetch-inception": ("--url", {"default": "", "help": "default: pytorch-fid's FID_WEIGHTS_URL"}),
-            "train-classifier": ("--val-fraction", {"type": float, "default": 0.2})}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vae_approx.images", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help, options, takes) in STAGES.items():
+    kinds = {"": {}, "int": {"type": int}, "+": {"nargs": "+"}}  # a path, a number, several paths
+    for name, (command, help, options, takes, optional) in STAGES.items():
         p = sub.add_parser(name, help=help)
-        for option in options.split():
+        for option in options:
             flag, _, kind = option.partition(":")
-            p.add_argument(f"--{flag}", required=True, **KINDS[kind])
-        for letter, flag, what in (("s", "--settings", S.STAGE_KEYS), ("r", "--run", S.RUNS)):
-            if letter in takes:
-                p.add_argument(flag, required=True, help="JSON: " + ", ".join(what[name]))
-        if "d" in takes:
+            p.add_argument(f"--{flag}", required=True, **kinds[kind])
+        for flag, what in (("settings", S.STAGE_KEYS), ("run", S.RUNS)):
+            if flag in takes:
+                p.add_argument(f"--{flag}", required=True, help="JSON: " + ", ".join(what[name]))
+        if "device" in takes:
             p.add_argument("--threads", type=int, required=True, help="CPU threads (the rule's threads)")
             p.add_argument("--device", required=True, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-        if name in OPTIONAL:
-            p.add_argument(OPTIONAL[name][0], **OPTIONAL[name][1])
-        command = globals()[f"cmd_{name.replace('-', '_')}"]
+        if optional:
+            p.add_argument(optional[0], **optional[1])
         p.set_defaults(func=lambda args, command=command: command(prepared(args)), stage=name)
     run_stage(parser, argv)
 

@@ -27,26 +27,20 @@ import pandas as pd
 import torch
 
 from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, save_csv, save_torch,
-                      select_device, set_threads, sha256)
+                      select_device, set_threads, sha256, with_run)
 from ..config import run_identity, stage_section
-from ..tables import load_published, read_tidy, write_claims, write_table
+from ..tables import load_published, read_records, write_claims, write_table
 from .settings import CLAIMS_CELLS, RUN, STAGE_KEYS, TrainSettings
 
 
 def settings_of(args, stage: str) -> dict:
     """The stage's keys of the semhash section, from --settings."""
-    try:
-        return stage_section(args.settings, STAGE_KEYS[stage], f"semhash {stage}")
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
+    return stage_section(args.settings, STAGE_KEYS[stage], f"semhash {stage}")
 
 
 def run_of(args, stage: str) -> dict:
     """The job's identity {seed, encoder, depth, bits}, from --run."""
-    try:
-        return run_identity(args.run, RUN, f"semhash {stage}")
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
+    return run_identity(args.run, RUN, f"semhash {stage}")
 
 
 def check_sha256(path, pinned: str, what: str) -> None:
@@ -128,7 +122,7 @@ def cmd_train(args) -> None:
         progress.message(f"semhash.cuda_graphs: CUDA only; the steps run eagerly on {device}")
     resume = resume_path(args.out)
     history, encoder, decoder = train(corpus, settings, device, resume, progress, step_mode)
-    save_csv(pd.DataFrame([{**run, **row} for row in history]), args.history)
+    save_csv(with_run(run, history), args.history)
     save_torch({"settings": asdict(settings), "n_words": corpus.n_words,
                 "encoder": encoder.cpu().state_dict(), "decoder": decoder.cpu().state_dict()}, args.out)
     resume.unlink(missing_ok=True)
@@ -165,10 +159,8 @@ def cmd_tabulate(args) -> None:
     from .results import HISTORY_COLUMNS, encoder_claims, grid_results, grid_tables, retrieval_columns
 
     k = settings_of(args, "tabulate")["precision_k"]
-    histories = pd.concat([read_tidy(path, "training history", HISTORY_COLUMNS) for path in args.histories],
-                          ignore_index=True)
-    retrievals = pd.concat([read_tidy(path, "retrieval", retrieval_columns(k)) for path in args.retrievals],
-                           ignore_index=True)
+    histories = read_records(args.histories, "training history", HISTORY_COLUMNS)
+    retrievals = read_records(args.retrievals, "retrieval", retrieval_columns(k))
     results = grid_results(histories, retrievals, k)
     out = Path(args.out_dir)
     save_csv(results, out / "results.csv")
@@ -185,8 +177,7 @@ def cmd_plot(args) -> None:
     from .plots import plot_curves
 
     columns = [*RUN, "epoch", "test_nelbo"]
-    plot_curves(pd.concat([read_tidy(path, "training history", columns) for path in args.histories],
-                          ignore_index=True), args.out)
+    plot_curves(read_records(args.histories, "training history", columns), args.out)
 
 
 def main(argv: list[str] | None = None) -> None:
