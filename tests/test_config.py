@@ -262,3 +262,10 @@ def test_settings_modules_do_not_import_torch():
     code = ("import sys; import vae_approx.gmm.settings, vae_approx.semhash.settings, vae_approx.images.settings; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_default_faces_protocol_is_the_corrected_one():
+    """config.yaml's images.protocol is the corrected protocol the ablation starts from (settings.FACTORS)."""
+    from vae_approx.images.settings import corrected
+
+    assert merged()["images"]["protocol"] == corrected()
