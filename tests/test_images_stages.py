@@ -105,7 +105,7 @@ def test_a_non_finite_loss_names_the_stage_and_step():
 def stage(*args):
     """One stage through the command line, on one CPU thread."""
     args = [str(a) for a in args]
-    if "d" in STAGES[args[0]][2]:  # the stages that take the rule's threads and device
+    if "device" in STAGES[args[0]]["takes"]:  # the stages that take the rule's threads and device
         args += ["--threads", "1", "--device", "cpu"]
     main(args)
 

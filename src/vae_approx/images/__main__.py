@@ -50,7 +50,7 @@ STAGES: dict = {}
 
 def stage(name: str, help: str, options: str, takes: str = "", optional: tuple | None = None):
     def register(command):
-        STAGES[name] = (command, help, options.split(), takes.split(), optional)
+        STAGES[name] = dict(command=command, help=help, options=options.split(), takes=takes.split(), optional=optional)
         return command
     return register
 
@@ -228,20 +228,20 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     kinds = {"": {}, "int": {"type": int}, "+": {"nargs": "+"}}  # a path, a number, several paths
-    for name, (command, help, options, takes, optional) in STAGES.items():
-        p = sub.add_parser(name, help=help)
-        for option in options:
+    for name, s in STAGES.items():
+        p = sub.add_parser(name, help=s["help"])
+        for option in s["options"]:
             flag, _, kind = option.partition(":")
             p.add_argument(f"--{flag}", required=True, **kinds[kind])
         for flag, what in (("settings", S.STAGE_KEYS), ("run", S.RUNS)):
-            if flag in takes:
+            if flag in s["takes"]:
                 p.add_argument(f"--{flag}", required=True, help="JSON: " + ", ".join(what[name]))
-        if "device" in takes:
+        if "device" in s["takes"]:
             p.add_argument("--threads", type=int, required=True, help="CPU threads (the rule's threads)")
             p.add_argument("--device", required=True, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-        if optional:
-            p.add_argument(optional[0], **optional[1])
-        p.set_defaults(func=lambda args, command=command: command(prepared(args)), stage=name)
+        if s["optional"]:
+            p.add_argument(s["optional"][0], **s["optional"][1])
+        p.set_defaults(func=lambda args, command=s["command"]: command(prepared(args)), stage=name)
     run_stage(parser, argv)
 
 
