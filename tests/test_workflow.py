@@ -36,8 +36,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir, *args, check=True, preset="presets/smoke.yaml"):
-    proc = subprocess.run(["snakemake", "--cores", "2", "--configfile", preset, *args],
+def snakemake(workdir, *args, check=True, configfiles=("presets/smoke.yaml",)):
+    """Snakemake in `workdir` on config.yaml updated by `configfiles` in turn (one --configfile: a second
+    one would replace the first's list)."""
+    proc = subprocess.run(["snakemake", "--cores", "2", "--configfile", *configfiles, *args],
                           cwd=workdir, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -80,8 +82,9 @@ def jobs_of(output: str) -> list[Job]:
 
 
 def every_job(workdir, *configfiles) -> list[Job]:
-    """Every job of the whole DAG (a forced dry run), except the target rule."""
-    proc = snakemake(workdir, "-n", "-p", "--forceall", *(a for c in configfiles for a in ("--configfile", c)))
+    """Every job of the whole DAG (a forced dry run), except the target rule; the smoke preset's unless
+    `configfiles` are given."""
+    proc = snakemake(workdir, "-n", "-p", "--forceall", configfiles=configfiles or ("presets/smoke.yaml",))
     return [job for job in jobs_of(proc.stdout) if job.rule != "all"]
 
 
@@ -299,7 +302,7 @@ def test_a_changed_key_reruns_exactly_what_depends_on_it(smoke, smoke_jobs):
         jobs = every_job(smoke, "presets/smoke.yaml", str(changed))
         altered = {i for i, job in enumerate(jobs) if before.get(job.outputs) != job.command}
         expected = {jobs[i].outputs for i in downstream(jobs, altered)}
-        proc = snakemake(smoke, "-n", "-p", "--configfile", "presets/smoke.yaml", str(changed))
+        proc = snakemake(smoke, "-n", "-p", configfiles=("presets/smoke.yaml", str(changed)))
         planned = [job for job in jobs_of(proc.stdout) if job.rule != "all"]
         assert {job.outputs for job in planned} == expected, change
         assert not {job.rule for job in planned} & untouched, change
