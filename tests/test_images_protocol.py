@@ -107,7 +107,7 @@ def test_reference_protocol_sets_every_factor_and_the_schema_knows_each_value():
     run = S.identity(3, S.reference(), "learned")
     assert S.path("results/x", "fid").format(**run) == (
         "results/x/images/seed3/bn-train_init-normal/sigma-learned/sampling-train_batch1_noise-joint_z-shared/fid.csv")
-    assert S.run_dir(S.reference(), "learned") == "bn-train_init-normal/sigma-learned/" \
+    assert S.SAMPLED.format(**run) == "seed3/bn-train_init-normal/sigma-learned/" \
         "sampling-train_batch1_noise-joint_z-shared"
     values = {v for allowed in S.SAMPLED_RUN.values() if allowed is not int for v in allowed}
     for name, pattern in S.wildcard_constraints().items():  # a wildcard takes exactly its allowed values

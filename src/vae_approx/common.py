@@ -271,12 +271,3 @@ def run_stage(parser, argv: list[str] | None = None) -> None:
         args.func(args)
     except (InputError, NonFiniteLossError, ConfigError) as exc:
         sys.exit(f"error: {exc}")
-
-
-def parse_bool(text: str) -> bool:
-    lowered = str(text).strip().lower()
-    if lowered in {"1", "true", "yes"}:
-        return True
-    if lowered in {"0", "false", "no"}:
-        return False
-    raise ValueError(f"expected a boolean, got {text!r}")

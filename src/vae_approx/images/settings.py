@@ -273,16 +273,6 @@ def identity(seed: int, protocol: dict, sigma_variant: str) -> dict:
             **{name: protocol[name] for name in SAMPLING_FACTORS}}
 
 
-def training_dir(protocol: dict) -> str:
-    """The training folder of a protocol below seed<k>/."""
-    return TRAINED.partition("/")[2].format(**protocol)
-
-
-def run_dir(protocol: dict, sigma_variant: str) -> str:
-    """The folder of one protocol's evaluation below seed<k>/: training, sigma variant, sampling."""
-    return SAMPLED.partition("/")[2].format(**protocol, sigma_variant=sigma_variant)
-
-
 def run_files(section: dict, results: str, protocol: dict, sigma_variants) -> dict[str, list[str]]:
     """The files one protocol's runs leave for the tables, per sigma variant and seed in the config's order
     (the tables keep it): the distances, the held-out metrics and the joint curve, each file once."""

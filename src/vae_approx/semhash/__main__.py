@@ -23,7 +23,6 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, save_csv, save_torch,
@@ -152,7 +151,7 @@ def cmd_retrieval(args) -> None:
     database = binary_codes(encoder, SparseCounts(corpus.train), smoothing, settings.eval_batch_size)
     queries = binary_codes(encoder, SparseCounts(corpus.test), smoothing, settings.eval_batch_size)
     precision = precision_at_k(queries, corpus.test_labels, database, corpus.train_labels, k)
-    save_csv(pd.DataFrame([{**run, f"precision_at_{k}": precision}]), args.out)
+    save_csv(with_run(run, [{f"precision_at_{k}": precision}]), args.out)
 
 
 def cmd_tabulate(args) -> None:
