@@ -1,13 +1,19 @@
-"""Held-out evaluation of a semantic-hashing model: the test NELBO as the protocol reports it, and
-the retrieval metric of its binary codes."""
+"""Held-out evaluation of a semantic-hashing model: the test NELBO as the protocol reports it, the
+retrieval metric of its binary codes, and its approximation error (log p(x), the exact ELBO and
+the best factorized posterior's, by enumeration; exact.py)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 from .data import SparseCounts
+from .exact import (DOCUMENT_ELEMENTS, all_codes, best_factorized, code_table, document_features, factorized_elbo,
+                    iwae_bounds, log_likelihoods, log_marginal, sampled_likelihood, table_likelihood)
 from .model import Decoder, Encoder, NelboTerms, nelbo_estimate
+from .settings import ExactSettings
 
 
 @torch.no_grad()
@@ -69,3 +75,80 @@ def precision_at_k(query_codes: torch.Tensor, query_labels: np.ndarray, database
         labels = torch.as_tensor(query_labels[first:first + chunk], device=db.device)
         hits += (db_labels[nearest] == labels[:, None]).float().mean(1).sum().item()
     return hits / len(query_codes)
+
+
+# ---------------------------------------------------------------- the approximation error (exact.py)
+
+
+@torch.no_grad()
+def exact_terms(encoder: Encoder | None, decoder: Decoder, counts: SparseCounts, smoothing: torch.Tensor,
+                settings: ExactSettings, eval_batch_size: int,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Per document of `counts`, in nats relative to its empirical distribution (as the NELBO; the
+    sign makes every value a loss): {name: [N]}.
+
+    Up to settings.max_bits, by enumerating every code: nll = -log p(x); with an encoder also
+    nelbo (its exact ELBO), nelbo_q_star (the best factorized q*'s, exact.best_factorized) with
+    q_star_sweeps and q_star_converged, and nll_iwae_<K>, the IWAE bound's -log p(x) >= nll for
+    each K of settings.samples. Above max_bits only the IWAE bound (an encoder is needed).
+    """
+    decoder.eval()
+    if encoder is not None:
+        encoder.eval()
+    bits = decoder.bits
+    enumerable = bits <= settings.max_bits
+    if not enumerable and encoder is None:
+        raise ValueError(f"{bits} bits is above exact.max_bits ({settings.max_bits}) and there is no encoder to sample from")
+    device = counts.device
+    codes = all_codes(bits, device, smoothing.dtype) if enumerable else None
+    table = code_table(decoder, codes) if enumerable else None
+    chunk = max(1, DOCUMENT_ELEMENTS >> bits) if enumerable else eval_batch_size
+    parts: dict[str, list[torch.Tensor]] = {}
+    for x in counts.batches(torch.arange(len(counts), device=device), chunk, smoothing, by_word=False):
+        features = document_features(x, decoder)                            # [n, k+1]
+        logits = encoder(x) if encoder is not None else None                # [n, b]
+        row = {}
+        if enumerable:
+            ll = log_likelihoods(features, x.length, table)                 # [n, 2^b]
+            top = ll.amax(dim=-1)                                            # each document's own shift
+            ll -= top[:, None]
+            row["nll"] = x.empirical - top - log_marginal(ll)
+            if logits is not None:
+                row["nelbo"] = x.empirical - top - factorized_elbo(ll, logits, codes)
+                best = best_factorized(ll, logits, settings.tolerance, settings.max_sweeps)
+                row["nelbo_q_star"] = x.empirical - top - best.elbo
+                row["q_star_sweeps"], row["q_star_converged"] = best.sweeps.float(), best.converged.float()
+                ll_of, shift = table_likelihood(ll), top
+        elif logits is not None:
+            ll_of, shift = sampled_likelihood(features, x.length, decoder), 0.0
+        if logits is not None:
+            for K, bound in iwae_bounds(ll_of, logits, settings.samples(bits), bits, generator).items():
+                row[f"nll_iwae_{K}"] = x.empirical - shift - bound
+        for name, values in row.items():
+            parts.setdefault(name, []).append(values)
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def train_subset(n_train: int, size: int) -> np.ndarray:
+    """`size` evenly spaced training documents (all of them if there are fewer): a fixed subset that
+    spans the file, whose documents the real archive orders by newsgroup."""
+    if size >= n_train:
+        return np.arange(n_train)
+    return np.linspace(0, n_train - 1, size).round().astype(np.int64)
+
+
+def exact_summary(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One exact.csv row's values from exact_terms: means over the documents, the gaps (inference =
+    approximation + amortization), and the q* ascent's worst case."""
+    mean = {name: values.double().mean().item() for name, values in terms.items()}
+    row = {"documents": len(next(iter(terms.values())))}
+    row.update({name: mean.get(name, math.nan) for name in ("nll", "nelbo", "nelbo_q_star")})
+    row["inference_gap"] = row["nelbo"] - row["nll"]
+    row["approximation_gap"] = row["nelbo_q_star"] - row["nll"]
+    row["amortization_gap"] = row["nelbo"] - row["nelbo_q_star"]
+    sweeps = terms.get("q_star_sweeps")
+    row["q_star_max_sweeps"] = sweeps.max().item() if sweeps is not None else math.nan
+    converged = terms.get("q_star_converged")
+    row["q_star_unconverged"] = int((converged == 0).sum()) if converged is not None else 0
+    row.update({name: value for name, value in mean.items() if name.startswith("nll_iwae_")})
+    return row

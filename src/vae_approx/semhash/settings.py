@@ -81,6 +81,57 @@ class TrainSettings:
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainSettings) if f.name not in RUN)
 
+# ---------------------------------------------------------------- the approximation error (exact.py)
+
+# The maximum-likelihood control: a decoder of the grid's architecture trained by the exact
+# log-likelihood (no encoder), per seed and (depth, bits <= exact.ml_max_bits). Its rows in the
+# tables carry this name in the encoder column.
+ML_ENCODER = "ml"
+ML_RUN = {"seed": int, "depth": int, "bits": int}
+
+
+@dataclass(frozen=True)
+class LikelihoodTrainSettings:
+    """The control's training: the VAE's decoder settings, optimiser and epochs (same names as TrainSettings)."""
+    seed: int
+    depth: int
+    bits: int
+    width: int
+    code_values: str
+    epochs_one_pair: int        # the control trains for the VAE's epochs, both phases
+    epochs_many_pairs: int
+    batch_size: int
+    lr: float
+    eval_batch_size: int
+    checkpoint_every: int
+
+    @property
+    def epochs(self) -> int:
+        return self.epochs_one_pair + self.epochs_many_pairs
+
+
+ML_TRAIN_KEYS = tuple(f.name for f in fields(LikelihoodTrainSettings) if f.name not in ML_RUN)
+
+
+@dataclass(frozen=True)
+class ExactSettings:
+    """The config's semhash.exact keys the evaluation reads (config.yaml explains them)."""
+    max_bits: int               # enumerate every code up to this many bits; above, the IWAE bound only
+    train_documents: int        # evenly spaced training documents evaluated beside the test set
+    iwae_samples: int           # K of the IWAE bound above max_bits
+    iwae_curve: tuple           # the K at which the bound is compared with the exact value, up to max_bits
+    tolerance: float            # nats per document: q*'s coordinate ascent stops when a sweep gains less
+    max_sweeps: int             # sweeps over the bits before q*'s ascent stops regardless
+
+    def samples(self, bits: int) -> list[int]:
+        """The K of the IWAE bounds computed at `bits`: the curve's and iwae_samples up to max_bits, else iwae_samples."""
+        return sorted({*self.iwae_curve, self.iwae_samples}) if bits <= self.max_bits else [self.iwae_samples]
+
+
+EXACT_KEYS = tuple(f"exact.{f.name}" for f in fields(ExactSettings))
+# The sets an exact.csv has a row of: the test set, and the fixed subset of the training set.
+EXACT_SETS = ("test", "train")
+
 # The keys of the `semhash` section each stage reads; dotted paths for keys of a subsection.
 SYNTHETIC_KEYS = ("n_train", "n_test", "raw_vocab_size", "n_classes", "n_topics", "mean_length", "length_spread",
                   "topic_concentration", "seed")
@@ -93,6 +144,9 @@ STAGE_KEYS = {
     "train": (*TRAIN_KEYS, "cuda_graphs"),
     "retrieval": ("precision_k",),
     "tabulate": ("precision_k",),
+    "train_ml": ML_TRAIN_KEYS,
+    "exact": (*EXACT_KEYS, "eval_batch_size"),
+    "gaps": ("exact.max_bits", "exact.iwae_samples", "exact.iwae_curve"),
 }
 
 # ---------------------------------------------------------------- the files of the rules
@@ -103,6 +157,12 @@ RUN_DIR = "seed{seed}/{encoder}/depth{depth}/{bits}bits"
 # The tables of tabulate: a grid encoder x depth by bits of each value, as <value>.csv and <value>.md.
 TABLES = ("test_nelbo_best", "test_nelbo_last", "train_nelbo_last", "precision")
 CLAIMS_CELLS = "claims_cells.csv"  # beside the claims file: the per-cell rows of the encoder claims
+# The control's files, apart from the grid's: ml/<ML_RUN_DIR>/{decoder.pt, history.csv, exact.csv}.
+ML_RUN_DIR = "ml/seed{seed}/depth{depth}/{bits}bits"
+# The tables of tabulate_semhash_gaps, as <name>.csv and <name>.md, and its figure.
+GAPS_TABLES = ("gaps", "iwae")
+GAPS_FIGURE = "gaps.png"
+GAPS_CELLS = "gaps_cells.csv"  # beside the gap claims: their per-cell rows
 
 
 def archive_file(section: dict, folder: str) -> str:
@@ -117,3 +177,10 @@ def run_files(section: dict, folder: str, name: str) -> list[str]:
     return [f"{folder}/{RUN_DIR.format(seed=seed, encoder=encoder, depth=depth, bits=bits)}/{name}"
             for seed in section["seeds"] for encoder in section["encoders"]
             for depth in section["depths"] for bits in section["bits"]]
+
+
+def ml_run_files(section: dict, folder: str, name: str) -> list[str]:
+    """File `name` of every maximum-likelihood control (seed x depth x bits <= exact.ml_max_bits)."""
+    return [f"{folder}/{ML_RUN_DIR.format(seed=seed, depth=depth, bits=bits)}/{name}"
+            for seed in section["seeds"] for depth in section["depths"] for bits in section["bits"]
+            if bits <= section["exact"]["ml_max_bits"]]

@@ -1,4 +1,5 @@
-"""Training of one semantic-hashing grid point: the protocol's two-phase epoch schedule.
+"""Training of one semantic-hashing grid point: the protocol's two-phase epoch schedule; and of its
+maximum-likelihood control, the decoder alone by the exact log-likelihood (train_likelihood).
 
 Kyrylov et al. (ReScience C 9(2) 2023): Adam, batch 256, 1,000 epochs with one antithetic
 DisARM pair per document, then 500 epochs averaging 10 pairs; the test NELBO is tracked every
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -18,8 +19,9 @@ from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
 from .data import PreparedCorpus, SparseBatch, SparseCounts
 from .estimators import surrogate_loss
 from .evaluate import evaluate_nelbo, reported_mean
+from .exact import LOG2, all_codes, code_table, document_features, log_likelihoods
 from .model import Decoder, Encoder, encoder_spec
-from .settings import STEP_MODES, TrainSettings
+from .settings import ALLOWED, STEP_MODES, LikelihoodTrainSettings, TrainSettings
 
 
 def build_models(settings: TrainSettings, n_words: int) -> tuple[Encoder, Decoder]:
@@ -220,3 +222,70 @@ def _restore_training_state(optimizer, saved) -> None:
                 value.copy_(state[i][key])
             else:
                 value.zero_()
+
+
+# ---------------------------------------------------------------- the maximum-likelihood control
+
+
+def exact_log_likelihood(x: SparseBatch, decoder: Decoder, codes: torch.Tensor) -> torch.Tensor:
+    """log p(x) = logsumexp_z log p(x|z) - b log 2 of each document, by enumerating `codes` [2^b, b]
+    (exact.py): [B], differentiable in the decoder's parameters. Its gradient is the posterior's
+    expectation of the gradient of log p(x|z), which an encoder only approximates."""
+    ll = log_likelihoods(document_features(x, decoder), x.length, code_table(decoder, codes))  # [B, 2^b]
+    return torch.logsumexp(ll, dim=-1) - codes.shape[1] * LOG2
+
+
+def control_decoder(settings: LikelihoodTrainSettings, n_words: int) -> Decoder:
+    """The control's decoder with the initialisation of the VAEs' of the same seed: build_models
+    after torch.manual_seed(seed), with the linear encoder e1 (e3 draws the same), discarded."""
+    torch.manual_seed(settings.seed)
+    vae = TrainSettings(**{**{f.name: None for f in fields(TrainSettings)}, "encoder": ALLOWED["encoders"][0],
+                           "bits": settings.bits, "depth": settings.depth, "width": settings.width,
+                           "code_values": settings.code_values})
+    return build_models(vae, n_words)[1]
+
+
+def train_likelihood(corpus: PreparedCorpus, settings: LikelihoodTrainSettings, device: torch.device,
+                     resume_file: Path | None, progress: Progress) -> tuple[list[dict], Decoder]:
+    """The control: the decoder alone, trained by the exact log-likelihood of the training documents
+    with the VAE's optimiser (Adam, its learning rate and batch size), epochs and shuffling seed.
+    History rows: train_nll (the epoch's mean over batches, before each step) and test_nll (exact,
+    after the epoch), in nats per document relative to its empirical distribution."""
+    decoder = control_decoder(settings, corpus.n_words).to(device)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=settings.lr, fused=True)
+    train_set, test_set = SparseCounts(corpus.train, device), SparseCounts(corpus.test, device)
+    smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32, device=device)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    codes = all_codes(settings.bits, device)
+    config, history, start = asdict(settings), [], 0
+    ckpt = load_resume(resume_file, config, {"decoder": decoder}, optimizer, progress) if resume_file else None
+    if ckpt is not None:
+        generator.set_state(ckpt["generator"].to(generator.get_state().device))
+        start, history = ckpt["step"], ckpt["history"]
+    n = len(train_set)
+    for epoch in range(start + 1, settings.epochs + 1):
+        tic = time.perf_counter()
+        decoder.train()
+        total = torch.zeros((), device=device)
+        for x in train_set.batches(torch.randperm(n, generator=generator, device=device), settings.batch_size,
+                                   smoothing, by_word=False):
+            log_px = exact_log_likelihood(x, decoder, codes)                 # [B]
+            loss = -log_px.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += (x.empirical - log_px.detach()).sum()
+        decoder.eval()
+        with torch.no_grad():
+            test = torch.cat([x.empirical - exact_log_likelihood(x, decoder, codes) for x in test_set.batches(
+                torch.arange(len(test_set), device=device), settings.eval_batch_size, smoothing, by_word=False)])
+        row = {"epoch": epoch, "train_nll": (total / n).item(), "test_nll": test.mean().item(),
+               "seconds": time.perf_counter() - tic}
+        check_finite(row["train_nll"], f"semhash likelihood control depth {settings.depth} {settings.bits} bits",
+                     epoch, "train NLL")
+        history.append(row)
+        progress.log(epoch, train_nll=row["train_nll"], test_nll=row["test_nll"], epoch_seconds=row["seconds"])
+        if resume_file and epoch % settings.checkpoint_every == 0 and epoch < settings.epochs:
+            save_torch(checkpoint({"decoder": decoder}, optimizer, epoch, config, generator=generator.get_state(),
+                                  history=history), resume_file)
+    return history, decoder
