@@ -109,6 +109,7 @@ def test_metrics_rows_are_tidy_and_complete():
                  1.0, TrainSettings("joint", 25, 1e-2, 10, 10**9, 0), None, quiet())
     assert [r["step"] for r in rows] == [0, 10, 20, 25]
     expected = {"phase", "step", "elbo", "log_likelihood", "kl_to_posterior", "kl_to_true_posterior",
+                "best_factorized_elbo", "approximation_gap", "amortization_gap",
                 "mean_centre_distance"} | {f"centre_{k}_distance" for k in range(4)}
     assert all(set(r) == expected for r in rows)
     assert rows[0]["mean_centre_distance"] == 0 and rows[-1]["mean_centre_distance"] > 0

@@ -25,10 +25,18 @@ def metrics(phase, encoder, finals, steps=(0, 10)):
             row = {"seed": seed, "encoder": encoder, "phase": phase, "step": step,
                    "elbo": elbo if last else -9.0, "log_likelihood": ll if last else -8.0,
                    "kl_to_posterior": 0.1, "kl_to_true_posterior": 0.2}
+            row.update(gap_columns(row["elbo"], row["log_likelihood"], GAP_SHARE[seed]))
             row.update({c: (dist if last else 5.0) * (k + 1) / 2.5 for k, c in enumerate(results.CENTRE_COLUMNS)})
             row["mean_centre_distance"] = dist if last else 5.0
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def gap_columns(elbo, ll, share):
+    """The gap split of a metrics row whose approximation gap is `share` of log p(x) - ELBO."""
+    approximation = share * (ll - elbo)
+    return {"best_factorized_elbo": ll - approximation, "approximation_gap": approximation,
+            "amortization_gap": ll - approximation - elbo}
 
 
 def ml(fits):
@@ -47,6 +55,7 @@ SEEDS = [2, 0, 1]
 PRE = {2: (-3.10, -3.00, 0.0), 0: (-3.20, -3.05, 0.0), 1: (-3.15, -3.02, 0.0)}
 JOINT = {2: (-3.05, -3.01, 0.30), 0: (-3.14, -3.062, 0.35), 1: (-3.09, -3.031, 0.32)}
 ML = {2: (-2.99, -3.00, 0.05), 0: (-3.04, -3.05, 0.04), 1: (-3.01, -3.02, 0.06)}
+GAP_SHARE = {2: 0.9, 0: 0.8, 1: 1.2}  # the approximation gap's share of log p(x) - ELBO (above 1: amortization < 0)
 
 
 def factorized():
@@ -71,6 +80,24 @@ def test_the_tables_are_the_means_of_the_records():
     control = table.set_index("stage").loc[S.ML_STAGE]
     assert control.log_likelihood == pytest.approx(sum(v[0] for v in ML.values()) / 3)
     assert pd.isna(control.elbo)
+
+
+def test_the_tables_split_the_gap_into_approximation_and_amortization():
+    per_seed = results.per_seed_table(factorized(), NO_PUBLISHED)
+    trained = per_seed[per_seed.stage != S.ML_STAGE]
+    pd.testing.assert_series_equal(trained.approximation_gap + trained.amortization_gap,
+                                   trained.log_likelihood - trained.elbo, check_names=False)
+    assert per_seed[per_seed.stage == S.ML_STAGE][results.GAP_COLUMNS].isna().all().all()  # no encoder, no split
+    table, _, note = results.summary_table(per_seed, NO_PUBLISHED, "factorized")
+    assert list(table.columns[-2 * len(results.GAP_COLUMNS):]) == [
+        name for c in results.GAP_COLUMNS for name in (c, f"{c} std")]
+    row = table.set_index("stage").loc[S.PHASES["joint"]]
+    gaps = pd.Series({seed: GAP_SHARE[seed] * (ll - elbo) for seed, (elbo, ll, _) in JOINT.items()})
+    assert row.approximation_gap == pytest.approx(gaps.mean())
+    assert row["approximation_gap std"] == pytest.approx(gaps.std())
+    assert row.amortization_gap == pytest.approx(row.log_likelihood - row.elbo - gaps.mean())
+    assert row.best_factorized_elbo == pytest.approx(row.log_likelihood - gaps.mean())
+    assert "amortization_gap = ELBO(q*) - ELBO(q)" in note and "negative where" in note
 
 
 def test_published_numbers_stand_beside_their_stage():
