@@ -24,11 +24,20 @@ wildcard_constraints:
     bits=r"\d+",
 
 
+SEMHASH_ML_RUN = semhash_settings.ML_RUN_DIR  # one maximum-likelihood control
+# What tabulate_semhash_gaps reads: every run's exact.csv, the controls' too.
+SEMHASH_EXACT = semhash_settings.run_files(SH, SEMHASH, "exact.csv") + semhash_settings.ml_run_files(
+    SH, SEMHASH, "exact.csv"
+)
+
+
 TARGETS["semhash"] = [
     f"{SEMHASH}/test_nelbo_best.md",
     f"{SEMHASH}/curves.png",
+    f"{SEMHASH}/gaps.md",
+    f"{SEMHASH}/{semhash_settings.GAPS_FIGURE}",
 ]
-CLAIMS["semhash"] = [f"{SEMHASH}/claims.csv"]
+CLAIMS["semhash"] = [f"{SEMHASH}/claims.csv", f"{SEMHASH}/gaps_claims.csv"]
 
 
 rule download_20newsgroups:
@@ -116,6 +125,125 @@ rule train_semhash:
         "python -m vae_approx.semhash train --settings {params.settings} --run {params.run}"
         " --corpus {input.corpus} --threads {threads} --device {params.device}"
         " --out {output.model} --history {output.history} 2> {log}"
+
+
+rule train_semhash_ml:
+    input:
+        corpus=f"{SEMHASH}/corpus.npz",
+    output:
+        model=f"{SEMHASH}/{SEMHASH_ML_RUN}/decoder.pt",
+        history=f"{SEMHASH}/{SEMHASH_ML_RUN}/history.csv",
+    log:
+        f"{LOGS}/semhash/{SEMHASH_ML_RUN}/decoder.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/{SEMHASH_ML_RUN}/decoder.tsv"
+    conda:
+        ENV
+    threads: SH["threads"]
+    resources:
+        gpu_slots=1,
+        mem_mb=2000,
+        runtime=240,
+    params:
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["train_ml"]),
+        run=lambda wildcards: run_json(wildcards),
+        device=config["device"],
+    shell:
+        "python -m vae_approx.semhash train_ml --settings {params.settings} --run {params.run}"
+        " --corpus {input.corpus} --threads {threads} --device {params.device}"
+        " --out {output.model} --history {output.history} 2> {log}"
+
+
+rule evaluate_semhash_exact:
+    input:
+        corpus=f"{SEMHASH}/corpus.npz",
+        model=f"{SEMHASH}/{SEMHASH_RUN}/model.pt",
+    output:
+        f"{SEMHASH}/{SEMHASH_RUN}/exact.csv",
+    log:
+        f"{LOGS}/semhash/{SEMHASH_RUN}/exact.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/{SEMHASH_RUN}/exact.tsv"
+    conda:
+        ENV
+    threads: SH["threads"]
+    resources:
+        gpu_slots=1,
+        mem_mb=3000,
+        runtime=60,
+    params:
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["exact"]),
+        run=lambda wildcards: run_json(wildcards),
+        device=config["device"],
+    shell:
+        "python -m vae_approx.semhash exact --settings {params.settings} --run {params.run} --encoder"
+        " --corpus {input.corpus} --model {input.model} --threads {threads} --device {params.device}"
+        " --out {output} 2> {log}"
+
+
+rule evaluate_semhash_ml_exact:
+    input:
+        corpus=f"{SEMHASH}/corpus.npz",
+        model=f"{SEMHASH}/{SEMHASH_ML_RUN}/decoder.pt",
+    output:
+        f"{SEMHASH}/{SEMHASH_ML_RUN}/exact.csv",
+    log:
+        f"{LOGS}/semhash/{SEMHASH_ML_RUN}/exact.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/{SEMHASH_ML_RUN}/exact.tsv"
+    conda:
+        ENV
+    threads: SH["threads"]
+    resources:
+        gpu_slots=1,
+        mem_mb=3000,
+        runtime=60,
+    params:
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["exact"]),
+        run=lambda wildcards: run_json(wildcards),
+        device=config["device"],
+    shell:
+        "python -m vae_approx.semhash exact --settings {params.settings} --run {params.run} --no-encoder"
+        " --corpus {input.corpus} --model {input.model} --threads {threads} --device {params.device}"
+        " --out {output} 2> {log}"
+
+
+rule tabulate_semhash_gaps:
+    input:
+        exact=SEMHASH_EXACT,
+        published=config["published_results"],
+    output:
+        gaps=report(
+            f"{SEMHASH}/gaps.csv",
+            caption="../report/semhash_gaps.rst",
+            category="Semantic hashing",
+        ),
+        tables=[f"{SEMHASH}/{name}.{ext}" for name in semhash_settings.GAPS_TABLES for ext in ("csv", "md")
+                if f"{name}.{ext}" != "gaps.csv"],
+        figure=report(
+            f"{SEMHASH}/{semhash_settings.GAPS_FIGURE}",
+            caption="../report/semhash_gaps_png.rst",
+            category="Semantic hashing",
+        ),
+        claims=f"{SEMHASH}/gaps_claims.csv",
+        claims_cells=f"{SEMHASH}/{semhash_settings.GAPS_CELLS}",
+    log:
+        f"{LOGS}/semhash/gaps.log",
+    benchmark:
+        f"{BENCHMARKS}/semhash/gaps.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        settings=settings_json(SH, semhash_settings.STAGE_KEYS["gaps"]),
+        out_dir=lambda wildcards, output: os.path.dirname(output.claims),
+    shell:
+        "python -m vae_approx.semhash gaps --settings {params.settings} --exact {input.exact}"
+        " --published {input.published} --out-dir {params.out_dir}"
+        " --claims {output.claims} 2> {log}"
 
 
 rule evaluate_retrieval:

@@ -19,6 +19,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
@@ -28,8 +29,21 @@ import torch
 from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, save_csv, save_torch,
                       select_device, set_threads, sha256, with_run)
 from ..config import run_identity, stage_section
-from ..tables import load_published, read_records, write_claims, write_table
-from .settings import CLAIMS_CELLS, RUN, STAGE_KEYS, TrainSettings
+from ..tables import load_published, published_columns, read_records, write_claims, write_table
+from .settings import (CLAIMS_CELLS, EXACT_SETS, GAPS_CELLS, GAPS_FIGURE, ML_ENCODER, ML_RUN, RUN, STAGE_KEYS, ExactSettings,
+                       LikelihoodTrainSettings, TrainSettings)
+
+
+GAPS_NOTE = ("Nats per document relative to the document's empirical distribution, as the NELBO. Up to {max_bits} "
+             "bits every value is exact (all codes enumerated): nll = -log p(x); nelbo = -ELBO of the trained "
+             "encoder q; nelbo_q_star = -ELBO of the best factorized posterior q* per document (coordinate "
+             "ascent from q: a local optimum, so approximation_gap = nelbo_q_star - nll is an upper bound and "
+             "amortization_gap = nelbo - nelbo_q_star a lower bound); inference_gap = nelbo - nll is their sum. "
+             "Encoder ml: the decoder trained by the exact log-likelihood (no encoder). 'nll bound' is the IWAE "
+             "bound with K = {K} samples from q, an upper bound on -log p(x) (in expectation), never its value; "
+             "above {max_bits} bits it is the only number. Rows: the test set, and the fixed subset of the "
+             "training set (set train). Values: {spread}. Published NELBO (the protocol's one-sample estimate "
+             "at the best epoch; e1, depth 0, 64 bits, real 20 Newsgroups): {published}.")
 
 
 def settings_of(args, stage: str) -> dict:
@@ -37,9 +51,23 @@ def settings_of(args, stage: str) -> dict:
     return stage_section(args.settings, STAGE_KEYS[stage], f"semhash {stage}")
 
 
-def run_of(args, stage: str) -> dict:
-    """The job's identity {seed, encoder, depth, bits}, from --run."""
-    return run_identity(args.run, RUN, f"semhash {stage}")
+def run_of(args, stage: str, identity: dict = RUN) -> dict:
+    """The job's identity (settings.RUN: seed, encoder, depth, bits; the control's ML_RUN), from --run."""
+    return run_identity(args.run, identity, f"semhash {stage}")
+
+
+def load_models(path, n_words: int, run: dict):
+    """(encoder or None, decoder, identity, settings dict) of a saved VAE or control, which must be the run's
+    and the corpus's."""
+    from .train import restore
+
+    saved = load_torch(path, "semantic-hashing model")
+    encoder, decoder, identity = restore(saved)
+    if {key: identity[key] for key in run} != run:
+        raise InputError(f"{path}: the model of {identity}, not of the run {run}")
+    if saved["n_words"] != n_words:
+        raise InputError(f"{path}: a model of {saved['n_words']} words, the corpus has {n_words}")
+    return encoder, decoder, identity, saved["settings"]
 
 
 def check_sha256(path, pinned: str, what: str) -> None:
@@ -130,7 +158,6 @@ def cmd_train(args) -> None:
 def cmd_retrieval(args) -> None:
     from .data import SparseCounts, load_prepared
     from .evaluate import binary_codes, precision_at_k
-    from .train import build_models
 
     k, run = settings_of(args, "retrieval")["precision_k"], run_of(args, "retrieval")
     set_threads(args.threads)
@@ -140,18 +167,60 @@ def cmd_retrieval(args) -> None:
     if k > corpus.train.shape[0]:
         raise InputError(f"config key 'semhash.precision_k': {k} is more than the {corpus.train.shape[0]} "
                          f"training documents searched in {args.corpus}; use at most that")
-    model = load_torch(args.model, "semantic-hashing model")
-    settings = TrainSettings(**model["settings"])
-    trained = {key: getattr(settings, key) for key in RUN}
-    if trained != run:
-        raise InputError(f"{args.model}: the model of {trained}, not of the run {run}")
-    encoder, _ = build_models(settings, model["n_words"])
-    encoder.load_state_dict(model["encoder"])
+    encoder, _, _, trained = load_models(args.model, corpus.n_words, run)
     smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32)
-    database = binary_codes(encoder, SparseCounts(corpus.train), smoothing, settings.eval_batch_size)
-    queries = binary_codes(encoder, SparseCounts(corpus.test), smoothing, settings.eval_batch_size)
+    database = binary_codes(encoder, SparseCounts(corpus.train), smoothing, trained["eval_batch_size"])
+    queries = binary_codes(encoder, SparseCounts(corpus.test), smoothing, trained["eval_batch_size"])
     precision = precision_at_k(queries, corpus.test_labels, database, corpus.train_labels, k)
     save_csv(with_run(run, [{f"precision_at_{k}": precision}]), args.out)
+
+
+def cmd_train_ml(args) -> None:
+    from .data import load_prepared
+    from .train import train_likelihood
+
+    settings = LikelihoodTrainSettings(**run_of(args, "train_ml", ML_RUN), **settings_of(args, "train_ml"))
+    set_threads(args.threads)
+    device = select_device(args.device)
+    corpus = load_prepared(args.corpus)
+    progress = Progress(f"semhash likelihood control depth {settings.depth} {settings.bits} bits seed "
+                        f"{settings.seed}", settings.epochs, 1)
+    progress.message(f"{corpus.train.shape[0]} documents, {corpus.n_words} words, {settings.epochs} epochs, "
+                     f"exact log-likelihood over {2 ** settings.bits} codes, on {device}")
+    resume = resume_path(args.out)
+    history, decoder = train_likelihood(corpus, settings, device, resume, progress)
+    save_csv(with_run({"seed": settings.seed, "encoder": ML_ENCODER, "depth": settings.depth, "bits": settings.bits},
+                      history), args.history)
+    save_torch({"settings": asdict(settings), "n_words": corpus.n_words, "decoder": decoder.cpu().state_dict()},
+               args.out)
+    resume.unlink(missing_ok=True)
+
+
+def cmd_exact(args) -> None:
+    from .data import SparseCounts, load_prepared
+    from .evaluate import exact_summary, exact_terms, train_subset
+
+    section = settings_of(args, "exact")
+    exact = ExactSettings(**{**section["exact"], "iwae_curve": tuple(section["exact"]["iwae_curve"])})
+    set_threads(args.threads)
+    device = select_device(args.device)
+    corpus = load_prepared(args.corpus)
+    encoder, decoder, run, _ = load_models(args.model, corpus.n_words, run_of(args, "exact", RUN if args.encoder else ML_RUN))
+    encoder, decoder = (m.to(device) if m is not None else None for m in (encoder, decoder))
+    smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32, device=device)
+    generator = torch.Generator(device=device).manual_seed(run["seed"])
+    subsets = {"test": corpus.test, "train": corpus.train[train_subset(corpus.train.shape[0], exact.train_documents)]}
+    rows = []
+    for name in EXACT_SETS:
+        tic = time.perf_counter()
+        terms = exact_terms(encoder, decoder, SparseCounts(subsets[name], device), smoothing, exact,
+                            section["eval_batch_size"], generator)
+        row = {"set": name, "method": "enumeration" if decoder.bits <= exact.max_bits else "importance sampling",
+               **exact_summary(terms, sorted({*exact.iwae_curve, exact.iwae_samples})), "seconds": time.perf_counter() - tic}
+        rows.append(row)
+        print(f"[semhash exact] {args.model} {name}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), file=sys.stderr, flush=True)
+    save_csv(with_run(run, rows), args.out)
 
 
 def cmd_tabulate(args) -> None:
@@ -168,6 +237,35 @@ def cmd_tabulate(args) -> None:
                     note=table.note)
     cells_file = Path(args.claims).with_name(CLAIMS_CELLS)
     claims, cells = encoder_claims(results, cells_file.name)
+    write_claims(cells, cells_file)
+    write_claims(claims, args.claims)
+
+
+def cmd_gaps(args) -> None:
+    from .plots import plot_gaps
+    from .results import exact_columns, exact_records, gap_claims, gaps_table, iwae_table, split_table
+
+    s = settings_of(args, "gaps")["exact"]
+    curve = sorted({*s["iwae_curve"], s["iwae_samples"]})
+    exact = exact_records(read_records(args.exact, "exact evaluation", exact_columns(curve)))
+    out = Path(args.out_dir)
+    seeds = sorted(exact.seed.unique())
+    spread = f"mean (std) over {len(seeds)} seeds ({', '.join(map(str, seeds))}); per run: each run's exact.csv"
+    gaps = gaps_table(exact, s["iwae_samples"])
+    pub = published_columns(load_published(args.published), "semhash", "test_nelbo", "best epoch")
+    write_table(gaps, out / "gaps.csv", out / "gaps.md", title="Semantic hashing: the approximation error",
+                note=GAPS_NOTE.format(max_bits=s["max_bits"], K=s["iwae_samples"], spread=spread,
+                                      published=", ".join(f"{k}: {v:g}" for k, v in pub.items()) or "none"))
+    write_table(iwae_table(exact, curve), out / "iwae.csv", out / "iwae.md",
+                title="Semantic hashing: the IWAE bound against the exact -log p(x)",
+                note=f"Test set, -log p(x) exact and the IWAE bound's excess over it for each K, {spread}.")
+    write_table(split_table(exact), out / "split.csv", out / "split.md",
+                title="Semantic hashing: e1's NELBO advantage, split",
+                note="Test set, exact: the difference in NELBO = the difference in -log p(x) (the decoders) + the "
+                     "difference in the inference gap (the bounds); mean paired differences over seeds, 95% t-intervals.")
+    plot_gaps(gaps, out / GAPS_FIGURE)
+    cells_file = Path(args.claims).with_name(GAPS_CELLS)
+    claims, cells = gap_claims(exact, cells_file.name)
     write_claims(cells, cells_file)
     write_claims(claims, args.claims)
 
@@ -209,6 +307,22 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--corpus", required=True)
         p.add_argument("--threads", type=int, required=True)
         p.add_argument("--out", required=True)
+    p = stage("train_ml", cmd_train_ml, "the maximum-likelihood control: the decoder alone, by the exact log-likelihood")
+    p.add_argument("--run", required=True, help="JSON object of the control's identity: " + ", ".join(ML_RUN))
+    p = stage("exact", cmd_exact, "log p(x), the exact ELBO and the best factorized posterior's, by enumerating "
+                                  "every code; IWAE bounds")
+    p.add_argument("--run", required=True, help="JSON object of the run's identity: " + ", ".join(RUN)
+                   + " (the control's: " + ", ".join(ML_RUN) + ")")
+    p.add_argument("--model", required=True, help="model.pt of a VAE or decoder.pt of the control")
+    p.add_argument("--encoder", action=argparse.BooleanOptionalAction, required=True,
+                   help="--encoder: a VAE's model.pt; --no-encoder: the control's decoder.pt")
+    for name in ("train_ml", "exact"):
+        p = sub.choices[name]
+        p.add_argument("--corpus", required=True)
+        p.add_argument("--threads", type=int, required=True)
+        p.add_argument("--device", required=True, help="auto, cpu, cuda, ...")
+        p.add_argument("--out", required=True)
+    sub.choices["train_ml"].add_argument("--history", required=True)
     sub.choices["train"].add_argument("--device", required=True, help="auto, cpu, cuda, ...")
     sub.choices["train"].add_argument("--history", required=True)
     sub.choices["retrieval"].add_argument("--model", required=True)
@@ -219,6 +333,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--published", required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--claims", required=True, help="the claims file; its per-cell rows go beside it, " + CLAIMS_CELLS)
+
+    p = stage("gaps", cmd_gaps, "the approximation error's tables, figure and claims over seeds")
+    p.add_argument("--exact", nargs="+", required=True, help="exact.csv of every run and control")
+    p.add_argument("--published", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--claims", required=True, help="the claims file; its per-cell rows go beside it, " + GAPS_CELLS)
 
     p = stage("plot", cmd_plot, "test NELBO per epoch, one panel per (depth, bits), one thin line per seed and the mean")
     p.add_argument("--histories", nargs="+", required=True)

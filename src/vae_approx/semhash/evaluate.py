@@ -137,9 +137,10 @@ def train_subset(n_train: int, size: int) -> np.ndarray:
     return np.linspace(0, n_train - 1, size).round().astype(np.int64)
 
 
-def exact_summary(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+def exact_summary(terms: dict[str, torch.Tensor], samples: list[int]) -> dict[str, float]:
     """One exact.csv row's values from exact_terms: means over the documents, the gaps (inference =
-    approximation + amortization), and the q* ascent's worst case."""
+    approximation + amortization), the q* ascent's worst case, and nll_iwae_<K> of every K of
+    `samples` (nan where not computed: above max_bits only settings.iwae_samples, without an encoder none)."""
     mean = {name: values.double().mean().item() for name, values in terms.items()}
     row = {"documents": len(next(iter(terms.values())))}
     row.update({name: mean.get(name, math.nan) for name in ("nll", "nelbo", "nelbo_q_star")})
@@ -150,5 +151,5 @@ def exact_summary(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     row["q_star_max_sweeps"] = sweeps.max().item() if sweeps is not None else math.nan
     converged = terms.get("q_star_converged")
     row["q_star_unconverged"] = int((converged == 0).sum()) if converged is not None else 0
-    row.update({name: value for name, value in mean.items() if name.startswith("nll_iwae_")})
+    row.update({f"nll_iwae_{K}": mean.get(f"nll_iwae_{K}", math.nan) for K in sorted(samples)})
     return row

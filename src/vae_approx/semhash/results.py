@@ -13,8 +13,8 @@ from typing import NamedTuple
 import pandas as pd
 
 from ..common import InputError
-from ..tables import cells_claim, mean_std, published_columns
-from .settings import ALLOWED, ENCODER_NAMES, EXPERIMENT, RUN, TABLES
+from ..tables import cells_claim, mean_std, paired_verdict, published_columns
+from .settings import ALLOWED, ENCODER_NAMES, EXACT_SETS, EXPERIMENT, ML_ENCODER, RUN, TABLES
 
 IDENTITY = list(RUN)                    # seed, encoder, depth, bits
 GRID = ["encoder", "depth", "bits"]     # a table's cell, over seeds
@@ -135,3 +135,120 @@ def encoder_claims(results: pd.DataFrame, cells_file: str) -> tuple[list[dict], 
         claims.append(claim)
         cells_rows += rows
     return claims, cells_rows
+
+
+# ---------------------------------------------------------------- the approximation error (exact.csv)
+
+EXACT_VALUES = ["nll", "nelbo", "nelbo_q_star", "inference_gap", "approximation_gap", "amortization_gap"]
+EXACT_COLUMNS = [*IDENTITY, "set", "method", "documents", *EXACT_VALUES, "q_star_max_sweeps", "q_star_unconverged"]
+GAP_CELL = ["depth", "bits"]
+
+
+def exact_columns(samples: list[int]) -> list[str]:
+    """The columns every exact.csv has: EXACT_COLUMNS and the IWAE bound's nll_iwae_<K> of each K."""
+    return [*EXACT_COLUMNS, *(f"nll_iwae_{K}" for K in sorted(samples))]
+
+
+def exact_records(exact: pd.DataFrame) -> pd.DataFrame:
+    """The exact.csv records with their values as numbers (an empty field, a value not computed, is
+    nan); InputError when they do not fit: a run and set twice, or a cell without every seed."""
+    values = [c for c in exact.columns if c in EXACT_VALUES or c.startswith("nll_iwae_")]
+    exact = exact.assign(**{c: pd.to_numeric(exact[c].replace("", float("nan"))) for c in values})
+    twice = exact[exact.duplicated([*IDENTITY, "set"])]
+    if len(twice):
+        raise InputError(f"semhash exact records: two rows for a set of {_runs(set(map(tuple, twice[IDENTITY].values)))}")
+    runs = set(map(tuple, exact[IDENTITY].drop_duplicates().values))
+    seeds, cells = {run[0] for run in runs}, {run[1:] for run in runs}
+    missing = {(seed, *cell) for seed in seeds for cell in cells} - runs
+    if missing:
+        raise InputError(f"semhash exact records: the grid lacks {_runs(missing)} (every cell needs every seed)")
+    return exact
+
+
+def _order(encoders) -> list[str]:
+    """The grid's encoders in the config's order, then the control."""
+    known = [*ALLOWED["encoders"], ML_ENCODER]
+    return sorted(set(encoders), key=lambda e: known.index(e) if e in known else len(known))
+
+
+def gaps_table(exact: pd.DataFrame, iwae_samples: int) -> pd.DataFrame:
+    """Per set, cell and encoder (the control last): each value's mean and '<value> std' over seeds,
+    and the IWAE bound with iwae_samples samples ('nll bound'), the only number above max_bits."""
+    exact = exact.assign(**{"nll bound": exact[f"nll_iwae_{iwae_samples}"]})
+    exact = exact.assign(encoder=pd.Categorical(exact.encoder, _order(exact.encoder)),
+                         set=pd.Categorical(exact["set"], list(EXACT_SETS)))
+    exact = exact.sort_values(["set", *GAP_CELL, "encoder", "seed"])
+    table = mean_std(exact, ["set", *GAP_CELL, "encoder"], [*EXACT_VALUES, "nll bound"])
+    return table.assign(encoder=table.encoder.astype(str), set=table["set"].astype(str))
+
+
+def iwae_table(exact: pd.DataFrame, samples: list[int]) -> pd.DataFrame:
+    """How far above the exact -log p(x) the IWAE bound's is, per cell and encoder on the test set,
+    for each K (mean and std over seeds): the curve that says what the bound is worth above max_bits."""
+    test = exact[(exact["set"] == "test") & exact.nll.notna() & (exact.encoder != ML_ENCODER)]
+    excess = test.assign(**{f"K={K}": test[f"nll_iwae_{K}"] - test.nll for K in sorted(samples)})
+    return mean_std(excess.sort_values([*GAP_CELL, "encoder", "seed"]), [*GAP_CELL, "encoder"],
+                    ["nll", *(f"K={K}" for K in sorted(samples))])
+
+
+def _paired(test: pd.DataFrame, value: str, a: str, b: str) -> dict[str, dict[int, float]]:
+    """{cell name: {seed: value of a - value of b}} over the cells where both have the value."""
+    wide = test.pivot_table(index=[*GAP_CELL, "seed"], columns="encoder", values=value)
+    if a not in wide.columns or b not in wide.columns:
+        return {}
+    pairs = wide[[a, b]].dropna()
+    return {f"decoder depth {depth}, {bits} bits": {int(seed): float(row[a] - row[b])
+                                                     for (_, _, seed), row in group.iterrows()}
+            for (depth, bits), group in pairs.groupby(level=GAP_CELL)}
+
+
+def split_table(exact: pd.DataFrame) -> pd.DataFrame:
+    """e1's NELBO advantage over each other encoder, per cell on the test set, split exactly into a
+    better decoder (the difference in -log p(x)) and a tighter bound (the difference in the inference
+    gap): each a mean paired difference over seeds with its 95% interval."""
+    test = exact[exact["set"] == "test"]
+    counts, *others = ALLOWED["encoders"]
+    rows = []
+    for other in others:
+        parts = {value: _paired(test, value, counts, other) for value in ("nelbo", "nll", "inference_gap")}
+        for cell, changes in parts["nelbo"].items():
+            row = {"encoders": f"{counts} - {other}", "cell": cell, "seeds": len(changes)}
+            for value, label in (("nelbo", "NELBO"), ("nll", "-log p(x)"), ("inference_gap", "gap")):
+                seeds = parts[value][cell]
+                pv = paired_verdict([seeds[s] for s in sorted(seeds)], "decrease")
+                row[label], row[f"{label} 95% interval"] = pv.mean, f"[{pv.low:+.4g}, {pv.high:+.4g}]"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gap_claims(exact: pd.DataFrame, cells_file: str) -> tuple[list[dict], list[dict]]:
+    """On the test set, each over seeds in every cell where it can be measured:
+    - ELBO training gives up likelihood: each encoder's decoder has a higher -log p(x) than the
+      maximum-likelihood control of the same cell and seed;
+    - e1's inference gap is smaller than each other encoder's;
+    - e1's decoder is better (lower -log p(x)) than each other encoder's.
+    Returns the claims and their per-cell rows, which go to `cells_file`."""
+    test = exact[exact["set"] == "test"]
+    counts, *others = ALLOWED["encoders"]
+    specs = [(encoder, ML_ENCODER, "nll", "increase", f"ELBO training gives up likelihood ({encoder})",
+              f"the decoder trained with encoder {encoder} has a lower test log p(x) than the decoder trained by "
+              "the exact log-likelihood", "the likelihood control of the same cell and seed")
+             for encoder in ALLOWED["encoders"]]
+    for other in others:
+        specs += [(counts, other, "inference_gap", "decrease", f"inference gap, {counts} vs {other}",
+                   f"{counts}'s inference gap log p(x) - ELBO is smaller than {other}'s",
+                   f"{other} in the same cell and seed"),
+                  (counts, other, "nll", "decrease", f"decoder likelihood, {counts} vs {other}",
+                   f"{counts}'s decoder has a higher test log p(x) than {other}'s",
+                   f"{other} in the same cell and seed")]
+    claims, rows = [], []
+    for a, b, value, expected, setting, claim, control in specs:
+        cells = _paired(test, value, a, b)
+        if not cells:
+            continue
+        metric = {"nll": "test_nll", "inference_gap": "test_inference_gap"}[value]
+        summary, cell_rows = cells_claim(EXPERIMENT, setting + ", every (depth, bits) cell", claim, metric, cells,
+                                         expected, control, cells_file)
+        claims.append(summary)
+        rows += cell_rows
+    return claims, rows

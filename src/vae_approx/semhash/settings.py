@@ -160,7 +160,7 @@ CLAIMS_CELLS = "claims_cells.csv"  # beside the claims file: the per-cell rows o
 # The control's files, apart from the grid's: ml/<ML_RUN_DIR>/{decoder.pt, history.csv, exact.csv}.
 ML_RUN_DIR = "ml/seed{seed}/depth{depth}/{bits}bits"
 # The tables of tabulate_semhash_gaps, as <name>.csv and <name>.md, and its figure.
-GAPS_TABLES = ("gaps", "iwae")
+GAPS_TABLES = ("gaps", "iwae", "split")
 GAPS_FIGURE = "gaps.png"
 GAPS_CELLS = "gaps_cells.csv"  # beside the gap claims: their per-cell rows
 

@@ -21,7 +21,7 @@ from .estimators import surrogate_loss
 from .evaluate import evaluate_nelbo, reported_mean
 from .exact import LOG2, all_codes, code_table, document_features, log_likelihoods
 from .model import Decoder, Encoder, encoder_spec
-from .settings import ALLOWED, STEP_MODES, LikelihoodTrainSettings, TrainSettings
+from .settings import ALLOWED, ML_ENCODER, STEP_MODES, LikelihoodTrainSettings, TrainSettings
 
 
 def build_models(settings: TrainSettings, n_words: int) -> tuple[Encoder, Decoder]:
@@ -289,3 +289,19 @@ def train_likelihood(corpus: PreparedCorpus, settings: LikelihoodTrainSettings, 
             save_torch(checkpoint({"decoder": decoder}, optimizer, epoch, config, generator=generator.get_state(),
                                   history=history), resume_file)
     return history, decoder
+
+
+def restore(saved: dict) -> tuple[Encoder | None, Decoder, dict]:
+    """The models of a saved model.pt (a VAE) or decoder.pt (the control; no encoder), and the run's
+    identity as the tables' columns (settings.RUN; the control's encoder is settings.ML_ENCODER)."""
+    if "encoder" in saved:
+        settings = TrainSettings(**saved["settings"])
+        encoder, decoder = build_models(settings, saved["n_words"])
+        encoder.load_state_dict(saved["encoder"])
+        identity = {"seed": settings.seed, "encoder": settings.encoder, "depth": settings.depth, "bits": settings.bits}
+    else:
+        settings = LikelihoodTrainSettings(**saved["settings"])
+        encoder, decoder = None, control_decoder(settings, saved["n_words"])
+        identity = {"seed": settings.seed, "encoder": ML_ENCODER, "depth": settings.depth, "bits": settings.bits}
+    decoder.load_state_dict(saved["decoder"])
+    return encoder, decoder, identity
