@@ -14,8 +14,8 @@ import torch
 
 from vae_approx.semhash.data import SparseCounts
 from vae_approx.semhash.evaluate import exact_terms, train_subset
-from vae_approx.semhash.exact import (all_codes, best_factorized, code_index, factorized_elbo, iwae_bounds,
-                                      log_marginal, sampled_likelihood, table_likelihood)
+from vae_approx.semhash.exact import (all_codes, best_factorized, code_index, expectation, factorized_elbo,
+                                      iwae_bounds, log_marginal, log_q, sampled_likelihood, table_likelihood)
 from vae_approx.semhash.model import Decoder, Encoder
 from vae_approx.semhash.settings import ExactSettings
 from vae_approx.semhash.train import exact_log_likelihood
@@ -93,18 +93,17 @@ def test_best_factorized_is_a_stationary_point_and_no_random_q_beats_its_start()
     torch.manual_seed(1)
     ll = torch.randn(5, 2**BITS, dtype=torch.float64) * 4
     start = torch.randn(5, BITS, dtype=torch.float64)
-    codes = all_codes(BITS, dtype=torch.float64)
     best = best_factorized(ll, start, tolerance=1e-14, max_sweeps=2000)
     logits = best.logits.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(factorized_elbo(ll, logits, codes).sum(), logits)
+    (grad,) = torch.autograd.grad(factorized_elbo(ll, logits).sum(), logits)
     assert grad.abs().max() < 1e-6
-    np.testing.assert_allclose(best.elbo.numpy(), factorized_elbo(ll, best.logits, codes).numpy(), atol=1e-12)
+    np.testing.assert_allclose(best.elbo.numpy(), factorized_elbo(ll, best.logits).numpy(), atol=1e-12)
     # each coordinate update is that bit's exact maximiser: no single-bit change improves on q*
     for i in range(BITS):
         for delta in (-0.5, 0.5):
             moved = best.logits.clone()
             moved[:, i] += delta
-            assert (factorized_elbo(ll, moved, codes) <= best.elbo + 1e-12).all()
+            assert (factorized_elbo(ll, moved) <= best.elbo + 1e-12).all()
 
 
 def test_saturated_bits_stay_finite():
@@ -169,6 +168,16 @@ def test_above_max_bits_only_the_bound():
     exact = terms(counts, smoothing, encoder, decoder)
     # a bound in expectation (one estimate may fall on either side): over 50 draws per document
     assert (got["nll_iwae_50"] - exact["nll"]).mean() > 0
+
+
+@pytest.mark.parametrize("bits", [1, 4, 7])
+def test_expectation_by_contraction_equals_the_sum_over_codes(bits):
+    torch.manual_seed(bits)
+    ll = torch.randn(3, 2**bits, dtype=torch.float64) * 10
+    logits = torch.randn(3, bits, dtype=torch.float64) * 3
+    logits[0, 0] = 200.0                                                    # a saturated bit: p = 1 exactly
+    direct = (log_q(logits, all_codes(bits, dtype=torch.float64)).exp() * ll).sum(-1)
+    np.testing.assert_allclose(expectation(ll, torch.sigmoid(logits)).numpy(), direct.numpy(), rtol=1e-12)
 
 
 def test_code_index_inverts_all_codes():

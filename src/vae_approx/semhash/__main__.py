@@ -201,7 +201,7 @@ def cmd_exact(args) -> None:
     from .evaluate import exact_summary, exact_terms, train_subset
 
     section = settings_of(args, "exact")
-    exact = ExactSettings(**{**section["exact"], "iwae_curve": tuple(section["exact"]["iwae_curve"])})
+    exact = ExactSettings.from_section(section["exact"])
     set_threads(args.threads)
     device = select_device(args.device)
     corpus = load_prepared(args.corpus)

@@ -5,6 +5,7 @@ the best factorized posterior's, by enumeration; exact.py)."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -82,8 +83,8 @@ def precision_at_k(query_codes: torch.Tensor, query_labels: np.ndarray, database
 
 @torch.no_grad()
 def exact_terms(encoder: Encoder | None, decoder: Decoder, counts: SparseCounts, smoothing: torch.Tensor,
-                settings: ExactSettings, eval_batch_size: int,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                settings: ExactSettings, eval_batch_size: int, generator: torch.Generator | None = None,
+                seconds: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """Per document of `counts`, in nats relative to its empirical distribution (as the NELBO; the
     sign makes every value a loss): {name: [N]}.
 
@@ -91,7 +92,10 @@ def exact_terms(encoder: Encoder | None, decoder: Decoder, counts: SparseCounts,
     nelbo (its exact ELBO), nelbo_q_star (the best factorized q*'s, exact.best_factorized) with
     q_star_sweeps and q_star_converged, and nll_iwae_<K>, the IWAE bound's -log p(x) >= nll for
     each K of settings.samples. Above max_bits only the IWAE bound (an encoder is needed).
+    `seconds`, if given, accumulates the time of each phase: table (the decoder over every code),
+    enumeration (log p(x|z) of every document and code, log p(x), the exact ELBO), q_star, iwae.
     """
+    clock = _PhaseClock(seconds, counts.device)
     decoder.eval()
     if encoder is not None:
         encoder.eval()
@@ -101,21 +105,25 @@ def exact_terms(encoder: Encoder | None, decoder: Decoder, counts: SparseCounts,
         raise ValueError(f"{bits} bits is above exact.max_bits ({settings.max_bits}) and there is no encoder to sample from")
     device = counts.device
     codes = all_codes(bits, device, smoothing.dtype) if enumerable else None
-    table = code_table(decoder, codes) if enumerable else None
+    table = code_table(decoder, codes).joint() if enumerable else None      # [2^b, k+2]
+    clock("table")
     chunk = max(1, DOCUMENT_ELEMENTS >> bits) if enumerable else eval_batch_size
+    buffer = torch.empty(min(chunk, len(counts)), 2**bits, dtype=smoothing.dtype, device=device) if enumerable else None
     parts: dict[str, list[torch.Tensor]] = {}
     for x in counts.batches(torch.arange(len(counts), device=device), chunk, smoothing, by_word=False):
         features = document_features(x, decoder)                            # [n, k+1]
         logits = encoder(x) if encoder is not None else None                # [n, b]
         row = {}
         if enumerable:
-            ll = log_likelihoods(features, x.length, table)                 # [n, 2^b]
+            ll = log_likelihoods(features, x.length, table, out=buffer[:len(x)])  # [n, 2^b]
             top = ll.amax(dim=-1)                                            # each document's own shift
             ll -= top[:, None]
-            row["nll"] = x.empirical - top - log_marginal(ll)
+            row["nll"] = x.empirical - top - log_marginal(ll, shifted=True)
             if logits is not None:
-                row["nelbo"] = x.empirical - top - factorized_elbo(ll, logits, codes)
+                row["nelbo"] = x.empirical - top - factorized_elbo(ll, logits)
+                clock("enumeration")
                 best = best_factorized(ll, logits, settings.tolerance, settings.max_sweeps)
+                clock("q_star")
                 row["nelbo_q_star"] = x.empirical - top - best.elbo
                 row["q_star_sweeps"], row["q_star_converged"] = best.sweeps.float(), best.converged.float()
                 ll_of, shift = table_likelihood(ll), top
@@ -124,9 +132,27 @@ def exact_terms(encoder: Encoder | None, decoder: Decoder, counts: SparseCounts,
         if logits is not None:
             for K, bound in iwae_bounds(ll_of, logits, settings.samples(bits), bits, generator).items():
                 row[f"nll_iwae_{K}"] = x.empirical - shift - bound
+        clock("iwae" if logits is not None else "enumeration")
         for name, values in row.items():
             parts.setdefault(name, []).append(values)
     return {name: torch.cat(values) for name, values in parts.items()}
+
+
+class _PhaseClock:
+    """clock(phase) adds the time since the last call to seconds[phase] (nothing without a dict);
+    on a GPU it waits for the device first, so each phase gets its own kernels' time."""
+
+    def __init__(self, seconds: dict[str, float] | None, device: torch.device):
+        self.seconds, self.device, self.last = seconds, device, time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        if self.seconds is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
 
 
 def train_subset(n_train: int, size: int) -> np.ndarray:

@@ -38,13 +38,33 @@ from .data import SparseBatch
 from .model import Decoder, bernoulli_entropy
 
 LOG2 = math.log(2.0)
-# Scores [codes, V] held at once while the table is built (16 MB in float32, in cache on a CPU).
-TABLE_ELEMENTS = 4 * 2**20
-# Document x code log-likelihoods held at once, with the mean-field state of the same size
-# (64 MB each in float32): the documents of one chunk (DOCUMENT_ELEMENTS / 2^b, 256 at 16 bits).
-DOCUMENT_ELEMENTS = 16 * 2**20
-# Importance samples drawn at once per document chunk (documents x samples x bits uniforms).
-SAMPLE_ELEMENTS = 2 * 2**20
+# Scores [codes, V] held at once while the table is built (2 MB in float32, in a CPU core's cache).
+TABLE_ELEMENTS = 2**19
+# Document x code log-likelihoods held at once (16 MB in float32): the documents of one chunk,
+# DOCUMENT_ELEMENTS / 2^b (64 at 16 bits), which the mean-field ascent takes as one group
+# (ASCENT_ELEMENTS / 2^b); both stay in a CPU's last-level cache.
+DOCUMENT_ELEMENTS = 2**22
+ASCENT_ELEMENTS = 2**22
+# Importance samples drawn at once per document chunk (documents x samples x bits uniforms, 2 MB).
+SAMPLE_ELEMENTS = 2**19
+
+
+# exp(t) of t below this is read as exp(EXP_FLOOR): where the largest term is exp(0) = 1, the at
+# most 2^24 terms so changed shift a sum by less than 2^24 e^-80 = 3e-28, far below float32's
+# resolution; and on a CPU an exp whose result is denormal or zero takes 20 to 35 times as long
+# (measured: 4M floats in [-95, -85] 129 ms, in [-50, 0] 3.6 ms).
+EXP_FLOOR = -80.0
+
+
+def _sum_exp_shifted(t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum over the last axis of exp(t), for t whose largest value per row is 0: [..., n] -> [...]."""
+    return torch.clamp(t, min=EXP_FLOOR, out=out).exp_().sum(dim=-1)
+
+
+def logsumexp(t: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp over the last axis (values only), with EXP_FLOOR."""
+    top = t.amax(dim=-1, keepdim=True)
+    return _sum_exp_shifted(t - top).log_() + top[..., 0]
 
 
 def all_codes(bits: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -63,6 +83,10 @@ class CodeTable(NamedTuple):
     features: torch.Tensor  # [C, k+1] a1(z): the decoder's last hidden layer of each code, and a 1 for the bias
     log_norm: torch.Tensor  # [C] lse(z) = logsumexp_w h_w(z), the softmax's normaliser
 
+    def joint(self) -> torch.Tensor:
+        """[a1(z) | lse(z)], [C, k+2]: log_likelihoods' one product."""
+        return torch.cat([self.features, self.log_norm[:, None]], dim=1)
+
 
 def _last_layer(decoder: Decoder) -> torch.Tensor:
     """W1 = [W | c], the last layer's weight and bias: [V, k+1]."""
@@ -77,7 +101,17 @@ def code_table(decoder: Decoder, codes: torch.Tensor) -> CodeTable:
     hidden = decoder.hidden(codes)                                           # [C, k]
     features = torch.cat([hidden, hidden.new_ones(len(codes), 1)], dim=1)    # [C, k+1]
     rows = max(1, TABLE_ELEMENTS // W1.shape[0])
-    log_norm = torch.cat([torch.logsumexp(chunk @ W1.T, dim=-1) for chunk in features.split(rows)])  # [C]
+    if torch.is_grad_enabled():
+        log_norm = torch.cat([torch.logsumexp(chunk @ W1.T, dim=-1) for chunk in features.split(rows)])  # [C]
+        return CodeTable(features, log_norm)
+    # values only: in place, on one buffer that stays in cache
+    scores = torch.empty(min(rows, len(codes)), W1.shape[0], dtype=W1.dtype, device=W1.device)
+    log_norm = torch.empty(len(codes), dtype=W1.dtype, device=W1.device)
+    for first in range(0, len(codes), rows):
+        chunk = features[first:first + rows]
+        h = torch.mm(chunk, W1.T, out=scores[:len(chunk)])                   # [rows, V]
+        top = h.amax(dim=-1, keepdim=True)
+        log_norm[first:first + len(chunk)] = _sum_exp_shifted(h.sub_(top), out=h).log_() + top[:, 0]
     return CodeTable(features, log_norm)
 
 
@@ -87,9 +121,13 @@ def document_features(x: SparseBatch, decoder: Decoder) -> torch.Tensor:
     return F.embedding_bag(x.col, W1, x.offsets, mode="sum", per_sample_weights=x.val) + x.smoothing @ W1
 
 
-def log_likelihoods(features: torch.Tensor, length: torch.Tensor, table: CodeTable) -> torch.Tensor:
-    """log p(x|z) = <x W1, a1(z)> - |x| lse(z) of every document and code: features [B, k+1], length [B] -> [B, C]."""
-    return torch.addmm(-length[:, None] * table.log_norm, features, table.features.T)
+def log_likelihoods(features: torch.Tensor, length: torch.Tensor, table, out: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(x|z) = <x W1, a1(z)> - |x| lse(z) of every document and code, one product: features [B, k+1],
+    length [B], `table` a CodeTable or its joint() [C, k+2] (formed once by a caller with many chunks) -> [B, C].
+    `out`, a [B, C] buffer to write into (a chunk's, reused: a fresh 16 MB tensor costs its page faults)."""
+    document = torch.cat([features, -length[:, None]], dim=1)               # [B, k+2]: [x W1 | -|x|]
+    joint = table if isinstance(table, torch.Tensor) else table.joint()      # [C, k+2]
+    return torch.mm(document, joint.T, out=out)
 
 
 def log_q(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -98,14 +136,31 @@ def log_q(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return logits @ codes.T - F.softplus(logits).sum(dim=-1, keepdim=True)
 
 
-def factorized_elbo(ll: torch.Tensor, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+def expectation(ll: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """E_q[ll(z)] under q = prod_i Bernoulli(probs_i): ll [B, 2^b], probs [B, b] -> [B].
+
+    q is a product, so the sum over 2^b codes is b contractions of one bit each (the highest
+    first: ll's two contiguous halves, mixed with weights 1 - p and p), 2^b multiply-adds in all
+    and no exponential."""
+    B, b = probs.shape
+    T = ll
+    for i in reversed(range(b)):
+        halves = T.view(B, 2, 1 << i)
+        T = torch.lerp(halves[:, 0], halves[:, 1], probs[:, i:i + 1])        # [B, 2^i]
+    return T[:, 0]
+
+
+def factorized_elbo(ll: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """The exact ELBO of q(logits) [B, b] given log p(x|z) of every code, ll [B, 2^b]:
     E_q[log p(x|z)] - b log 2 + H(q), per document [B]."""
-    return (log_q(logits, codes).exp_() * ll).sum(dim=-1) - codes.shape[1] * LOG2 + bernoulli_entropy(logits)
+    return expectation(ll, torch.sigmoid(logits)) - logits.shape[1] * LOG2 + bernoulli_entropy(logits)
 
 
-def log_marginal(ll: torch.Tensor) -> torch.Tensor:
-    """log p(x) = logsumexp_z [log p(x|z)] - b log 2 under the uniform prior: [B, 2^b] -> [B]."""
+def log_marginal(ll: torch.Tensor, shifted: bool = False) -> torch.Tensor:
+    """log p(x) = logsumexp_z [log p(x|z)] - b log 2 under the uniform prior: [B, 2^b] -> [B].
+    `shifted`: each row's largest value is 0 already (one exp pass, no shift)."""
+    if shifted:
+        return _sum_exp_shifted(ll).log_() - math.log(ll.shape[1])
     return torch.logsumexp(ll, dim=-1) - math.log(ll.shape[1])
 
 
@@ -125,49 +180,63 @@ def best_factorized(ll: torch.Tensor, logits: torch.Tensor, tolerance: float, ma
     """The factorized q* that maximises each document's exact ELBO, by coordinate ascent from `logits` [B, b].
 
     Mean-field update of bit i (the exact maximiser over its logit with the others fixed):
-        a_i = E_{q_-i}[log p(x | z_i = 1, z_-i) - log p(x | z_i = 0, z_-i)],
-    each a sum over the 2^(b-1) codes of the other bits. Every update raises the ELBO, so
-    ELBO(q*) >= ELBO(q) of the starting q; a document stops when a sweep over all bits raises its
-    ELBO by less than `tolerance` nats, or after `max_sweeps`. The result is a local maximum
+        a_i = E_{q_-i}[log p(x | z_i = 1, z_-i)] - E_{q_-i}[log p(x | z_i = 0, z_-i)],
+    each a sum over the 2^(b-1) codes of the other bits. Every update raises the ELBO, by
+        (p_new - p_old) a_new + H(p_new) - H(p_old),   p = sigmoid(a),
+    so ELBO(q*) >= ELBO(q) of the starting q; a document stops when a sweep over all bits raises
+    its ELBO by less than `tolerance` nats, or after `max_sweeps`. The result is a local maximum
     (coordinate ascent from the encoder's q), so ELBO(q*) is a lower bound on the best
     factorized ELBO: the approximation gap it gives is an upper bound, the amortization gap a
-    lower bound.
+    lower bound. ll [B, 2^b] may be shifted by a constant per document (the ELBO is shifted alike).
 
-    q_-i is read off log q (kept for all codes) on the half where bit i has its more probable
-    value, minus that value's log-probability, so no saturated bit divides by an underflowed
-    probability. ll [B, 2^b] may be shifted by a constant per document (the result is shifted alike).
+    How: q_-i is a product, so both expectations are contractions of ll one bit at a time (as in
+    `expectation`), with probabilities only, no exponential. A sweep takes the bits from the
+    highest down: the bits above i are contracted once, with their new probabilities, and
+    carried to the next bit (T below), so a sweep costs about 4 x 2^b multiply-adds per document
+    instead of b x 2^b. Documents go in groups of ASCENT_ELEMENTS / 2^b (64 at 16 bits), which
+    stay in cache; a group's converged documents leave it after each sweep.
     """
-    B, C = ll.shape
-    b = logits.shape[1]
-    codes = all_codes(b, ll.device, ll.dtype)
+    group = max(1, ASCENT_ELEMENTS // ll.shape[1])
+    parts = [_ascend(ll[i:i + group], logits[i:i + group], tolerance, max_sweeps) for i in range(0, len(ll), group)]
+    logits, sweeps, converged = (torch.cat(values) for values in zip(*parts))
+    return BestFactorized(logits, factorized_elbo(ll, logits), sweeps, converged)
+
+
+def _ascend(ll, logits, tolerance: float, max_sweeps: int):
+    """best_factorized's ascent of one group: (logits, sweeps, converged)."""
+    B, b = logits.shape
     logits = logits.clone()
-    elbo = factorized_elbo(ll, logits, codes)
     sweeps = torch.zeros(B, dtype=torch.long, device=ll.device)
     converged = torch.zeros(B, dtype=torch.bool, device=ll.device)
-    active = torch.arange(B, device=ll.device)
-    L = ll
+    active, L, a = torch.arange(B, device=ll.device), ll, logits.clone()
     for sweep in range(1, max_sweeps + 1):
-        a = logits[active]                                                   # [A, b]
-        lq = log_q(a, codes)                                                 # [A, C]
-        for i in range(b):
-            Lv, qv = L.view(-1, C >> (i + 1), 2, 1 << i), lq.view(-1, C >> (i + 1), 2, 1 << i)
-            one = a[:, i] >= 0                                               # the more probable value of bit i
-            log_p_value = F.logsigmoid(torch.where(one, a[:, i], -a[:, i]))  # [A]
-            q_rest = torch.where(one[:, None, None], qv[:, :, 1], qv[:, :, 0])  # [A, C/2^(i+1), 2^i]
-            q_rest = q_rest.sub_(log_p_value[:, None, None]).exp_()        # q_-i(z_-i)
-            new = (q_rest * (Lv[:, :, 1] - Lv[:, :, 0])).sum(dim=(1, 2))    # [A]
-            # log q moves by log sigmoid(+-new) - log sigmoid(+-old) on the halves z_i = 1, 0
-            qv[:, :, 1] += (F.logsigmoid(new) - F.logsigmoid(a[:, i]))[:, None, None]
-            qv[:, :, 0] += (F.logsigmoid(-new) - F.logsigmoid(-a[:, i]))[:, None, None]
-            a[:, i] = new
-        new_elbo = factorized_elbo(L, a, codes)
-        done = new_elbo - elbo[active] < tolerance
-        logits[active], elbo[active], sweeps[active] = a, torch.maximum(new_elbo, elbo[active]), sweep
+        A = len(active)
+        p = torch.sigmoid(a)                                                 # [A, b]
+        gain = torch.zeros(A, dtype=ll.dtype, device=ll.device)
+        T = L                                                                # [A, 2^(i+1)]: bits above i contracted
+        for i in reversed(range(b)):
+            E = T.view(A, 2, 1 << i)                                         # [A, z_i, lower bits]
+            for j in reversed(range(i)):                                     # contract the bits below i
+                E = E.view(A, 2, 2, 1 << j)
+                E = torch.lerp(E[:, :, 0], E[:, :, 1], p[:, None, j:j + 1])   # [A, 2, 2^j]
+            new = E[:, 1, 0] - E[:, 0, 0]                                    # [A]
+            gain += (torch.sigmoid(new) - p[:, i]) * new + _entropy(new) - _entropy(a[:, i])
+            a[:, i], p[:, i] = new, torch.sigmoid(new)
+            halves = T.view(A, 2, 1 << i)
+            T = torch.lerp(halves[:, 0], halves[:, 1], p[:, i:i + 1])        # bit i contracted: [A, 2^i]
+        logits[active], sweeps[active] = a, sweep
+        done = gain < tolerance
         converged[active] = done
-        active, L = active[~done], L[~done]
-        if len(active) == 0:
+        if done.all():
             break
-    return BestFactorized(logits, elbo, sweeps, converged)
+        if done.any():                                                       # the converged leave
+            active, L, a = active[~done], L[~done], a[~done]
+    return logits, sweeps, converged
+
+
+def _entropy(logit: torch.Tensor) -> torch.Tensor:
+    """H of one Bernoulli(sigmoid(a)) per entry, finite for any a."""
+    return F.softplus(logit) - torch.sigmoid(logit) * logit
 
 
 def iwae_bounds(ll_of, logits: torch.Tensor, samples: list[int], bits: int,
@@ -175,21 +244,28 @@ def iwae_bounds(ll_of, logits: torch.Tensor, samples: list[int], bits: int,
     """IWAE lower bounds on log p(x) with the factorized q(logits) [B, b] as proposal, for each K in
     `samples`: log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q. The bounds for the different K use
     the first K of one stream of max(K) draws (nested, as a curve over K is read). `ll_of(z)`
-    gives log p(x|z) of codes z [B, S, b] -> [B, S]. Returns {K: [B]}."""
+    gives log p(x|z) of codes z [B, S, b] -> [B, S], with their rows of all_codes [B, S] (None above
+    24 bits). Returns {K: [B]}."""
     B = logits.shape[0]
     top = max(samples)
     per_chunk = max(1, SAMPLE_ELEMENTS // max(1, B * bits))
     p = torch.sigmoid(logits)[:, None, :]                                    # [B, 1, b]
+    # one product gives each code's row of all_codes (exact in float32 below 2^24) and <a, z>
+    powers = (2.0 ** torch.arange(bits, device=logits.device, dtype=logits.dtype)).expand(B, bits)
+    to_index_and_score = torch.stack([powers, logits], dim=2) if bits <= 24 else logits[:, :, None]  # [B, b, 2|1]
+    log_norm = F.softplus(logits).sum(-1, keepdim=True)                     # [B, 1]
     total = torch.full((B,), -math.inf, dtype=logits.dtype, device=logits.device)  # running logsumexp
+    buffer = torch.empty(B * min(per_chunk, top) * bits, dtype=logits.dtype, device=logits.device)
     out, drawn = {}, 0
     for K in sorted(samples):
         while drawn < K:
             S = min(per_chunk, K - drawn)
-            u = torch.rand((B, S, bits), generator=generator, device=logits.device, dtype=logits.dtype)
-            z = (u < p).to(logits.dtype)                                     # [B, S, b]
-            log_weights = ll_of(z) - bits * LOG2 - ((z * logits[:, None, :]).sum(-1)
-                                                     - F.softplus(logits).sum(-1, keepdim=True))  # [B, S]
-            total = torch.logaddexp(total, torch.logsumexp(log_weights, dim=-1))
+            u = buffer[:B * S * bits].view(B, S, bits).uniform_(generator=generator)
+            z = torch.lt(u, p, out=u)                                        # [B, S, b] codes in {0., 1.}
+            product = torch.bmm(z, to_index_and_score)                       # [B, S, 2|1]
+            index = product[..., 0].long() if bits <= 24 else None
+            log_weights = ll_of(z, index) - bits * LOG2 - (product[..., -1] - log_norm)  # [B, S]
+            total = torch.logaddexp(total, logsumexp(log_weights))
             drawn += S
         out[K] = total - math.log(K)
     assert drawn == top
@@ -198,13 +274,13 @@ def iwae_bounds(ll_of, logits: torch.Tensor, samples: list[int], bits: int,
 
 def table_likelihood(ll: torch.Tensor):
     """ll_of for iwae_bounds from the enumerated log p(x|z) [B, 2^b]: a lookup."""
-    return lambda z: torch.gather(ll, 1, code_index(z).view(len(ll), -1)).view(z.shape[:-1])
+    return lambda z, index: torch.gather(ll, 1, index)
 
 
 def sampled_likelihood(features: torch.Tensor, length: torch.Tensor, decoder: Decoder):
     """ll_of for iwae_bounds without enumeration: each sampled code through the decoder (above the
     enumerable sizes): features [B, k+1] (document_features), length [B]."""
-    def ll_of(z: torch.Tensor) -> torch.Tensor:
+    def ll_of(z: torch.Tensor, index) -> torch.Tensor:
         B, S, b = z.shape
         table = code_table(decoder, z.reshape(-1, b))                        # [B S, k+1], [B S]
         per_code = table.features.view(B, S, -1)

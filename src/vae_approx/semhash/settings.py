@@ -123,6 +123,11 @@ class ExactSettings:
     tolerance: float            # nats per document: q*'s coordinate ascent stops when a sweep gains less
     max_sweeps: int             # sweeps over the bits before q*'s ascent stops regardless
 
+    @classmethod
+    def from_section(cls, exact: dict) -> "ExactSettings":
+        """From the config's semhash.exact subsection (its other keys, the workflow's, are left out)."""
+        return cls(**{f.name: tuple(exact[f.name]) if f.name == "iwae_curve" else exact[f.name] for f in fields(cls)})
+
     def samples(self, bits: int) -> list[int]:
         """The K of the IWAE bounds computed at `bits`: the curve's and iwae_samples up to max_bits, else iwae_samples."""
         return sorted({*self.iwae_curve, self.iwae_samples}) if bits <= self.max_bits else [self.iwae_samples]
