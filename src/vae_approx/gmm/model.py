@@ -156,6 +156,7 @@ def mean_field(log_joint: torch.Tensor, logits: torch.Tensor, max_sweeps: int = 
         new = mean_field_sweep(table, logits)
         new_elbo = exact_elbo(factorized_log_q(new), log_joint)
         converged = ((new - logits).abs().amax(dim=1) <= MEAN_FIELD_LOGIT_TOL) | (new_elbo - elbo <= MEAN_FIELD_ELBO_TOL)
+        converged |= ~torch.isfinite(new_elbo)  # a non-finite point (NaN data) stops here; the loss check names it
         logits, elbo = new, new_elbo
         if converged.all():
             return logits
