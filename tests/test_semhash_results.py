@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from vae_approx.common import InputError
-from vae_approx.semhash.results import encoder_claims, grid_results, grid_tables
+from vae_approx.semhash.results import (encoder_claims, exact_columns, exact_records, gap_claims, gaps_table,
+                                        grid_results, grid_tables, iwae_table, split_table)
 from vae_approx.semhash.settings import TABLES
 from vae_approx.tables import PUBLISHED_COLUMNS, paired_verdict
 
@@ -97,3 +98,69 @@ def test_records_that_do_not_fit_are_refused_naming_the_run():
     for h, r, message in cases:
         with pytest.raises(InputError, match=message):
             grid_results(h, r, K)
+
+
+# ---------------------------------------------------------------- the approximation error
+
+CURVE = [10, 100]
+
+
+def exact_rows(seeds=(1, 2, 3), ml_nll=80.0):
+    """exact.csv records of e1, e2, e3 and the control in one cell (depth 0, 8 bits): e1's decoder better
+    than e2's by 1 nat, e1's gap smaller than e3's by 5 nats, every encoder's nll above the control's."""
+    rows = []
+    for seed in seeds:
+        jitter = 0.01 * seed
+        for encoder, nll, gap in (("e1", 90.0, 1.0), ("e2", 91.0, 1.1 - 2 * jitter), ("e3", 90.0, 6.0)):
+            for set_name in ("test", "train"):
+                approx = 0.1
+                rows.append({"seed": seed, "encoder": encoder, "depth": 0, "bits": 8, "set": set_name,
+                             "method": "enumeration", "documents": 100, "nll": nll + jitter,
+                             "nelbo": nll + jitter + gap, "nelbo_q_star": nll + jitter + approx,
+                             "inference_gap": gap, "approximation_gap": approx, "amortization_gap": gap - approx,
+                             "q_star_max_sweeps": 5, "q_star_unconverged": 0,
+                             "nll_iwae_10": nll + jitter + 0.5, "nll_iwae_100": nll + jitter + 0.2})
+        for set_name in ("test", "train"):
+            rows.append({**{c: "" for c in exact_columns(CURVE)}, "seed": seed, "encoder": "ml", "depth": 0, "bits": 8,
+                         "set": set_name, "method": "enumeration", "documents": 100, "nll": ml_nll + jitter,
+                         "q_star_unconverged": 0})
+    return pd.DataFrame(rows, columns=exact_columns(CURVE))
+
+
+def test_gaps_table_is_the_mean_over_seeds_with_the_control_last():
+    table = gaps_table(exact_records(exact_rows()), 100)
+    test = table[table["set"] == "test"]
+    assert list(test.encoder) == ["e1", "e2", "e3", "ml"] and (table.seeds == 3).all()
+    assert test.set_index("encoder").loc["e1", "nll"] == pytest.approx(90.02)
+    assert test.set_index("encoder").loc["e3", "inference_gap"] == pytest.approx(6.0)
+    assert np.isnan(test.set_index("encoder").loc["ml", "nelbo"])            # the control has no encoder
+    assert test.set_index("encoder").loc["e1", "nll bound"] == pytest.approx(90.22)
+    curve = iwae_table(exact_records(exact_rows()), CURVE)
+    assert list(curve.encoder) == ["e1", "e2", "e3"] and curve["K=100"].to_numpy() == pytest.approx([0.2] * 3)
+
+
+def test_split_adds_the_decoder_and_the_bound_to_the_nelbo_difference():
+    split = split_table(exact_records(exact_rows()))
+    assert list(split.encoders) == ["e1 - e2", "e1 - e3"]
+    np.testing.assert_allclose(split["NELBO"], split["-log p(x)"] + split["gap"])
+    assert split.set_index("encoders").loc["e1 - e3", "gap"] == pytest.approx(-5.0)
+
+
+def test_gap_claims_decide_each_comparison_over_seeds():
+    claims, cells = gap_claims(exact_records(exact_rows()), "gaps_cells.csv")
+    verdict = {c["setting"].split(", every")[0]: c["verdict"] for c in claims}
+    assert verdict["ELBO training gives up likelihood (e1)"] == "holds"       # 90 > 80 in every seed
+    assert verdict["inference gap, e1 vs e3"] == "holds"
+    assert verdict["decoder likelihood, e1 vs e2"] == "holds"                  # 90 < 91
+    assert verdict["decoder likelihood, e1 vs e3"] == "inconclusive"           # the same nll: no interval
+    assert len(cells) == len(claims)
+    better_control = gap_claims(exact_records(exact_rows(ml_nll=100.0)), "gaps_cells.csv")[0]
+    assert {c["verdict"] for c in better_control if "gives up" in c["setting"]} == {"fails"}
+
+
+def test_exact_records_that_do_not_fit_are_refused():
+    rows = exact_rows()
+    with pytest.raises(InputError, match="two rows for a set of seed 1 e1"):
+        exact_records(pd.concat([rows, rows.iloc[:1]]))
+    with pytest.raises(InputError, match="lacks seed 3 e2 depth 0 8 bits"):
+        exact_records(rows[~((rows.seed == 3) & (rows.encoder == "e2"))])

@@ -280,3 +280,55 @@ def test_a_non_finite_loss_stops_training_naming_the_epoch_and_batch(corpus, mon
     assert not resume.exists()
     with pytest.raises(ValueError, match="cuda_graphs on CUDA only"):
         train(data, settings, torch.device("cpu"), None, quiet(2), step_mode="cuda_graphs")
+
+
+def exact_args(corpus, out, model, run, encoder=True, **exact):
+    settings = settings_json("exact", exact={**SECTION["exact"], "train_documents": 30, "iwae_curve": [5, 20],
+                                             "iwae_samples": 10, **exact})
+    return ["exact", "--settings", settings, "--run", run, "--encoder" if encoder else "--no-encoder",
+            "--corpus", corpus / "corpus.npz", "--model", model, "--threads", 1, "--device", "cpu",
+            "--out", out / f"exact-{model.stem}.csv"]
+
+
+def test_the_exact_chain_and_the_likelihood_control(corpus, tmp_path):
+    """train -> exact (enumeration at 4 bits, the IWAE bound only at max_bits 3), train_ml -> exact of the
+    control, both as records with the run's identity; gaps reads them into tables, a figure and claims."""
+    sh(*train_args(corpus, tmp_path))
+    sh(*exact_args(corpus, tmp_path, tmp_path / "m.pt", run_json()))
+    exact = pd.read_csv(tmp_path / "exact-m.csv")
+    assert list(exact.columns[:4]) == list(RUN) and list(exact["set"]) == ["test", "train"]
+    assert list(exact.documents) == [50, 30] and (exact.method == "enumeration").all()
+    assert (exact.nll <= exact.nelbo_q_star + 1e-4).all() and (exact.nelbo_q_star <= exact.nelbo + 1e-4).all()
+    assert np.allclose(exact.inference_gap, exact.approximation_gap + exact.amortization_gap)
+    above = exact_args(corpus, tmp_path, tmp_path / "m.pt", run_json(), max_bits=3)
+    above[-1] = tmp_path / "exact-bound.csv"
+    sh(*above)
+    bound = pd.read_csv(tmp_path / "exact-bound.csv")
+    assert (bound.method == "importance sampling").all() and bound.nll.isna().all() and bound.nll_iwae_10.notna().all()
+    # the control: the decoder alone, from the VAEs' initialisation, its rows named encoder "ml"
+    ml_run = json.dumps({"seed": 1, "depth": 1, "bits": 4})
+    proc = sh("train_ml", "--settings", settings_json("train_ml"), "--run", ml_run, "--corpus", corpus / "corpus.npz",
+              "--threads", 1, "--device", "cpu", "--out", tmp_path / "d.pt", "--history", tmp_path / "dh.csv")
+    assert "step 3/3" in proc.stderr
+    history = pd.read_csv(tmp_path / "dh.csv")
+    assert list(history.encoder.unique()) == ["ml"] and history.test_nll.notna().all()
+    sh(*exact_args(corpus, tmp_path, tmp_path / "d.pt", ml_run, encoder=False))
+    control = pd.read_csv(tmp_path / "exact-d.csv")
+    assert list(control.encoder.unique()) == ["ml"] and control.nll.notna().all() and control.nelbo.isna().all()
+    # a model is evaluated as the run it was trained for
+    proc = stage(*exact_args(corpus, tmp_path, tmp_path / "m.pt", run_json(bits=8)))
+    assert proc.returncode != 0 and "not of the run" in proc.stderr and "Traceback" not in proc.stderr
+    # the tables over seeds: a second seed's records, shifted
+    second = [pd.read_csv(f).assign(seed=2).assign(nll=lambda d: d.nll + 0.5) for f in
+              (tmp_path / "exact-m.csv", tmp_path / "exact-d.csv")]
+    for frame, name in zip(second, ("m2", "d2")):
+        frame.to_csv(tmp_path / f"exact-{name}.csv", index=False)
+    files = [tmp_path / f"exact-{name}.csv" for name in ("m", "d", "m2", "d2")]
+    sh("gaps", "--settings", settings_json("gaps", exact={**SECTION["exact"], "iwae_curve": [5, 20], "iwae_samples": 10}),
+       "--exact", *files, "--published", "reference/published_results.csv", "--out-dir", tmp_path,
+       "--claims", tmp_path / "gaps_claims.csv")
+    gaps = pd.read_csv(tmp_path / "gaps.csv")
+    assert set(gaps.encoder) == {"e1", "ml"} and (gaps.seeds == 2).all()
+    assert (tmp_path / "gaps.png").stat().st_size > 0 and (tmp_path / "iwae.md").exists()
+    claims = pd.read_csv(tmp_path / "gaps_claims.csv")
+    assert list(claims.setting) == ["ELBO training gives up likelihood (e1), every (depth, bits) cell"]
