@@ -145,7 +145,11 @@ def test_every_claim_has_its_row_with_an_interval_and_a_verdict(smoke, smoke_job
     # every configured encoder, comparison and sigma variant has its claims, and the ablation its two
     assert {e for e in config["gmm"]["encoders"] if claims.setting.str.contains(e).any()} == set(config["gmm"]["encoders"])
     others = [e for e in config["semhash"]["encoders"] if e != "e1"]
-    assert [re.search(r"e1 vs (\w+)", s)[1] for s in claims[claims.experiment == "semhash"].setting] == others
+    semhash = list(claims[claims.experiment == "semhash"].setting.str.split(", every").str[0])
+    assert [s for s in semhash if s.startswith("encoders")] == [f"encoders e1 vs {e}" for e in others]
+    gaps = {*(f"ELBO training gives up likelihood ({e})" for e in config["semhash"]["encoders"]),
+            *(f"{what}, e1 vs {e}" for e in others for what in ("inference gap", "decoder likelihood"))}
+    assert set(semhash) - {s for s in semhash if s.startswith("encoders")} == gaps
     faces = pd.read_csv(out / "images" / "claims.csv")
     assert len(faces) == 3 * len(config["images"]["sigma_variants"])
     assert len(pd.read_csv(out / "images" / "ablation_claims.csv")) == 2
@@ -411,7 +415,9 @@ def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
     gmm, sh, im = paper["gmm"], paper["semhash"], paper["images"]
     assert count("download_20newsgroups") == count("prepare_corpus") == 1 and not count("synthesize_corpus")
     grid = len(sh["seeds"]) * len(sh["encoders"]) * len(sh["depths"]) * len(sh["bits"])
-    assert count("train_semhash") == count("evaluate_retrieval") == grid
+    assert count("train_semhash") == count("evaluate_retrieval") == count("evaluate_semhash_exact") == grid
+    controls = len(sh["seeds"]) * len(sh["depths"]) * sum(b <= sh["exact"]["ml_max_bits"] for b in sh["bits"])
+    assert count("train_semhash_ml") == count("evaluate_semhash_ml_exact") == controls > 0
     assert count("pretrain_gmm_encoder") == count("train_gmm_joint") == len(gmm["seeds"]) * len(gmm["encoders"])
     for rule in ("download_celeba", "prepare_celeba", "download_inception", "train_gan", "choose_generator",
                  "tabulate_images", "tabulate_images_ablation"):

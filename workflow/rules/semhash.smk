@@ -1,6 +1,7 @@
 # Semantic hashing: corpus (real archive or synthetic, same raw format) -> prepared sparse
-# corpus -> one Bernoulli VAE per (seed, encoder, decoder depth, bits) -> retrieval -> tables and
-# claims over seeds. What each stage reads of the config, and the path layout, are in
+# corpus -> one Bernoulli VAE per (seed, encoder, decoder depth, bits) -> retrieval and the exact
+# approximation error (with the likelihood control, the decoder alone) -> tables and claims over
+# seeds. What each stage reads of the config, and the path layout, are in
 # vae_approx.semhash.settings; a training job's wildcards are its identity (--run).
 
 from vae_approx.semhash import settings as semhash_settings
@@ -8,6 +9,19 @@ from vae_approx.semhash import settings as semhash_settings
 SEMHASH = f"{RESULTS}/semhash"
 SH = config["semhash"]
 SEMHASH_RUN = semhash_settings.RUN_DIR  # one training job of the grid
+SEMHASH_ML_RUN = semhash_settings.ML_RUN_DIR  # one maximum-likelihood control
+# What tabulate_semhash_gaps reads: every run's exact.csv, the controls' too.
+SEMHASH_EXACT = [
+    *semhash_settings.run_files(SH, SEMHASH, "exact.csv"),
+    *semhash_settings.ml_run_files(SH, SEMHASH, "exact.csv"),
+]
+# The tables of tabulate_semhash_gaps beside gaps.csv, which the report shows.
+SEMHASH_GAPS_TABLES = [
+    f"{SEMHASH}/{table}.{ext}"
+    for table in semhash_settings.GAPS_TABLES
+    for ext in ("csv", "md")
+    if f"{table}.{ext}" != "gaps.csv"
+]
 # The tables of tabulate_semhash beside the two the report shows (test_nelbo_best.csv, precision.csv).
 SEMHASH_TABLES = [
     f"{SEMHASH}/{table}.{ext}"
@@ -22,13 +36,6 @@ wildcard_constraints:
     encoder="[a-z0-9]+",
     depth=r"\d+",
     bits=r"\d+",
-
-
-SEMHASH_ML_RUN = semhash_settings.ML_RUN_DIR  # one maximum-likelihood control
-# What tabulate_semhash_gaps reads: every run's exact.csv, the controls' too.
-SEMHASH_EXACT = semhash_settings.run_files(SH, SEMHASH, "exact.csv") + semhash_settings.ml_run_files(
-    SH, SEMHASH, "exact.csv"
-)
 
 
 TARGETS["semhash"] = [
@@ -218,8 +225,7 @@ rule tabulate_semhash_gaps:
             caption="../report/semhash_gaps.rst",
             category="Semantic hashing",
         ),
-        tables=[f"{SEMHASH}/{name}.{ext}" for name in semhash_settings.GAPS_TABLES for ext in ("csv", "md")
-                if f"{name}.{ext}" != "gaps.csv"],
+        tables=SEMHASH_GAPS_TABLES,
         figure=report(
             f"{SEMHASH}/{semhash_settings.GAPS_FIGURE}",
             caption="../report/semhash_gaps_png.rst",
