@@ -327,6 +327,7 @@ def test_the_exact_chain_and_the_likelihood_control(corpus, tmp_path):
     sh("gaps", "--settings", settings_json("gaps", exact={**SECTION["exact"], "iwae_curve": [5, 20], "iwae_samples": 10}),
        "--exact", *files, "--published", "reference/published_results.csv", "--out-dir", tmp_path,
        "--claims", tmp_path / "gaps_claims.csv")
+    sh("plot_gaps", "--table", tmp_path / "gaps.csv", "--out", tmp_path / "gaps.png")
     gaps = pd.read_csv(tmp_path / "gaps.csv")
     assert set(gaps.encoder) == {"e1", "ml"} and (gaps.seeds == 2).all()
     assert (tmp_path / "gaps.png").stat().st_size > 0 and (tmp_path / "iwae.md").exists()

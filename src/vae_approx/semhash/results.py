@@ -142,6 +142,8 @@ def encoder_claims(results: pd.DataFrame, cells_file: str) -> tuple[list[dict], 
 EXACT_VALUES = ["nll", "nelbo", "nelbo_q_star", "inference_gap", "approximation_gap", "amortization_gap"]
 EXACT_COLUMNS = [*IDENTITY, "set", "method", "documents", *EXACT_VALUES, "q_star_max_sweeps", "q_star_unconverged"]
 GAP_CELL = ["depth", "bits"]
+# What gaps.png reads of gaps.csv.
+GAPS_COLUMNS = ["set", *GAP_CELL, "encoder", "seeds", *EXACT_VALUES]
 
 
 def exact_columns(samples: list[int]) -> list[str]:
