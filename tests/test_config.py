@@ -159,6 +159,7 @@ def test_inputs_are_checked_against_the_files_before_any_job(tmp_path):
         (("images", "torch_home"), "..", "'images.torch_home'"),
         (("published_results",), "reference/missing.csv", "'published_results': 'reference/missing.csv' is not a file"),
         (("semhash", "precision_k"), 100000, "'semhash.precision_k': 100000 is more than the 2000 training documents"),
+        (("semhash", "exact", "ml_max_bits"), 20, "'semhash.exact.ml_max_bits': 20 is more than 'semhash.exact.max_bits' (16)"),
     ]
     for path, value, message in cases:
         with pytest.raises(ConfigError, match=re.escape(message)):

@@ -71,8 +71,9 @@ RESOURCES = "resources"  # where every download lands
 
 def check_inputs(config: dict, basedir) -> None:
     """What the schema cannot know, checked before any job starts: where the downloads land,
-    that input files are files, and that precision@k can be computed on the corpus the config
-    describes. Raises ConfigError naming the key."""
+    that input files are files, that precision@k can be computed on the corpus the config
+    describes, and that the likelihood control is trained only where it can be enumerated.
+    Raises ConfigError naming the key."""
     base = Path(basedir)
     problems = []
     downloads = {"semhash.archive": config["semhash"]["archive"],
@@ -94,6 +95,11 @@ def check_inputs(config: dict, basedir) -> None:
     if documents and sh["precision_k"] > documents:
         problems.append(f"config key 'semhash.precision_k': {sh['precision_k']} is more than the {documents} training "
                         "documents searched (the retrieval database); use at most that")
+    exact = sh["exact"]
+    if exact["ml_max_bits"] > exact["max_bits"]:
+        problems.append(f"config key 'semhash.exact.ml_max_bits': {exact['ml_max_bits']} is more than "
+                        f"'semhash.exact.max_bits' ({exact['max_bits']}); the likelihood control's log p(x) is "
+                        "exact only where every code is enumerated")
     refuse(problems)
 
 

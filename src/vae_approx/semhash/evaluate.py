@@ -105,7 +105,7 @@ def exact_terms(encoder: Encoder | None, decoder: Decoder, counts: SparseCounts,
         raise ValueError(f"{bits} bits is above exact.max_bits ({settings.max_bits}) and there is no encoder to sample from")
     device = counts.device
     codes = all_codes(bits, device, smoothing.dtype) if enumerable else None
-    table = code_table(decoder, codes).joint() if enumerable else None      # [2^b, k+2]
+    table = code_table(decoder, codes).joint if enumerable else None        # [2^b, k+2]
     clock("table")
     chunk = max(1, DOCUMENT_ELEMENTS >> bits) if enumerable else eval_batch_size
     buffer = torch.empty(min(chunk, len(counts)), 2**bits, dtype=smoothing.dtype, device=device) if enumerable else None

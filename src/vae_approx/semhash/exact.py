@@ -40,6 +40,7 @@ from .model import Decoder, bernoulli_entropy
 LOG2 = math.log(2.0)
 # Scores [codes, V] held at once while the table is built (2 MB in float32, in a CPU core's cache).
 TABLE_ELEMENTS = 2**19
+HIDDEN_ROWS = 8192  # codes whose hidden layers are computed at once for the table (16 MB at width 512)
 # Document x code log-likelihoods held at once (16 MB in float32): the documents of one chunk,
 # DOCUMENT_ELEMENTS / 2^b (64 at 16 bits), which the mean-field ascent takes as one group
 # (ASCENT_ELEMENTS / 2^b); both stay in a CPU's last-level cache.
@@ -80,12 +81,18 @@ def code_index(codes: torch.Tensor) -> torch.Tensor:
 
 
 class CodeTable(NamedTuple):
-    features: torch.Tensor  # [C, k+1] a1(z): the decoder's last hidden layer of each code, and a 1 for the bias
-    log_norm: torch.Tensor  # [C] lse(z) = logsumexp_w h_w(z), the softmax's normaliser
+    joint: torch.Tensor  # [C, k+2] [a1(z) | lse(z)]: a1 the decoder's last hidden layer of each code and a 1 for
+    #                      the bias, lse(z) = logsumexp_w h_w(z) the softmax's normaliser
 
-    def joint(self) -> torch.Tensor:
-        """[a1(z) | lse(z)], [C, k+2]: log_likelihoods' one product."""
-        return torch.cat([self.features, self.log_norm[:, None]], dim=1)
+    @property
+    def features(self) -> torch.Tensor:
+        """a1(z), [C, k+1]."""
+        return self.joint[:, :-1]
+
+    @property
+    def log_norm(self) -> torch.Tensor:
+        """lse(z), [C]."""
+        return self.joint[:, -1]
 
 
 def _last_layer(decoder: Decoder) -> torch.Tensor:
@@ -96,23 +103,28 @@ def _last_layer(decoder: Decoder) -> torch.Tensor:
 
 def code_table(decoder: Decoder, codes: torch.Tensor) -> CodeTable:
     """a1(z) and lse(z) of codes [C, b], the [C, V] scores a chunk of codes at a time (TABLE_ELEMENTS).
-    Differentiable (the likelihood control trains through it)."""
+    Differentiable when gradients are on (the likelihood control trains through it); otherwise
+    written in place into the one [C, k+2] result, the hidden layers HIDDEN_ROWS codes at a time,
+    so that nothing of size C x width exists beside it (at the paper's shape, 65,536 codes x 512)."""
     W1 = _last_layer(decoder)                                                # [V, k+1]
-    hidden = decoder.hidden(codes)                                           # [C, k]
-    features = torch.cat([hidden, hidden.new_ones(len(codes), 1)], dim=1)    # [C, k+1]
     rows = max(1, TABLE_ELEMENTS // W1.shape[0])
     if torch.is_grad_enabled():
+        hidden = decoder.hidden(codes)                                       # [C, k]
+        features = torch.cat([hidden, hidden.new_ones(len(codes), 1)], dim=1)  # [C, k+1]
         log_norm = torch.cat([torch.logsumexp(chunk @ W1.T, dim=-1) for chunk in features.split(rows)])  # [C]
-        return CodeTable(features, log_norm)
-    # values only: in place, on one buffer that stays in cache
+        return CodeTable(torch.cat([features, log_norm[:, None]], dim=1))
+    k = W1.shape[1] - 1
+    joint = torch.empty(len(codes), k + 2, dtype=W1.dtype, device=W1.device)
+    joint[:, k] = 1.0
+    for first in range(0, len(codes), HIDDEN_ROWS):
+        joint[first:first + HIDDEN_ROWS, :k] = decoder.hidden(codes[first:first + HIDDEN_ROWS])
     scores = torch.empty(min(rows, len(codes)), W1.shape[0], dtype=W1.dtype, device=W1.device)
-    log_norm = torch.empty(len(codes), dtype=W1.dtype, device=W1.device)
     for first in range(0, len(codes), rows):
-        chunk = features[first:first + rows]
+        chunk = joint[first:first + rows, :k + 1]
         h = torch.mm(chunk, W1.T, out=scores[:len(chunk)])                   # [rows, V]
         top = h.amax(dim=-1, keepdim=True)
-        log_norm[first:first + len(chunk)] = _sum_exp_shifted(h.sub_(top), out=h).log_() + top[:, 0]
-    return CodeTable(features, log_norm)
+        joint[first:first + len(chunk), k + 1] = _sum_exp_shifted(h.sub_(top), out=h).log_() + top[:, 0]
+    return CodeTable(joint)
 
 
 def document_features(x: SparseBatch, decoder: Decoder) -> torch.Tensor:
@@ -123,10 +135,10 @@ def document_features(x: SparseBatch, decoder: Decoder) -> torch.Tensor:
 
 def log_likelihoods(features: torch.Tensor, length: torch.Tensor, table, out: torch.Tensor | None = None) -> torch.Tensor:
     """log p(x|z) = <x W1, a1(z)> - |x| lse(z) of every document and code, one product: features [B, k+1],
-    length [B], `table` a CodeTable or its joint() [C, k+2] (formed once by a caller with many chunks) -> [B, C].
+    length [B], `table` a CodeTable or its joint [C, k+2] -> [B, C].
     `out`, a [B, C] buffer to write into (a chunk's, reused: a fresh 16 MB tensor costs its page faults)."""
     document = torch.cat([features, -length[:, None]], dim=1)               # [B, k+2]: [x W1 | -|x|]
-    joint = table if isinstance(table, torch.Tensor) else table.joint()      # [C, k+2]
+    joint = table if isinstance(table, torch.Tensor) else table.joint        # [C, k+2]
     return torch.mm(document, joint.T, out=out)
 
 
