@@ -7,6 +7,10 @@
     python -m vae_approx.semhash retrieval  --settings JSON --run JSON --corpus corpus.npz --model model.pt ...
     python -m vae_approx.semhash tabulate   --settings JSON --histories H.csv ... --retrievals R.csv ... ...
     python -m vae_approx.semhash plot       --histories H.csv ... --out curves.png
+    python -m vae_approx.semhash train_ml   --settings JSON --run JSON --corpus corpus.npz ...     the likelihood control
+    python -m vae_approx.semhash exact      --settings JSON --run JSON --encoder|--no-encoder --model M.pt ...
+    python -m vae_approx.semhash gaps       --settings JSON --exact E.csv ... --published P.csv --out-dir D ...
+    python -m vae_approx.semhash plot_gaps  --table gaps.csv --out gaps.png
 
 --settings: the keys of the config's semhash section the stage reads (settings.STAGE_KEYS), as JSON;
 --run: a training job's identity (settings.RUN: seed, encoder, depth, bits), its wildcards, which
@@ -19,7 +23,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
@@ -29,21 +32,9 @@ import torch
 from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, save_csv, save_torch,
                       select_device, set_threads, sha256, with_run)
 from ..config import run_identity, stage_section
-from ..tables import load_published, published_columns, read_records, read_tidy, write_claims, write_table
-from .settings import (CLAIMS_CELLS, EXACT_SETS, GAPS_CELLS, ML_ENCODER, ML_RUN, RUN, STAGE_KEYS, ExactSettings,
-                       LikelihoodTrainSettings, TrainSettings)
-
-
-GAPS_NOTE = ("Nats per document relative to the document's empirical distribution, as the NELBO. Up to {max_bits} "
-             "bits every value is exact (all codes enumerated): nll = -log p(x); nelbo = -ELBO of the trained "
-             "encoder q; nelbo_q_star = -ELBO of the best factorized posterior q* per document (coordinate "
-             "ascent from q: a local optimum, so approximation_gap = nelbo_q_star - nll is an upper bound and "
-             "amortization_gap = nelbo - nelbo_q_star a lower bound); inference_gap = nelbo - nll is their sum. "
-             "Encoder ml: the decoder trained by the exact log-likelihood (no encoder). 'nll bound' is the IWAE "
-             "bound with K = {K} samples from q, an upper bound on -log p(x) (in expectation), never its value; "
-             "above {max_bits} bits it is the only number. Rows: the test set, and the fixed subset of the "
-             "training set (set train). Values: {spread}. Published NELBO (the protocol's one-sample estimate "
-             "at the best epoch; e1, depth 0, 64 bits, real 20 Newsgroups): {published}.")
+from ..tables import load_published, read_records, read_tidy, write_claims, write_table
+from .settings import (CLAIMS_CELLS, EXACT_SETS, GAPS_CELLS, ML_RUN, RUN, STAGE_KEYS, ExactSettings,
+                       LikelihoodTrainSettings, TrainSettings, ml_identity, reported_samples)
 
 
 def settings_of(args, stage: str) -> dict:
@@ -189,8 +180,7 @@ def cmd_train_ml(args) -> None:
                      f"exact log-likelihood over {2 ** settings.bits} codes, on {device}")
     resume = resume_path(args.out)
     history, decoder = train_likelihood(corpus, settings, device, resume, progress)
-    save_csv(with_run({"seed": settings.seed, "encoder": ML_ENCODER, "depth": settings.depth, "bits": settings.bits},
-                      history), args.history)
+    save_csv(with_run(ml_identity(asdict(settings)), history), args.history)
     save_torch({"settings": asdict(settings), "n_words": corpus.n_words, "decoder": decoder.cpu().state_dict()},
                args.out)
     resume.unlink(missing_ok=True)
@@ -198,7 +188,7 @@ def cmd_train_ml(args) -> None:
 
 def cmd_exact(args) -> None:
     from .data import SparseCounts, load_prepared
-    from .evaluate import exact_summary, exact_terms, train_subset
+    from .evaluate import exact_rows, train_subset
 
     section = settings_of(args, "exact")
     exact = ExactSettings.from_section(section["exact"])
@@ -208,19 +198,28 @@ def cmd_exact(args) -> None:
     encoder, decoder, run, _ = load_models(args.model, corpus.n_words, run_of(args, "exact", RUN if args.encoder else ML_RUN))
     encoder, decoder = (m.to(device) if m is not None else None for m in (encoder, decoder))
     smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32, device=device)
-    generator = torch.Generator(device=device).manual_seed(run["seed"])
     subsets = {"test": corpus.test, "train": corpus.train[train_subset(corpus.train.shape[0], exact.train_documents)]}
-    rows = []
-    for name in EXACT_SETS:
-        tic = time.perf_counter()
-        terms = exact_terms(encoder, decoder, SparseCounts(subsets[name], device), smoothing, exact,
-                            section["eval_batch_size"], generator)
-        row = {"set": name, "method": "enumeration" if decoder.bits <= exact.max_bits else "importance sampling",
-               **exact_summary(terms, sorted({*exact.iwae_curve, exact.iwae_samples})), "seconds": time.perf_counter() - tic}
-        rows.append(row)
+
+    def log(name, row):
         print(f"[semhash exact] {args.model} {name}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), file=sys.stderr, flush=True)
+
+    rows = exact_rows(encoder, decoder, {name: SparseCounts(subsets[name], device) for name in EXACT_SETS}, smoothing,
+                      exact, section["eval_batch_size"], torch.Generator(device=device).manual_seed(run["seed"]), log)
     save_csv(with_run(run, rows), args.out)
+
+
+def save_tables(args, tables, claims_of, cells_name: str) -> None:
+    """Each results.Table as <name>.csv and .md under --out-dir; the claims `claims_of(cells file name)`
+    gives to --claims, their per-cell rows beside it as `cells_name`."""
+    out = Path(args.out_dir)
+    for table in tables:
+        write_table(table.table, out / f"{table.name}.csv", out / f"{table.name}.md", title=table.title,
+                    note=table.note)
+    cells_file = Path(args.claims).with_name(cells_name)
+    claims, cells = claims_of(cells_file.name)
+    write_claims(cells, cells_file)
+    write_claims(claims, args.claims)
 
 
 def cmd_tabulate(args) -> None:
@@ -230,42 +229,19 @@ def cmd_tabulate(args) -> None:
     histories = read_records(args.histories, "training history", HISTORY_COLUMNS)
     retrievals = read_records(args.retrievals, "retrieval", retrieval_columns(k))
     results = grid_results(histories, retrievals, k)
-    out = Path(args.out_dir)
-    save_csv(results, out / "results.csv")
-    for table in grid_tables(results, k, load_published(args.published)):
-        write_table(table.table, out / f"{table.name}.csv", out / f"{table.name}.md", title=table.title,
-                    note=table.note)
-    cells_file = Path(args.claims).with_name(CLAIMS_CELLS)
-    claims, cells = encoder_claims(results, cells_file.name)
-    write_claims(cells, cells_file)
-    write_claims(claims, args.claims)
+    save_csv(results, Path(args.out_dir) / "results.csv")
+    save_tables(args, grid_tables(results, k, load_published(args.published)),
+                lambda cells: encoder_claims(results, cells), CLAIMS_CELLS)
 
 
 def cmd_gaps(args) -> None:
-    from .results import exact_columns, exact_records, gap_claims, gaps_table, iwae_table, split_table
+    from .results import exact_columns, exact_records, gap_claims, gap_tables
 
     s = settings_of(args, "gaps")["exact"]
-    curve = sorted({*s["iwae_curve"], s["iwae_samples"]})
+    curve = reported_samples(s["iwae_curve"], s["iwae_samples"])
     exact = exact_records(read_records(args.exact, "exact evaluation", exact_columns(curve)))
-    out = Path(args.out_dir)
-    seeds = sorted(exact.seed.unique())
-    spread = f"mean (std) over {len(seeds)} seeds ({', '.join(map(str, seeds))}); per run: each run's exact.csv"
-    gaps = gaps_table(exact, s["iwae_samples"])
-    pub = published_columns(load_published(args.published), "semhash", "test_nelbo", "best epoch")
-    write_table(gaps, out / "gaps.csv", out / "gaps.md", title="Semantic hashing: the approximation error",
-                note=GAPS_NOTE.format(max_bits=s["max_bits"], K=s["iwae_samples"], spread=spread,
-                                      published=", ".join(f"{k}: {v:g}" for k, v in pub.items()) or "none"))
-    write_table(iwae_table(exact, curve), out / "iwae.csv", out / "iwae.md",
-                title="Semantic hashing: the IWAE bound against the exact -log p(x)",
-                note=f"Test set, -log p(x) exact and the IWAE bound's excess over it for each K, {spread}.")
-    write_table(split_table(exact), out / "split.csv", out / "split.md",
-                title="Semantic hashing: e1's NELBO advantage, split",
-                note="Test set, exact: the difference in NELBO = the difference in -log p(x) (the decoders) + the "
-                     "difference in the inference gap (the bounds); mean paired differences over seeds, 95% t-intervals.")
-    cells_file = Path(args.claims).with_name(GAPS_CELLS)
-    claims, cells = gap_claims(exact, cells_file.name)
-    write_claims(cells, cells_file)
-    write_claims(claims, args.claims)
+    save_tables(args, gap_tables(exact, s["max_bits"], s["iwae_samples"], curve, load_published(args.published)),
+                lambda cells: gap_claims(exact, cells), GAPS_CELLS)
 
 
 def cmd_plot_gaps(args) -> None:
@@ -282,77 +258,49 @@ def cmd_plot(args) -> None:
     plot_curves(read_records(args.histories, "training history", columns), args.out)
 
 
+# Each option's argparse keywords, and the options of each stage: (function, help, options).
+OPTIONS = {
+    "run": {"help": "JSON object of the job's identity: " + ", ".join(RUN) + " (the control's: " + ", ".join(ML_RUN) + ")"},
+    "encoder": {"action": argparse.BooleanOptionalAction, "help": "--encoder: a VAE's model.pt; --no-encoder: the "
+                                                                  "control's decoder.pt"},
+    "threads": {"type": int},
+    "device": {"help": "auto, cpu, cuda, ..."},
+    "histories": {"nargs": "+", "help": "history.csv of every grid point"},
+    "retrievals": {"nargs": "+", "help": "retrieval.csv of every grid point"},
+    "exact": {"nargs": "+", "help": "exact.csv of every run and control"},
+    "model": {"help": "model.pt of a VAE (exact: or decoder.pt of the control)"},
+    "claims": {"help": f"the claims file; its per-cell rows go beside it ({CLAIMS_CELLS} or {GAPS_CELLS})"},
+}
+STAGES = {
+    "synthesize": (cmd_synthesize, "a seeded topic-model corpus in the 20news-bydate-matlab format", "out"),
+    "fetch": (cmd_fetch, "download the real archive (verified before it takes its name)", "out"),
+    "prepare": (cmd_prepare, "parse, choose the vocabulary, smooth; one compact file", "archive out"),
+    "train": (cmd_train, "train one grid point", "run corpus threads device out history"),
+    "retrieval": (cmd_retrieval, "precision@k of Hamming ranking", "run corpus model threads out"),
+    "train_ml": (cmd_train_ml, "the maximum-likelihood control: the decoder alone, by the exact log-likelihood",
+                 "run corpus threads device out history"),
+    "exact": (cmd_exact, "log p(x), the exact ELBO and the best factorized posterior's, by enumerating every code; "
+                         "IWAE bounds", "run encoder corpus model threads device out"),
+    "tabulate": (cmd_tabulate, "grid tables over seeds and the claims", "histories retrievals published out-dir claims"),
+    "gaps": (cmd_gaps, "the approximation error's tables and claims over seeds", "exact published out-dir claims"),
+    "plot_gaps": (cmd_plot_gaps, "gaps.png: per cell, -log p(x) and the two gaps stacked per encoder", "table out"),
+    "plot": (cmd_plot, "test NELBO per epoch, one panel per (depth, bits), one thin line per seed and the mean",
+             "histories out"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vae_approx.semhash", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def stage(name: str, func, text: str) -> argparse.ArgumentParser:
+    for name, (func, text, options) in STAGES.items():
         p = sub.add_parser(name, help=text)
         if name in STAGE_KEYS:
             p.add_argument("--settings", required=True, help="JSON object of the semhash section's keys "
                                                              + ", ".join(STAGE_KEYS[name]))
+        for option in options.split():
+            p.add_argument(f"--{option}", required=True, **OPTIONS.get(option, {}))
         p.set_defaults(func=func)
-        return p
-
-    p = stage("synthesize", cmd_synthesize, "a seeded topic-model corpus in the 20news-bydate-matlab format")
-    p.add_argument("--out", required=True)
-
-    p = stage("fetch", cmd_fetch, "download the real archive (verified before it takes its name)")
-    p.add_argument("--out", required=True)
-
-    p = stage("prepare", cmd_prepare, "parse, choose the vocabulary, smooth; one compact file")
-    p.add_argument("--archive", required=True)
-    p.add_argument("--out", required=True)
-
-    for name, func, text in (("train", cmd_train, "train one grid point"),
-                             ("retrieval", cmd_retrieval, "precision@k of Hamming ranking")):
-        p = stage(name, func, text)
-        p.add_argument("--run", required=True, help="JSON object of the job's identity: " + ", ".join(RUN))
-        p.add_argument("--corpus", required=True)
-        p.add_argument("--threads", type=int, required=True)
-        p.add_argument("--out", required=True)
-    p = stage("train_ml", cmd_train_ml, "the maximum-likelihood control: the decoder alone, by the exact log-likelihood")
-    p.add_argument("--run", required=True, help="JSON object of the control's identity: " + ", ".join(ML_RUN))
-    p = stage("exact", cmd_exact, "log p(x), the exact ELBO and the best factorized posterior's, by enumerating "
-                                  "every code; IWAE bounds")
-    p.add_argument("--run", required=True, help="JSON object of the run's identity: " + ", ".join(RUN)
-                   + " (the control's: " + ", ".join(ML_RUN) + ")")
-    p.add_argument("--model", required=True, help="model.pt of a VAE or decoder.pt of the control")
-    p.add_argument("--encoder", action=argparse.BooleanOptionalAction, required=True,
-                   help="--encoder: a VAE's model.pt; --no-encoder: the control's decoder.pt")
-    for name in ("train_ml", "exact"):
-        p = sub.choices[name]
-        p.add_argument("--corpus", required=True)
-        p.add_argument("--threads", type=int, required=True)
-        p.add_argument("--device", required=True, help="auto, cpu, cuda, ...")
-        p.add_argument("--out", required=True)
-    sub.choices["train_ml"].add_argument("--history", required=True)
-    sub.choices["train"].add_argument("--device", required=True, help="auto, cpu, cuda, ...")
-    sub.choices["train"].add_argument("--history", required=True)
-    sub.choices["retrieval"].add_argument("--model", required=True)
-
-    p = stage("tabulate", cmd_tabulate, "grid tables over seeds and the claims")
-    p.add_argument("--histories", nargs="+", required=True, help="history.csv of every grid point")
-    p.add_argument("--retrievals", nargs="+", required=True, help="retrieval.csv of every grid point")
-    p.add_argument("--published", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--claims", required=True, help="the claims file; its per-cell rows go beside it, " + CLAIMS_CELLS)
-
-    p = stage("gaps", cmd_gaps, "the approximation error's tables, figure and claims over seeds")
-    p.add_argument("--exact", nargs="+", required=True, help="exact.csv of every run and control")
-    p.add_argument("--published", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--claims", required=True, help="the claims file; its per-cell rows go beside it, " + GAPS_CELLS)
-
-    p = stage("plot_gaps", cmd_plot_gaps, "gaps.png: per cell, -log p(x) and the two gaps stacked per encoder")
-    p.add_argument("--table", required=True, help="gaps.csv")
-    p.add_argument("--out", required=True)
-
-    p = stage("plot", cmd_plot, "test NELBO per epoch, one panel per (depth, bits), one thin line per seed and the mean")
-    p.add_argument("--histories", nargs="+", required=True)
-    p.add_argument("--out", required=True)
-
     run_stage(parser, argv)
 
 

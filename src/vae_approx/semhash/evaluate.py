@@ -14,7 +14,7 @@ from .data import SparseCounts
 from .exact import (DOCUMENT_ELEMENTS, all_codes, best_factorized, code_table, document_features, factorized_elbo,
                     iwae_bounds, log_likelihoods, log_marginal, sampled_likelihood, table_likelihood)
 from .model import Decoder, Encoder, NelboTerms, nelbo_estimate
-from .settings import ExactSettings
+from .settings import ExactSettings, reported_samples
 
 
 @torch.no_grad()
@@ -179,3 +179,21 @@ def exact_summary(terms: dict[str, torch.Tensor], samples: list[int]) -> dict[st
     row["q_star_unconverged"] = int((converged == 0).sum()) if converged is not None else 0
     row.update({f"nll_iwae_{K}": mean.get(f"nll_iwae_{K}", math.nan) for K in sorted(samples)})
     return row
+
+
+def exact_rows(encoder: Encoder | None, decoder: Decoder, sets: dict[str, SparseCounts], smoothing: torch.Tensor,
+               settings: ExactSettings, eval_batch_size: int, generator: torch.Generator | None = None,
+               log=None) -> list[dict]:
+    """exact.csv's rows: per set of documents {name: counts}, its exact_summary, the method and the seconds;
+    `log(name, row)` is told each row as it is done."""
+    method = "enumeration" if decoder.bits <= settings.max_bits else "importance sampling"
+    rows = []
+    for name, counts in sets.items():
+        tic = time.perf_counter()
+        terms = exact_terms(encoder, decoder, counts, smoothing, settings, eval_batch_size, generator)
+        rows.append({"set": name, "method": method,
+                     **exact_summary(terms, reported_samples(settings.iwae_curve, settings.iwae_samples)),
+                     "seconds": time.perf_counter() - tic})
+        if log is not None:
+            log(name, rows[-1])
+    return rows

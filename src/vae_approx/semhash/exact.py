@@ -74,12 +74,6 @@ def all_codes(bits: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return ((n[:, None] >> torch.arange(bits, device=device)) & 1).to(dtype)
 
 
-def code_index(codes: torch.Tensor) -> torch.Tensor:
-    """The row of all_codes of each code [..., b] in {0, 1} -> [...] int64."""
-    weights = 2 ** torch.arange(codes.shape[-1], device=codes.device)
-    return (codes.long() * weights).sum(dim=-1)
-
-
 class CodeTable(NamedTuple):
     joint: torch.Tensor  # [C, k+2] [a1(z) | lse(z)]: a1 the decoder's last hidden layer of each code and a 1 for
     #                      the bias, lse(z) = logsumexp_w h_w(z) the softmax's normaliser
@@ -142,12 +136,6 @@ def log_likelihoods(features: torch.Tensor, length: torch.Tensor, table, out: to
     return torch.mm(document, joint.T, out=out)
 
 
-def log_q(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """log q(z|x) of the factorized Bernoulli with `logits` [B, b] at codes [C, b] -> [B, C]:
-    sum_i [z_i log sigmoid(a_i) + (1 - z_i) log sigmoid(-a_i)] = <a, z> - sum_i softplus(a_i)."""
-    return logits @ codes.T - F.softplus(logits).sum(dim=-1, keepdim=True)
-
-
 def expectation(ll: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """E_q[ll(z)] under q = prod_i Bernoulli(probs_i): ll [B, 2^b], probs [B, b] -> [B].
 
@@ -174,11 +162,6 @@ def log_marginal(ll: torch.Tensor, shifted: bool = False) -> torch.Tensor:
     if shifted:
         return _sum_exp_shifted(ll).log_() - math.log(ll.shape[1])
     return torch.logsumexp(ll, dim=-1) - math.log(ll.shape[1])
-
-
-def posterior_marginals(ll: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """p(z_i = 1 | x) of the exact posterior, [B, 2^b] -> [B, b]."""
-    return torch.softmax(ll, dim=-1) @ codes
 
 
 class BestFactorized(NamedTuple):
@@ -232,7 +215,8 @@ def _ascend(ll, logits, tolerance: float, max_sweeps: int):
                 E = E.view(A, 2, 2, 1 << j)
                 E = torch.lerp(E[:, :, 0], E[:, :, 1], p[:, None, j:j + 1])   # [A, 2, 2^j]
             new = E[:, 1, 0] - E[:, 0, 0]                                    # [A]
-            gain += (torch.sigmoid(new) - p[:, i]) * new + _entropy(new) - _entropy(a[:, i])
+            gain += ((torch.sigmoid(new) - p[:, i]) * new + bernoulli_entropy(new[:, None])
+                     - bernoulli_entropy(a[:, i:i + 1]))
             a[:, i], p[:, i] = new, torch.sigmoid(new)
             halves = T.view(A, 2, 1 << i)
             T = torch.lerp(halves[:, 0], halves[:, 1], p[:, i:i + 1])        # bit i contracted: [A, 2^i]
@@ -244,11 +228,6 @@ def _ascend(ll, logits, tolerance: float, max_sweeps: int):
         if done.any():                                                       # the converged leave
             active, L, a = active[~done], L[~done], a[~done]
     return logits, sweeps, converged
-
-
-def _entropy(logit: torch.Tensor) -> torch.Tensor:
-    """H of one Bernoulli(sigmoid(a)) per entry, finite for any a."""
-    return F.softplus(logit) - torch.sigmoid(logit) * logit
 
 
 def iwae_bounds(ll_of, logits: torch.Tensor, samples: list[int], bits: int,

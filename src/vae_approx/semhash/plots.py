@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..common import plot_seeds, save_figure
+from .results import numbers
 from .settings import ML_ENCODER
 
 
@@ -43,8 +44,7 @@ def plot_gaps(table: pd.DataFrame, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = [c for c in table.columns if c not in ("set", "encoder")]
-    table = table.assign(**{c: pd.to_numeric(table[c].replace("", float("nan"))) for c in values})
+    table = numbers(table, [c for c in table.columns if c not in ("set", "encoder")])
     test = table[(table["set"] == "test") & table.nll.notna()]
     cells = list(dict.fromkeys(zip(test.depth, test.bits)))
     fig, axes = plt.subplots(1, max(1, len(cells)), figsize=(4 * max(1, len(cells)), 3.4), squeeze=False)

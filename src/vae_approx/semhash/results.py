@@ -117,16 +117,11 @@ def encoder_claims(results: pd.DataFrame, cells_file: str) -> tuple[list[dict], 
     the paired change e1 minus the other encoder in the same cell and seed, over seeds. Returns the
     claims and their per-cell rows, which go to `cells_file` (a name the claims cite)."""
     counts, *others = ALLOWED["encoders"]
-    best = results.pivot_table(index=["depth", "bits", "seed"], columns="encoder", values="test_nelbo_best")
     claims, cells_rows = [], []
     for other in others:
-        if counts not in best.columns or other not in best.columns:
+        cells = _paired(results, "test_nelbo_best", counts, other)
+        if not cells:
             continue
-        pairs = best[[counts, other]].dropna()
-        cells = {}
-        for (depth, bits), group in pairs.groupby(level=["depth", "bits"]):
-            cells[f"decoder depth {depth}, {bits} bits"] = {
-                int(seed): float(row[counts] - row[other]) for (_, _, seed), row in group.iterrows()}
         claim, rows = cells_claim(
             EXPERIMENT, f"encoders {counts} vs {other}, every (depth, bits) cell",
             f"a linear encoder on word counts ({counts}) reaches a lower test NELBO than {other} "
@@ -151,11 +146,16 @@ def exact_columns(samples: list[int]) -> list[str]:
     return [*EXACT_COLUMNS, *(f"nll_iwae_{K}" for K in sorted(samples))]
 
 
+def numbers(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """`frame` with `columns` as numbers: tables.read_tidy keeps an empty field (a value not computed) as
+    an empty string, which becomes nan."""
+    return frame.assign(**{c: pd.to_numeric(frame[c].replace("", float("nan"))) for c in columns})
+
+
 def exact_records(exact: pd.DataFrame) -> pd.DataFrame:
     """The exact.csv records with their values as numbers (an empty field, a value not computed, is
     nan); InputError when they do not fit: a run and set twice, or a cell without every seed."""
-    values = [c for c in exact.columns if c in EXACT_VALUES or c.startswith("nll_iwae_")]
-    exact = exact.assign(**{c: pd.to_numeric(exact[c].replace("", float("nan"))) for c in values})
+    exact = numbers(exact, [c for c in exact.columns if c in EXACT_VALUES or c.startswith("nll_iwae_")])
     twice = exact[exact.duplicated([*IDENTITY, "set"])]
     if len(twice):
         raise InputError(f"semhash exact records: two rows for a set of {_runs(set(map(tuple, twice[IDENTITY].values)))}")
@@ -202,6 +202,37 @@ def _paired(test: pd.DataFrame, value: str, a: str, b: str) -> dict[str, dict[in
     return {f"decoder depth {depth}, {bits} bits": {int(seed): float(row[a] - row[b])
                                                      for (_, _, seed), row in group.iterrows()}
             for (depth, bits), group in pairs.groupby(level=GAP_CELL)}
+
+
+GAPS_NOTE = ("Nats per document relative to the document's empirical distribution, as the NELBO. Up to {max_bits} "
+             "bits every value is exact (all codes enumerated): nll = -log p(x); nelbo = -ELBO of the trained "
+             "encoder q; nelbo_q_star = -ELBO of the best factorized posterior q* per document (coordinate "
+             "ascent from q: a local optimum, so approximation_gap = nelbo_q_star - nll is an upper bound and "
+             "amortization_gap = nelbo - nelbo_q_star a lower bound); inference_gap = nelbo - nll is their sum. "
+             "Encoder ml: the decoder trained by the exact log-likelihood (no encoder). 'nll bound' is the IWAE "
+             "bound with K = {K} samples from q, an upper bound on -log p(x) (in expectation), never its value; "
+             "above {max_bits} bits it is the only number. Rows: the test set, and the fixed subset of the "
+             "training set (set train). Values: {spread}. Published NELBO (the protocol's one-sample estimate "
+             "at the best epoch; e1, depth 0, 64 bits, real 20 Newsgroups): {published}.")
+
+
+def gap_tables(exact: pd.DataFrame, max_bits: int, iwae_samples: int, curve: list[int],
+               published: pd.DataFrame) -> list[Table]:
+    """settings.GAPS_TABLES with their notes: gaps (gaps_table), iwae (iwae_table over `curve`) and split
+    (split_table); `published` as tables.load_published gives it."""
+    seeds = sorted(exact.seed.unique())
+    spread = f"mean (std) over {len(seeds)} seeds ({', '.join(map(str, seeds))}); per run: each run's exact.csv"
+    pub = published_columns(published, EXPERIMENT, "test_nelbo", "best epoch")
+    return [
+        Table("gaps", gaps_table(exact, iwae_samples), "Semantic hashing: the approximation error",
+              GAPS_NOTE.format(max_bits=max_bits, K=iwae_samples, spread=spread,
+                               published=", ".join(f"{k}: {v:g}" for k, v in pub.items()) or "none")),
+        Table("iwae", iwae_table(exact, curve), "Semantic hashing: the IWAE bound against the exact -log p(x)",
+              f"Test set, -log p(x) exact and the IWAE bound's excess over it for each K, {spread}."),
+        Table("split", split_table(exact), "Semantic hashing: e1's NELBO advantage, split",
+              "Test set, exact: the difference in NELBO = the difference in -log p(x) (the decoders) + the "
+              "difference in the inference gap (the bounds); mean paired differences over seeds, 95% t-intervals."),
+    ]
 
 
 def split_table(exact: pd.DataFrame) -> pd.DataFrame:

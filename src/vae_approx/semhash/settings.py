@@ -90,6 +90,11 @@ ML_ENCODER = "ml"
 ML_RUN = {"seed": int, "depth": int, "bits": int}
 
 
+def ml_identity(settings: dict) -> dict:
+    """The control's identity as the tables' columns (RUN's, the encoder ML_ENCODER), from its settings."""
+    return {"seed": settings["seed"], "encoder": ML_ENCODER, "depth": settings["depth"], "bits": settings["bits"]}
+
+
 @dataclass(frozen=True)
 class LikelihoodTrainSettings:
     """The control's training: the VAE's decoder settings, optimiser and epochs (same names as TrainSettings)."""
@@ -130,7 +135,12 @@ class ExactSettings:
 
     def samples(self, bits: int) -> list[int]:
         """The K of the IWAE bounds computed at `bits`: the curve's and iwae_samples up to max_bits, else iwae_samples."""
-        return sorted({*self.iwae_curve, self.iwae_samples}) if bits <= self.max_bits else [self.iwae_samples]
+        return reported_samples(self.iwae_curve, self.iwae_samples) if bits <= self.max_bits else [self.iwae_samples]
+
+
+def reported_samples(iwae_curve, iwae_samples: int) -> list[int]:
+    """Every K an exact.csv has a column nll_iwae_<K> of: the curve's and iwae_samples."""
+    return sorted({*iwae_curve, iwae_samples})
 
 
 EXACT_KEYS = tuple(f"exact.{f.name}" for f in fields(ExactSettings))

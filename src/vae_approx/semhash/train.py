@@ -21,7 +21,7 @@ from .estimators import surrogate_loss
 from .evaluate import evaluate_nelbo, reported_mean
 from .exact import LOG2, all_codes, code_table, document_features, log_likelihoods
 from .model import Decoder, Encoder, encoder_spec
-from .settings import ALLOWED, ML_ENCODER, STEP_MODES, LikelihoodTrainSettings, TrainSettings
+from .settings import ALLOWED, STEP_MODES, LikelihoodTrainSettings, TrainSettings, ml_identity
 
 
 def build_models(settings: TrainSettings, n_words: int) -> tuple[Encoder, Decoder]:
@@ -302,6 +302,6 @@ def restore(saved: dict) -> tuple[Encoder | None, Decoder, dict]:
     else:
         settings = LikelihoodTrainSettings(**saved["settings"])
         encoder, decoder = None, control_decoder(settings, saved["n_words"])
-        identity = {"seed": settings.seed, "encoder": ML_ENCODER, "depth": settings.depth, "bits": settings.bits}
+        identity = ml_identity(saved["settings"])
     decoder.load_state_dict(saved["decoder"])
     return encoder, decoder, identity
