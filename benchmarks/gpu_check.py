@@ -56,7 +56,11 @@ from vae_approx.semhash.train import train  # noqa: E402
 # The paper preset's sizes (presets/paper.yaml) and the reproduction's device time (hours).
 PAPER = {"semhash_jobs": 36 * 3, "epochs": (1000, 500), "gan_epochs": 100, "celeba": 202_599,
          "iterations": 1_000_000, "seeds": 3, "trained_protocols": 2, "sampled_protocols": 5, "images": 200_000,
-         "sets": 5}
+         "sets": 5,
+         # images.likelihood: per run, AIS over these T with 5 AIS runs (the ground truth's sandwich, the joint
+         # decoder's forward bound, its BDMC sandwich), each of images x chains chains and leapfrog steps per T,
+         # plus a pilot of one chain per image over T / 4 in each of the 3 cases
+         "likelihood": {"images": 64, "chains": 4, "leapfrog": 10, "steps": (100, 1000, 10_000), "runs": 5}}
 REPRODUCTION_HOURS = {"semantic hashing": 16.0, "GAN": 5.0, "encoder pretraining": 1.0, "joint training": 3.0}
 TINY_CORPUS = dict(n_train=300, n_test=100, raw_vocab_size=800, n_classes=4, n_topics=4, mean_length=40.0)
 TINY_FACES = replace(IB.PAPER, nz=8, width=8, size=32, batch=16)
@@ -210,7 +214,33 @@ def check_faces(report: Report, device: torch.device, tiny: bool, steps: int) ->
                                          50 if tiny else 500, True)
     report.add("faces", "evaluation sampling", "ours (batch 500, channels-last)", rates["sampling"], "samples/s")
     rates["inception"] = check_inception(report, device, tiny)
+    rates["leapfrog"] = check_leapfrog(report, g, device, tiny)
     return rates
+
+
+def check_leapfrog(report: Report, g, device: torch.device, tiny: bool) -> float:
+    """AIS's HMC leapfrog step at the paper preset's likelihood batch (images x chains latents): the ground
+    truth's forward and backward in z, eval mode; chain-steps per second."""
+    from vae_approx.images.ais import _value_and_grad, gaussian_likelihood
+
+    like = PAPER["likelihood"]
+    batch = 16 if tiny else like["images"] * like["chains"]
+    g = g.eval()
+    nz = g.nz
+    z = torch.randn(batch, nz, device=device)
+    with torch.no_grad():
+        x = g(z) + 0.05 * torch.randn_like(g(z))
+    ll = gaussian_likelihood(g, x, math.log(0.05))
+    seconds = []
+    for _ in range(5 if tiny else 30):
+        sync(device)
+        tic = time.perf_counter()
+        _value_and_grad(z, ll)
+        sync(device)
+        seconds.append(time.perf_counter() - tic)
+    rate = batch / IB.median_after_warmup(seconds)
+    report.add("faces", f"AIS leapfrog step ({batch} chains)", "ours fp32", rate, "chain-steps/s")
+    return rate
 
 
 def check_inception(report: Report, device: torch.device, tiny: bool) -> float:
@@ -245,6 +275,13 @@ def check_inception(report: Report, device: torch.device, tiny: bool) -> float:
 # ---------------------------------------------------------------- 3. the paper preset's estimate
 
 
+def likelihood_steps() -> float:
+    """Chain-leapfrog steps (decoder forward and backward passes of one latent) of one likelihood run."""
+    like = PAPER["likelihood"]
+    total_T = sum(like["steps"])
+    return like["leapfrog"] * (like["runs"] * like["images"] * like["chains"] * total_T + 3 * like["images"] * total_T / 4)
+
+
 def estimate(report: Report, semhash: dict, faces: dict) -> list[dict]:
     """Hours of device time per paper-preset stage from the measured rates (at tiny shapes: the arithmetic only)."""
     p = PAPER
@@ -258,7 +295,9 @@ def estimate(report: Report, semhash: dict, faces: dict) -> list[dict]:
              f"{runs} runs (3 seeds x 2 trained protocols), the fastest variant"),
             ("joint training", runs * p["iterations"] / faces["joint training"], f"{runs} runs, the fastest variant"),
             ("sampling", sampled * p["images"] / faces["sampling"], f"{sampled} runs (3 seeds x 5 protocols)"),
-            ("FID features", sampled * p["sets"] * p["images"] / faces["inception"], "5 sets per run")]
+            ("FID features", sampled * p["sets"] * p["images"] / faces["inception"], "5 sets per run"),
+            ("likelihood (AIS)", runs * likelihood_steps() / faces["leapfrog"],
+             f"{runs} runs, {likelihood_steps():.3g} chain-leapfrog steps each")]
     out = [{"stage": name, "hours": seconds / 3600, "reproduction hours": REPRODUCTION_HOURS.get(name, float("nan")),
             "note": note} for name, seconds, note in rows]
     out.append({"stage": "total", "hours": sum(r["hours"] for r in out),

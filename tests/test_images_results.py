@@ -9,7 +9,7 @@ import pytest
 
 from vae_approx.common import InputError
 from vae_approx.images import settings as S
-from vae_approx.images.results import ablation_table, faces_table
+from vae_approx.images.results import ablation_table, faces_table, likelihood_markdown, likelihood_table
 from vae_approx.tables import FAILS, HOLDS, INCONCLUSIVE, load_published, paired_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,3 +236,68 @@ def test_the_ablation_selects_each_rows_runs_by_their_factor_columns():
     close = {"corrected": [0.0, 0.0, 0.0], "sampling": [0.30, 0.35, 0.32], "z_pairing": [0.31, 0.33, 0.33]}
     _, _, claims = ablation_table(*records(*ablation_runs(close)), PUBLISHED, SETTING, 0, list(close))
     assert len(claims) == 1 and claims[0]["verdict"] == INCONCLUSIVE and "ahead of" in claims[0]["control"]
+
+
+# ---------------------------------------------------------------- the likelihood table and claims (a), (b)
+
+
+def likelihood_run(seed, truth=(1540.0, 1555.0), joint=1480.0, joint_own=(1530.0, 1545.0), elbo=(-3800.0, 1100.0),
+                   protocol=None, sigma="fixed", steps=(25, 400)):
+    """One run's likelihood.csv rows as the stage writes them: the ground truth's sandwich, the joint decoder's
+    lower bound on the ground truth's images and its BDMC pair on its own, at every T (the shorter T 100 lower),
+    then IWAE and ELBO of each decoder with its encoder."""
+    identity = S.identity(seed, protocol or S.corrected(), sigma)
+    base = {k: identity[k] for k in S.JOINT_RUN}
+    rows = []
+    for T in steps:
+        off = 0.0 if T == max(steps) else -100.0
+        rows += [("truth", "truth", "ais_lower", T, truth[0] + off), ("truth", "truth", "ais_upper", T, truth[1] - off),
+                 ("joint", "truth", "ais_lower", T, joint + off),
+                 ("joint", "joint", "ais_lower", T, joint_own[0] + off), ("joint", "joint", "ais_upper", T, joint_own[1])]
+    rows += [("truth", "truth", "iwae", 0, truth[0] - 5), ("truth", "truth", "elbo", 0, elbo[0]),
+             ("joint", "truth", "iwae", 0, joint - 5), ("joint", "truth", "elbo", 0, elbo[1])]
+    return pd.DataFrame([{**base, "decoder": d, "images": i, "estimate": e, "steps": T,
+                          "samples": 2 if T else 1000, "value": v, "sd": 1.0, "n": 8, "pixels": 1024,
+                          "acceptance": 0.6, "seconds": 1.0} for d, i, e, T, v in rows])
+
+
+def test_the_likelihood_table_is_the_mean_over_seeds_at_the_longest_schedule():
+    records = pd.concat([likelihood_run(0, joint=1480.0), likelihood_run(1, joint=1470.0),
+                         likelihood_run(2, joint=1490.0)], ignore_index=True)
+    table, claims = likelihood_table(records, SETTING)
+    frame = table.frame.set_index("quantity")
+    assert frame.loc["joint_lower", "mean"] == pytest.approx(1480.0) and frame.loc["joint_lower", "std"] == pytest.approx(10.0)
+    assert frame.loc["truth_width", "mean"] == pytest.approx(15.0) and frame.loc["joint_width", "mean"] == pytest.approx(15.0)
+    # (a): 1540 - 1480 - 15 - 15 = 30 per seed on average
+    assert frame.loc["margin", "mean"] == pytest.approx(30.0)
+    assert frame.loc["margin", "per_pixel"] == pytest.approx(30.0 / 1024)
+    assert frame.loc["gap_truth", "mean"] == pytest.approx(1540.0 + 3800.0)
+    assert set(frame.steps) == {400} and set(frame.protocol) == {"corrected"}
+    a, b = claims
+    assert a["verdict"] == paired_verdict([40.0, 30.0, 20.0], "increase").verdict == HOLDS
+    assert b["verdict"] == HOLDS and "(a)" in b["claim"]
+    shown = likelihood_markdown(table.frame)
+    assert list(shown.columns) == ["quantity", "corrected, sigma fixed: nats/image", "corrected, sigma fixed: nats/pixel"]
+    assert shown.iloc[3, 1] == "1480 (10)"
+
+
+def test_claim_b_follows_claim_a_and_the_protocols_are_apart():
+    # reference protocol: the joint decoder within the widths of the ground truth, so (a) fails and (b) with it
+    ref = S.reference()
+    records = pd.concat([likelihood_run(k, protocol=ref, joint=1545.0 + k) for k in range(3)]
+                        + [likelihood_run(k, joint=1480.0 + k) for k in range(3)], ignore_index=True)
+    table, claims = likelihood_table(records, SETTING)
+    assert list(dict.fromkeys(table.frame.protocol)) == ["reference", "corrected"]
+    by = {(c["setting"].split(", ")[-1], c["metric"]): c["verdict"] for c in claims}
+    assert by[("reference protocol", "log p(x) drop less widths (nats/image)")] == FAILS
+    assert by[("reference protocol", "ELBO rise (nats/image)")] == FAILS
+    assert by[("corrected protocol", "ELBO rise (nats/image)")] == HOLDS
+
+
+def test_a_run_without_its_sandwich_is_refused_naming_it():
+    records = likelihood_run(0)
+    records = records[~((records.decoder == "truth") & (records.estimate == "ais_upper") & (records.steps == 400))]
+    with pytest.raises(InputError, match=r"seed 0.*no ais_upper of the truth decoder .* T 400"):
+        likelihood_table(records, SETTING)
+    with pytest.raises(InputError, match="two records"):
+        likelihood_table(pd.concat([likelihood_run(0), likelihood_run(0)], ignore_index=True), SETTING)

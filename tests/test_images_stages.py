@@ -125,7 +125,9 @@ def test_the_stage_chain_on_digits(tmp_path):
                    pretrain={"iterations": 4, "batch_size": 8, "lr": 1e-3, "beta1": 0.5},
                    joint={"iterations": 4, "batch_size": 8, "lr": 1e-3, "beta1": 0.5},
                    evaluate={"n_samples": 40, "batch_size": 16, "n_eval": 20, "grid_size": 16, "keep_samples": True},
-                   ablation={"rows": ["corrected", "reference"]}, fd_tolerance=0)
+                   ablation={"rows": ["corrected", "reference"]}, fd_tolerance=0,
+                   likelihood={"rows": ["corrected", "reference"], "images": 3, "steps": [2, 4], "leapfrog": 2,
+                               "chains": 2, "start": "encoder", "step_size": 0.1, "iwae_samples": 20})
     stage("prepare-digits", "--settings", settings_of(section, "prepare-digits"), "--out", d / "images.npy",
           "--labels", d / "labels.npy")
     stage("train-classifier", "--images", d / "images.npy", "--labels", d / "labels.npy",
@@ -163,6 +165,8 @@ def test_the_stage_chain_on_digits(tmp_path):
         models = ["--generator", d / "generator.pt", "--pretrained", path["pretrained"], "--joint", path["joint"]]
         stage("heldout", *models, "--settings", settings_of(section, "heldout"), "--run", joint,
               "--out", path["heldout"])
+        stage("likelihood", *models, "--settings", settings_of(section, "likelihood"), "--run", joint,
+              "--out", path["likelihood"])
         samples = Path(path["fd_digits"]).parent / "samples"
         stage("generate", *models, "--settings", settings_of(section, "generate"), "--run", json.dumps(run),
               "--out-dir", samples)
@@ -172,7 +176,7 @@ def test_the_stage_chain_on_digits(tmp_path):
     # every CSV a per-run stage writes leads with the run's identity, in every row
     run = S.identity(0, S.corrected(), "fixed")
     for key, columns in (("pretrain_curve", S.TRAINED_RUN), ("joint_curve", S.JOINT_RUN), ("heldout", S.JOINT_RUN),
-                         ("fd_digits", S.SAMPLED_RUN)):
+                         ("likelihood", S.JOINT_RUN), ("fd_digits", S.SAMPLED_RUN)):
         written = pd.read_csv(files["corrected"][key], keep_default_na=False)
         assert list(written.columns[:len(columns)]) == list(columns), key
         assert (written[list(columns)] == pd.Series({k: run[k] for k in columns})).all().all(), key
@@ -211,6 +215,21 @@ def test_the_stage_chain_on_digits(tmp_path):
           "--claims", d / "a_claims.csv")
     assert list(pd.read_csv(d / "a.csv").protocol) == ["corrected", "reference"]
     assert len(pd.read_csv(d / "a_claims.csv")) == 1  # the reference's rise; no single factor ran
+    # the likelihood: every estimate at every T, the table of both protocols, its claims and figure
+    written = pd.read_csv(files["corrected"]["likelihood"])
+    assert list(written.columns) == [*S.JOINT_RUN, *S.LIKELIHOOD_COLUMNS]
+    assert sorted(written[written.estimate.str.startswith("ais")].steps.unique()) == [2, 4]
+    assert len(written) == 2 * 5 + 4 and set(written.n) == {3}
+    bounds = written.set_index(["decoder", "images", "estimate", "steps"]).value
+    assert bounds["truth", "truth", "iwae", 0] >= bounds["truth", "truth", "elbo", 0]
+    likelihood_files = S.likelihood_files(section, root)
+    assert likelihood_files == [files[name]["likelihood"] for name in ("corrected", "reference")]
+    stage("tabulate-likelihood", "--likelihood", *likelihood_files, "--settings",
+          settings_of(section, "tabulate-likelihood"), "--csv", d / "l.csv", "--md", d / "l.md",
+          "--claims", d / "l_claims.csv", "--figure", d / "l.png")
+    assert list(dict.fromkeys(pd.read_csv(d / "l.csv").protocol)) == ["corrected", "reference"]
+    assert len(pd.read_csv(d / "l_claims.csv")) == 4 and (d / "l.png").read_bytes()[:4] == b"\x89PNG"
+    assert "reference, sigma fixed: nats/image" in (d / "l.md").read_text()
     # the two protocols: other distances and other training, from the same draws
     corrected, reference = (pd.read_csv(files[name]["fd_digits"]).value for name in ("corrected", "reference"))
     assert not corrected.equals(reference)

@@ -153,6 +153,9 @@ def test_every_claim_has_its_row_with_an_interval_and_a_verdict(smoke, smoke_job
     faces = pd.read_csv(out / "images" / "claims.csv")
     assert len(faces) == 3 * len(config["images"]["sigma_variants"])
     assert len(pd.read_csv(out / "images" / "ablation_claims.csv")) == 2
+    # the likelihood's (a) and (b) per measured protocol and sigma variant
+    likelihood = pd.read_csv(out / "images" / "likelihood_claims.csv")
+    assert len(likelihood) == 2 * len(config["images"]["likelihood"]["rows"]) * len(config["images"]["sigma_variants"])
     md = (out / "claims.md").read_text()
     assert all(claim in md for claim in claims.claim)
     evidence = claims[~claims.by_construction]
@@ -294,6 +297,7 @@ RERUN_CASES = [
     ({"images": {"protocol": {"pixel_noise": "every"}}}, {"pretrain_images_encoder", "train_images_joint"}),
     ({"images": {"evaluate": {"grid_size": 8}}}, {"generate_samples", "compute_fd_digits"}),
     ({"images": {"evaluate": {"keep_samples": False}}}, set()),
+    ({"images": {"likelihood": {"steps": [3, 6]}}}, {"train_images_joint", "generate_samples", "tabulate_images"}),
     ({"images": {"fd_tolerance": 0.5}}, {"generate_samples", "train_images_joint", "plot_images_grids"}),
 ]
 
@@ -335,6 +339,7 @@ PAPER_SYNTHETIC = {
         "bn_batches": 1,
         "evaluate": {"n_samples": 4, "batch_size": 4, "n_eval": 4, "grid_size": 4},
         "ablation": {"rows": ["corrected", "reference"]},
+        "likelihood": {"images": 2, "steps": [2, 3], "leapfrog": 1, "chains": 1, "iwae_samples": 4},
         "threads": 1,
     },
 }
@@ -391,6 +396,9 @@ def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthe
     table = pd.read_csv(out / "images" / "table.csv")
     assert len(table) == 2 * len(config["sigma_variants"]) and (table.seeds == len(config["seeds"])).all()
     assert list(pd.read_csv(out / "images" / "ablation.csv").protocol) == config["ablation"]["rows"]
+    likelihood = pd.read_csv(out / "images" / "likelihood.csv")
+    assert list(dict.fromkeys(likelihood.protocol)) == config["likelihood"]["rows"]
+    assert set(likelihood.steps) == {max(config["likelihood"]["steps"])} and (likelihood.seeds == 2).all()
     # Every FID job checks the hand-placed weights' SHA-256; the random ones pass only through the
     # opt-out, and every output says that their distances are not FID.
     fid_jobs = [job for job in jobs if '"features": "inception"' in job.command]
@@ -420,7 +428,7 @@ def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
     assert count("train_semhash_ml") == count("evaluate_semhash_ml_exact") == controls > 0
     assert count("pretrain_gmm_encoder") == count("train_gmm_joint") == len(gmm["seeds"]) * len(gmm["encoders"])
     for rule in ("download_celeba", "prepare_celeba", "download_inception", "train_gan", "choose_generator",
-                 "tabulate_images", "tabulate_images_ablation"):
+                 "tabulate_images", "tabulate_images_ablation", "tabulate_images_likelihood"):
         assert count(rule) == 1, rule
     assert not {job.rule for job in jobs} & {"prepare_digits", "train_digits_classifier", "compute_fd_digits"}
     # each seed trains once per distinct training protocol and samples once per distinct run: the main protocol
@@ -434,6 +442,8 @@ def test_the_paper_preset_plans_the_download_and_the_whole_grid(smoke):
     assert count("train_images_joint") == len(im["seeds"]) * len(joints)
     assert count("pretrain_images_encoder") == len(im["seeds"]) * len({t for t, _ in joints})
     assert count("plot_images_grids") == len(im["seeds"]) * len(im["sigma_variants"])
+    measured = {tuple(S.ablation_protocol(row)[f] for f in training) for row in im["likelihood"]["rows"]}
+    assert count("evaluate_images_likelihood") == len(im["seeds"]) * len(measured) * len(im["sigma_variants"]) > 0
 
 
 # ---------------------------------------------------------------- the workflow's own files

@@ -365,7 +365,8 @@ def plot_claims(df: pd.DataFrame, path) -> None:
 
 # The Markdown tables of a run, in the order docs/results.md shows them (globs under results/<run>/).
 RECORD_TABLES = ("claims.md", "gmm/*/table.md", "semhash/test_nelbo_best.md", "semhash/precision.md",
-                 "semhash/gaps.md", "semhash/split.md", "semhash/iwae.md", "images/table.md", "images/ablation.md")
+                 "semhash/gaps.md", "semhash/split.md", "semhash/iwae.md", "images/table.md", "images/ablation.md",
+                 "images/likelihood.md")
 RECORD_MARK = "<!-- generated: python -m vae_approx.tables record"
 
 

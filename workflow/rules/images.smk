@@ -314,6 +314,37 @@ rule evaluate_images_heldout:
         " --threads {threads} --device {params.device} --out {output} 2> {log}"
 
 
+# log p(x) of held-out ground-truth images (drawn with their true z) under the ground truth and the
+# jointly trained decoder: AIS with HMC (forward, and reverse from the true z: the sandwich), BDMC
+# on the joint decoder's own images, the IWAE bound and the ELBO (vae_approx.images.ais).
+rule evaluate_images_likelihood:
+    input:
+        generator=IMG_GENERATOR,
+        pretrained=IMG_PATH["pretrained"],
+        joint=IMG_PATH["joint"],
+    output:
+        IMG_PATH["likelihood"],
+    log:
+        f"{IMG_LOGS}/{IMG_JOINT}/likelihood.log",
+    benchmark:
+        f"{IMG_BENCHMARKS}/{IMG_JOINT}/likelihood.tsv"
+    conda:
+        ENV
+    threads: IM["threads"]
+    resources:
+        gpu_slots=gpu_whole,
+        mem_mb=2000,
+        runtime=120,
+    params:
+        settings=settings_json(IM, images_settings.STAGE_KEYS["likelihood"]),
+        run=run_json,
+        device=config["device"],
+    shell:
+        "python -m vae_approx.images likelihood --generator {input.generator} --pretrained {input.pretrained}"
+        " --joint {input.joint} --settings {params.settings} --run {params.run}"
+        " --threads {threads} --device {params.device} --out {output} 2> {log}"
+
+
 rule generate_samples:
     input:
         generator=IMG_GENERATOR,
@@ -507,3 +538,36 @@ rule tabulate_images_ablation:
         "python -m vae_approx.images ablate --distances {input.distances} --heldout {input.heldout}"
         " --curves {input.curves} --published {input.published} --settings {params.settings}"
         " --csv {output.csv} --md {output.md} --claims {output.claims} 2> {log}"
+
+
+rule tabulate_images_likelihood:
+    input:
+        images_settings.likelihood_files(IM, RESULTS),
+    output:
+        csv=report(
+            f"{IMG}/likelihood.csv",
+            caption="../report/images_likelihood.rst",
+            category="Faces",
+        ),
+        md=f"{IMG}/likelihood.md",
+        claims=f"{IMG}/likelihood_claims.csv",
+        figure=report(
+            f"{IMG}/likelihood.png",
+            caption="../report/images_likelihood_png.rst",
+            category="Faces",
+        ),
+    log:
+        f"{IMG_LOGS}/likelihood.log",
+    benchmark:
+        f"{IMG_BENCHMARKS}/likelihood.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        settings=settings_json(IM, images_settings.STAGE_KEYS["tabulate-likelihood"]),
+    shell:
+        "python -m vae_approx.images tabulate-likelihood --likelihood {input} --settings {params.settings}"
+        " --csv {output.csv} --md {output.md} --claims {output.claims} --figure {output.figure} 2> {log}"

@@ -21,11 +21,11 @@ from ..tables import load_published, markdown, read_records, write_claims, write
 from . import data as D
 from . import results as R
 from . import settings as S
-from .evaluate import (choose_generator, generate_sets, heldout, load_models, make_extractor, set_distances,
-                       write_grids)
+from .evaluate import (choose_generator, generate_sets, heldout, likelihood, load_models,
+                       make_extractor, set_distances, write_grids)
 from .model import (check_pretrained, classifier_file, epoch_files, joint_file, load_generator, load_pretrained,
                     pretrained_file)
-from .plots import training_curves
+from .plots import likelihood_figure, training_curves
 from .train import joint, pretrain, train_classifier, train_gan_into
 
 
@@ -184,6 +184,17 @@ def cmd_heldout(args) -> None:
     save_csv(with_run(run, rows), args.out)
 
 
+@stage("likelihood", "log p(x) of held-out ground-truth images: AIS sandwich, BDMC, IWAE, ELBO",
+       "generator pretrained joint out", takes="settings run device")
+def cmd_likelihood(args) -> None:
+    settings, run = S.LikelihoodSettings.from_section(args.section), args.identity
+    models = load_models(args.generator, args.pretrained, args.joint)
+    progress = Progress("images likelihood", len(settings.steps), 1)
+    progress.message(f"{', '.join(f'{k} {v}' for k, v in run.items())}: {settings}")
+    rows = likelihood(models, settings, stage_seed(run["seed"], "likelihood"), args.on, progress)
+    save_csv(with_run(run, rows)[[*run, *S.LIKELIHOOD_COLUMNS]], args.out)
+
+
 @stage("curves", "training curves, one thin line per seed and the mean", "pretrain:+ joint:+ out", takes="settings")
 def cmd_curves(args) -> None:
     training_curves(read_records(args.pretrain, "pretraining curve", [*S.TRAINED_RUN, "step", "loss"]),
@@ -221,6 +232,17 @@ def cmd_ablate(args) -> None:
     save_csv(table.frame, args.csv)
     save_text(markdown(shown, table.title, table.note), args.md)
     write_claims(claims, args.claims)
+
+
+@stage("tabulate-likelihood", "the likelihood's table, figure and claims over seeds",
+       "likelihood:+ csv md claims figure", takes="settings")
+def cmd_tabulate_likelihood(args) -> None:
+    records = read_records(args.likelihood, "images likelihood", [*R.TRAINING, *S.LIKELIHOOD_COLUMNS])
+    table, claims = R.likelihood_table(records, S.setting_name(args.section))
+    save_csv(table.frame, args.csv)
+    save_text(markdown(R.likelihood_markdown(table.frame), table.title, table.note), args.md)
+    write_claims(claims, args.claims)
+    likelihood_figure(records, S.setting_name(args.section), args.figure)
 
 
 def main(argv: list[str] | None = None) -> None:

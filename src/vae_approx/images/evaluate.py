@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ from .data import (check_inception_weights, inception_weights_path, load_images,
                    torch_home_of)
 from .model import (Encoder, GaussianDecoder, check_same, generator_spec, kl_to_standard_normal, load_classifier,
                     load_generator, load_joint, load_pretrained, log_likelihood)
+from .ais import iwae, sandwich
 from .settings import AUTO, DISTANCES, FACTORS, IMAGE_SETS
 from .train import autocast, ground_truth
 
@@ -565,3 +567,84 @@ def choose_generator(files: dict, epoch, images: np.ndarray, extractor: FeatureE
         frame["inception_unverified"] = not extractor.verified
     progress.message(f"chose epoch {chosen} ({'auto' if epoch == AUTO else 'fixed'})")
     return frame, chosen
+
+
+# ---------------------------------------------------------------- log-likelihoods (AIS, BDMC, IWAE)
+
+# The likelihood's cases, one AIS run per case and T: (decoder, whose images, their true z known).
+# The ground truth's held-out images come with the z they were drawn from (exact posterior samples
+# under the ground truth: its sandwich); the joint decoder has no such samples for them, only its
+# forward bound, whose precision BDMC states on images simulated from the joint decoder itself.
+LIKELIHOOD_CASES = (("truth", "truth", True), ("joint", "truth", False), ("joint", "joint", True))
+
+
+def likelihood(models: Models, settings, seed: int, device: torch.device, progress: Progress | None = None) -> list[dict]:
+    """log p(x) of N held-out ground-truth images under the ground truth and the joint decoder, as tidy rows
+    (settings.LIKELIHOOD_COLUMNS; value and sd: mean and standard deviation over the images, nats per image), every
+    network in eval mode, fp32. `settings`: settings.LikelihoodSettings.
+
+    - AIS with HMC (ais.sandwich), for each T of settings.steps and each case of LIKELIHOOD_CASES:
+      `ais_lower` (forward AIS, a stochastic lower bound) and, where the images' true z are known,
+      `ais_upper` (reverse AIS from them, a stochastic upper bound). The chains start at the prior
+      or at each decoder's own encoder (the pretrained encoder for the ground truth, the joint
+      encoder for the joint decoder).
+    - `iwae` and `elbo`, K = settings.iwae_samples, of each decoder with its own encoder on the
+      ground truth's images.
+
+    Every random number comes from generators seeded by `seed`: the images first (the ground
+    truth's, then the joint decoder's own), then each estimator's stream."""
+    models.eval(device, channels_last=False)
+    progress = progress or Progress("images likelihood", len(settings.steps), 1)
+    truth, joint = models.truth, models.joint_decoder
+    encoders = {"truth": models.pretrained, "joint": models.joint_encoder}
+    decoders = {"truth": truth, "joint": joint}
+    nz, N = truth.generator.nz, settings.images
+    gen = torch.Generator().manual_seed(seed)
+    data = {}
+    with torch.no_grad():
+        for name, decoder in decoders.items():  # the images of each decoder, with the z each was drawn from
+            z = _randn((N, nz), gen, device)
+            mean = decoder(z)
+            data[name] = (mean + decoder.log_sigma.exp() * _randn(mean.shape, gen, device), z)
+    pixels = data["truth"][0][0].numel()
+
+    def row(decoder: str, images: str, estimate: str, steps: int, samples: int, values: torch.Tensor,
+            acceptance: float, seconds: float) -> dict:
+        values = values.double().cpu()
+        return {"decoder": decoder, "images": images, "estimate": estimate, "steps": steps, "samples": samples,
+                "value": values.mean().item(), "sd": values.std().item() if N > 1 else 0.0, "n": N,
+                "pixels": pixels, "acceptance": acceptance, "seconds": seconds}
+
+    rows = []
+    for i, T in enumerate(settings.steps):
+        for decoder, images, sandwiched in LIKELIHOOD_CASES:
+            x, z = data[images]
+            proposal = None
+            if settings.start == "encoder":
+                with torch.no_grad():
+                    proposal = encoders[decoder](x)
+            tic = time.perf_counter()
+            s = sandwich(x, z if sandwiched else None, decoders[decoder], decoders[decoder].log_sigma.detach(), nz,
+                         T, settings.leapfrog, settings.chains, settings.step_size,
+                         torch.Generator(device).manual_seed(seed + 1000 * (i + 1)), proposal)
+            seconds = time.perf_counter() - tic
+            rows.append(row(decoder, images, "ais_lower", T, settings.chains, s.lower, s.acceptance, seconds))
+            if sandwiched:
+                rows.append(row(decoder, images, "ais_upper", T, settings.chains, s.upper, s.acceptance, seconds))
+            width = f", width {(s.upper - s.lower).mean().item():.4g}" if sandwiched else ""
+            progress.message(f"T {T}: {decoder} decoder on {images}'s images: lower {s.lower.mean().item():.6g}"
+                             f"{width} nats/image, acceptance {s.acceptance:.2f}, {seconds:.1f}s")
+        progress.log(i + 1)
+    x = data["truth"][0]
+    for decoder in decoders:
+        tic = time.perf_counter()
+        with torch.no_grad():
+            mu, log_s = encoders[decoder](x)
+        b = iwae(x, mu, log_s, decoders[decoder], decoders[decoder].log_sigma.detach(), settings.iwae_samples,
+                 torch.Generator(device).manual_seed(seed + 1), chunk=max(1, 4096 // N))
+        seconds = time.perf_counter() - tic
+        for estimate, values in (("iwae", b.iwae), ("elbo", b.elbo)):
+            rows.append(row(decoder, "truth", estimate, 0, settings.iwae_samples, values, float("nan"), seconds))
+        progress.message(f"{decoder} decoder, its encoder: IWAE (K {settings.iwae_samples}) "
+                         f"{b.iwae.mean().item():.6g}, ELBO {b.elbo.mean().item():.6g} nats/image, {seconds:.1f}s")
+    return rows

@@ -50,3 +50,43 @@ def training_curves(pretrain: pd.DataFrame, joint: pd.DataFrame, setting: str, p
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+def likelihood_figure(records: pd.DataFrame, setting: str, path) -> None:
+    """likelihood.png: per trained protocol and sigma variant (one panel each), every seed's AIS estimates of
+    log p(x) of the ground truth's held-out images against the schedule's length T: the ground truth's
+    sandwich (forward and reverse AIS, shaded between) and the joint decoder's forward bound. Where the
+    two meet the sandwich narrows; the joint decoder's line below the band is the drop claim (a) tests."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .results import protocol_name
+
+    on_truth = records[(records.images == "truth") & records.estimate.isin(["ais_lower", "ais_upper"])]
+    panels = list(on_truth.groupby(list(JOINT_RUN)[1:], sort=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (key, rows) in zip(axes[0], panels):
+        identity = dict(zip(list(JOINT_RUN)[1:], key))
+        for i, (seed, run) in enumerate(rows.groupby("seed", sort=True)):
+            def line(decoder: str, estimate: str):
+                r = run[(run.decoder == decoder) & (run.estimate == estimate)].sort_values("steps")
+                return r.steps.to_numpy(), r.value.to_numpy()
+            T, low = line("truth", "ais_lower")
+            _, high = line("truth", "ais_upper")
+            ax.fill_between(T, low, high, color="tab:blue", alpha=0.18, lw=0)
+            ax.plot(T, low, "-o", color="tab:blue", lw=1, ms=3, label="ground truth: forward (lower)" if i == 0 else None)
+            ax.plot(T, high, "--o", color="tab:blue", lw=1, ms=3, label="ground truth: reverse (upper)" if i == 0 else None)
+            Tj, joint = line("joint", "ais_lower")
+            ax.plot(Tj, joint, "-s", color="tab:red", lw=1, ms=3, label="joint decoder: forward (lower)" if i == 0 else None)
+            ax.annotate(f"seed {seed}", (Tj[-1], joint[-1]), fontsize=7, xytext=(3, -3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("T, AIS intermediate distributions (log scale)")
+        ax.set_ylabel("log p(x), nats per image (higher: better fit)")
+        sigma = ", sigma learned" if identity["sigma_variant"] != JOINT_RUN["sigma_variant"][0] else ""
+        ax.set_title(f"{protocol_name(identity)} protocol{sigma}", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Faces likelihood of held-out ground-truth images, {setting}", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)

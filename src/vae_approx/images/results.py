@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from ..common import InputError
-from ..tables import (HOLDS, INCONCLUSIVE, mean_std, one_value, paired_verdict, published, seeds_claim, with_published,
+from ..tables import (FAILS, HOLDS, INCONCLUSIVE, mean_std, one_value, paired_verdict, published, seeds_claim, with_published,
                       with_spread)
-from .settings import (DISTANCES, EXPERIMENT, FACTORS, FLOOR, JOINT_RUN, PHASES, SAMPLED_RUN, SIGMA_VARIANTS,
-                       ablation_protocol, describe, learns_sigma)
+from .settings import (DISTANCES, EXPERIMENT, FACTORS, FLOOR, JOINT_RUN, LIKELIHOOD_COLUMNS, LIKELIHOOD_ROWS, PHASES,
+                       SAMPLED_RUN, SIGMA_VARIANTS, TRAINING_FACTORS, ablation_protocol, describe, learns_sigma)
 
 RUN = tuple(SAMPLED_RUN)        # the identity columns of a sampled run (its distances)
 TRAINING = tuple(JOINT_RUN)     # those of its training: held-out metrics, joint curve
@@ -326,3 +326,130 @@ def leading_factor_claim(rise: dict, singles: list, setting: str, fd: str, dista
         if row["verdict"] == HOLDS and lead.verdict != HOLDS:
             row["verdict"] = INCONCLUSIVE
     return row
+
+
+# ---------------------------------------------------------------- the likelihood (AIS sandwich, BDMC, IWAE)
+
+# The likelihood table's rows, in order: key -> label (nats per image in the table, per pixel beside).
+LIKELIHOOD_QUANTITIES = {
+    "truth_lower": "ground truth: log p(x), lower bound (forward AIS)",
+    "truth_upper": "ground truth: log p(x), upper bound (reverse AIS from the true z)",
+    "truth_width": "ground truth: the sandwich's width",
+    "joint_lower": "joint decoder: log p(x), lower bound (forward AIS)",
+    "joint_width": "joint decoder: BDMC width, on images it simulated",
+    "drop": "ground truth's lower bound minus the joint decoder's",
+    "margin": "(a) that, less both widths",
+    "elbo_truth": "ELBO: pretrained encoder, ground truth",
+    "elbo_joint": "ELBO: joint encoder and decoder",
+    "elbo_rise": "(b) ELBO rise under joint training",
+    "iwae_truth": "IWAE bound: pretrained encoder, ground truth",
+    "iwae_joint": "IWAE bound: joint encoder and decoder",
+    "gap_truth": "inference gap of the pretrained encoder, at least",
+    "gap_joint": "inference gap of the joint encoder, at least",
+}
+LIKELIHOOD_TABLE_COLUMNS = ("protocol", *TRAINING[1:], "quantity", "label", "mean", "std", "per_pixel", "seeds",
+                            "steps", "samples")
+
+
+def protocol_name(identity: dict) -> str:
+    """The likelihood row (settings.LIKELIHOOD_ROWS) a trained run's factors are: corrected, reference,
+    or one training factor at the reference's value."""
+    for row in LIKELIHOOD_ROWS:
+        protocol = ablation_protocol(row)
+        if all(protocol[name] == identity[name] for name in TRAINING_FACTORS):
+            return row
+    return _named({name: identity[name] for name in TRAINING_FACTORS})
+
+
+def likelihood_values(rows: pd.DataFrame, what: str) -> tuple[dict, int, int, int]:
+    """One seed's likelihood quantities (LIKELIHOOD_QUANTITIES) at its longest AIS schedule, with that T,
+    the IWAE's K and the images' pixels. A missing estimate is an InputError naming the run."""
+    T = int(rows.loc[rows.estimate == "ais_lower", "steps"].max()) if (rows.estimate == "ais_lower").any() else 0
+
+    def get(decoder: str, images: str, estimate: str, steps: int) -> float:
+        found = rows[(rows.decoder == decoder) & (rows.images == images) & (rows.estimate == estimate)
+                     & (rows.steps == steps)]
+        if len(found) != 1:
+            raise InputError(f"{what}: {'no' if found.empty else 'more than one'} {estimate} of the {decoder} "
+                             f"decoder on the {images}'s images at T {steps}; each run's likelihood.csv has one")
+        return float(found.value.iloc[0])
+
+    v = {"truth_lower": get("truth", "truth", "ais_lower", T), "truth_upper": get("truth", "truth", "ais_upper", T),
+         "joint_lower": get("joint", "truth", "ais_lower", T)}
+    v["truth_width"] = v["truth_upper"] - v["truth_lower"]
+    v["joint_width"] = get("joint", "joint", "ais_upper", T) - get("joint", "joint", "ais_lower", T)
+    v["drop"] = v["truth_lower"] - v["joint_lower"]
+    v["margin"] = v["drop"] - v["truth_width"] - v["joint_width"]
+    for decoder in ("truth", "joint"):
+        v[f"elbo_{decoder}"] = get(decoder, "truth", "elbo", 0)
+        v[f"iwae_{decoder}"] = get(decoder, "truth", "iwae", 0)
+        v[f"gap_{decoder}"] = v[f"{decoder}_lower"] - v[f"elbo_{decoder}"]
+    v["elbo_rise"] = v["elbo_joint"] - v["elbo_truth"]
+    samples = int(rows.loc[rows.estimate == "iwae", "samples"].iloc[0])
+    return {key: v[key] for key in LIKELIHOOD_QUANTITIES}, T, samples, int(rows.pixels.iloc[0])
+
+
+def likelihood_table(records: pd.DataFrame, setting: str) -> tuple[Table, list[dict]]:
+    """The likelihood table (one row per quantity and trained protocol and sigma variant: mean and std over
+    seeds, nats per image, and per pixel) and claims (a) and (b) of each protocol and sigma variant."""
+    records = _checked(records, "images likelihood", [*TRAINING, *LIKELIHOOD_COLUMNS])
+    runs = _by(records, TRAINING, "images likelihood", ["decoder", "images", "estimate", "steps"])
+    groups: dict[tuple, dict] = {}
+    for key, rows in runs.items():
+        identity = dict(zip(TRAINING, key))
+        groups.setdefault(key[1:], {})[identity["seed"]] = likelihood_values(rows, f"images likelihood of "
+                                                                                    f"{_named(identity)}")
+    table, claims = [], []
+    for group, seeds in groups.items():
+        identity = dict(zip(TRAINING[1:], group))
+        protocol = protocol_name(identity)
+        values = {k: seeds[k][0] for k in sorted(seeds)}
+        T, samples, pixels = seeds[min(seeds)][1:]
+        for quantity, label in LIKELIHOOD_QUANTITIES.items():
+            per_seed = np.array([v[quantity] for v in values.values()])
+            std = per_seed.std(ddof=1) if len(per_seed) > 1 else float("nan")
+            table.append({"protocol": protocol, **identity, "quantity": quantity, "label": label,
+                          "mean": per_seed.mean(), "std": std, "per_pixel": per_seed.mean() / pixels,
+                          "seeds": len(per_seed), "steps": T, "samples": samples})
+        name = f"{setting}, {protocol} protocol" + (", sigma learned" if learns_sigma(identity["sigma_variant"]) else "")
+        a = seeds_claim(EXPERIMENT, name, "the joint decoder gives the ground truth's held-out images a lower "
+                        "log-likelihood than the ground truth, by more than both AIS widths",
+                        "log p(x) drop less widths (nats/image)", {k: v["margin"] for k, v in values.items()},
+                        "increase", f"the ground truth's own log p(x) of its images; forward AIS at T {T} for both, "
+                        "less the ground truth's sandwich width and the joint decoder's BDMC width")
+        b = seeds_claim(EXPERIMENT, name, "joint training raises the ELBO while the likelihood falls (a)",
+                        "ELBO rise (nats/image)", {k: v["elbo_rise"] for k, v in values.items()}, "increase",
+                        f"the pretrained encoder with the ground truth, the same images (K {samples}); "
+                        "holds only where (a) holds")
+        verdicts = {a["verdict"], b["verdict"]}
+        b["verdict"] = FAILS if FAILS in verdicts else HOLDS if verdicts == {HOLDS} else INCONCLUSIVE
+        b["expected"] = "increase, with (a) holding"
+        claims += [a, b]
+    frame = pd.DataFrame(table, columns=list(LIKELIHOOD_TABLE_COLUMNS))
+    n_seeds = sorted({k for key in runs for k in [key[0]]})
+    first = frame.iloc[0]
+    note = (f"{seeds_text(n_seeds)}. Nats per image of {int(records.n.iloc[0])} held-out ground-truth images per "
+            f"seed (drawn with their true z), and per pixel ({int(records.pixels.iloc[0])} pixels); higher is a "
+            f"better fit. AIS: T {int(first.steps)} intermediate distributions on a sigmoid schedule, HMC "
+            f"transitions ({int(records.loc[records.estimate == 'ais_lower', 'samples'].iloc[0])} chains per image); "
+            f"forward AIS gives a stochastic lower bound on log p(x), reverse AIS from the images' true z a "
+            f"stochastic upper bound (bidirectional Monte Carlo). Only the ground truth has the true z of these "
+            f"images, so only its log p(x) is sandwiched; the joint decoder's lower bound is beside its BDMC width, "
+            f"the same estimator's sandwich on images the joint decoder simulated itself. (a): the drop less both "
+            f"widths, above 0 when the joint decoder's log-likelihood is below the ground truth's by more than the "
+            f"estimators' error. ELBO and IWAE bound (K {int(first.samples)}): each decoder with its own encoder on "
+            f"the same images. Inference gap: log p(x) - ELBO, here the decoder's AIS lower bound minus its ELBO, "
+            f"so a lower bound on the gap. Per-run estimates, their T ladder and seconds: likelihood.csv of each run.")
+    return Table(frame, f"Faces likelihood, {setting}", note), claims
+
+
+def likelihood_markdown(frame: pd.DataFrame) -> pd.DataFrame:
+    """The likelihood table as people read it: a row per quantity, per protocol and sigma variant a column
+    'mean (std)' in nats per image and its mean per pixel."""
+    shown = pd.DataFrame({"quantity": list(dict.fromkeys(frame.label))})
+    for (protocol, sigma), group in frame.groupby(["protocol", "sigma_variant"], sort=False):
+        by_label = group.set_index("label")
+        head = f"{protocol}, sigma {sigma}"
+        shown[f"{head}: nats/image"] = [with_spread(by_label.loc[q, "mean"], by_label.loc[q, "std"]) for q in shown.quantity]
+        shown[f"{head}: nats/pixel"] = [f"{by_label.loc[q, 'per_pixel']:.4g}" for q in shown.quantity]
+    return shown

@@ -29,6 +29,7 @@ DISTANCES = {"digits": "fd_digits", "inception": "fid"}
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's FID weights, as torch.hub names them
 AUTO = "auto"    # images.generator_epoch: the epoch whose generator is closest to the data
 FLOOR = "floor"  # images.fd_tolerance: each seed's rise must exceed its own floor
+STARTS = ("prior", "encoder")  # images.likelihood.start: where AIS's chains start
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ SIGMA_VARIANTS = ("fixed", "learned")  # joint training's decoder sigma: the gro
 
 # The ablation's rows: the corrected protocol, each factor alone at the reference's value, every factor.
 ABLATION_ROWS = ("corrected", *FACTORS, "reference")
+# The likelihood's rows: the trained protocols it measures (a sampling factor changes no decoder).
+LIKELIHOOD_ROWS = ("corrected", *(name for name, f in FACTORS.items() if f.stage == "training"), "reference")
 
 # Each key of the `images` section the schema restricts to an enum (a list-valued key: its items' values).
 ALLOWED = {
@@ -65,6 +68,8 @@ ALLOWED = {
     "sigma_variants": SIGMA_VARIANTS,
     **{f"protocol.{name}": factor.values for name, factor in FACTORS.items()},
     "ablation.rows": ABLATION_ROWS,
+    "likelihood.rows": LIKELIHOOD_ROWS,
+    "likelihood.start": STARTS,
 }
 
 # phase -> its stage label in the tables (the published tables' wording)
@@ -76,6 +81,13 @@ PHASES = {
 # The image sets of one run, one uint8 file and one PNG grid each (vae_approx.images.evaluate draws them).
 IMAGE_SETS = ("ground_truth", "ground_truth_resample", "pretrained_reconstruction", "joint_reconstruction",
               "joint_prior")
+
+# The likelihood stage's CSV columns after the run's identity: which decoder, whose images (the ground truth's
+# held-out ones, or the joint decoder's own for BDMC), which estimate (ais_lower, ais_upper, iwae, elbo), its T
+# (0: no AIS), its chains or K, the mean and standard deviation over the images (nats per image), how many
+# images, their pixels, HMC's acceptance rate and the seconds the estimate took.
+LIKELIHOOD_COLUMNS = ("decoder", "images", "estimate", "steps", "samples", "value", "sd", "n", "pixels",
+                      "acceptance", "seconds")
 
 # stage -> the keys of the `images` section it reads, a dotted path for one key of a subsection: a
 # change to any other key re-runs nothing of the stage (keep_samples or grid_size re-draw no image
@@ -93,11 +105,14 @@ STAGE_KEYS = {
     "joint": ("joint", "log_every", "checkpoint_every", "bn_batches", "channels_last", "bf16"),
     "generate": ("evaluate.n_samples", "evaluate.batch_size", "channels_last", "bf16"),
     "heldout": ("evaluate.n_eval", "evaluate.batch_size", "channels_last"),
+    "likelihood": ("likelihood.images", "likelihood.steps", "likelihood.leapfrog", "likelihood.chains",
+                   "likelihood.start", "likelihood.step_size", "likelihood.iwae_samples"),
     "distances": ("evaluate.batch_size", "features", "inception_sha256", "inception_unverified_ok"),
     "grids": ("evaluate.grid_size",),
     "curves": ("source", "image_size", "sigma"),
     "tabulate": ("source", "image_size", "sigma", "fd_tolerance"),
     "ablate": ("source", "image_size", "sigma", "fd_tolerance", "ablation.rows"),
+    "tabulate-likelihood": ("source", "image_size", "sigma"),
 }
 
 # A run's identity, {column: int or allowed values}: the wildcards of its rule, and the first columns
@@ -107,7 +122,8 @@ SAMPLING_FACTORS = tuple(name for name, f in FACTORS.items() if f.stage == "samp
 TRAINED_RUN = {"seed": int, **{name: FACTORS[name].values for name in TRAINING_FACTORS}}
 JOINT_RUN = {**TRAINED_RUN, "sigma_variant": SIGMA_VARIANTS}
 SAMPLED_RUN = {**JOINT_RUN, **{name: FACTORS[name].values for name in SAMPLING_FACTORS}}
-RUNS = {"pretrain": TRAINED_RUN, "joint": JOINT_RUN, "heldout": JOINT_RUN, "generate": SAMPLED_RUN,
+RUNS = {"pretrain": TRAINED_RUN, "joint": JOINT_RUN, "heldout": JOINT_RUN, "likelihood": JOINT_RUN,
+        "generate": SAMPLED_RUN,
         "distances": SAMPLED_RUN, "grids": SAMPLED_RUN}  # per-run stage -> its identity
 
 # Where each file lives below results/<run>/images/; the wildcards are named as the identity columns,
@@ -121,6 +137,7 @@ PATHS = {
     "joint": f"{JOINT}/joint.pt",
     "joint_curve": f"{JOINT}/joint_curve.csv",
     "heldout": f"{JOINT}/heldout.csv",
+    "likelihood": f"{JOINT}/likelihood.csv",
     **{metric: f"{SAMPLED}/{metric}.csv" for metric in DISTANCES.values()},  # fd_digits, fid: the distances
     "comparison": f"{SAMPLED}/grids/comparison.png",
 }
@@ -244,6 +261,26 @@ class VaeSettings:
                    section["bf16"], section["bn_batches"], run["decoder_bn"], run["encoder_init"])
 
 
+@dataclass(frozen=True)
+class LikelihoodSettings:
+    """The AIS likelihood stage's settings (config.yaml's images.likelihood, which says what each is)."""
+
+    images: int             # N held-out ground-truth images per run, drawn with their true z
+    steps: tuple[int, ...]  # AIS lengths T, one run each (the figure); the last is the table's and the claims'
+    leapfrog: int           # L leapfrog steps per HMC transition
+    chains: int             # M chains per image
+    start: str              # STARTS: the prior, or each decoder's own encoder q(z|x)
+    step_size: float        # HMC's first step size, in the start's whitened coordinates (then adapted)
+    iwae_samples: int       # K of the IWAE bound and of the ELBO's Monte Carlo mean
+
+    @classmethod
+    def from_section(cls, section: dict) -> "LikelihoodSettings":
+        """`section`: the keys STAGE_KEYS["likelihood"] names."""
+        s = section["likelihood"]
+        return cls(s["images"], tuple(s["steps"]), s["leapfrog"], s["chains"], s["start"], s["step_size"],
+                   s["iwae_samples"])
+
+
 # ---------------------------------------------------------------- file lists of the rules
 
 
@@ -303,6 +340,25 @@ def ablation_files(section: dict, results: str) -> dict[str, list[str]]:
     return files
 
 
+def likelihood_runs(section: dict) -> list[dict]:
+    """The trained runs the likelihood measures (JOINT_RUN identities): each row of likelihood.rows (a
+    protocol), sigma variant and seed, in that order, each run once."""
+    runs = []
+    for row in section["likelihood"]["rows"]:
+        protocol = ablation_protocol(row)
+        for sigma_variant in section["sigma_variants"]:
+            for seed in section["seeds"]:
+                run = {key: value for key, value in identity(seed, protocol, sigma_variant).items() if key in JOINT_RUN}
+                if run not in runs:
+                    runs.append(run)
+    return runs
+
+
+def likelihood_files(section: dict, results: str) -> list[str]:
+    """The likelihood.csv of every run likelihood_runs names (rule tabulate_images_likelihood)."""
+    return [path(results, "likelihood").format(**run) for run in likelihood_runs(section)]
+
+
 def curve_files(section: dict, results: str) -> dict[str, list[str]]:
     """The training curves of the main protocol's seeds (the first sigma variant's joint curve), in the
     config's seed order (rule plot_images_curves)."""
@@ -344,6 +400,8 @@ def targets(section: dict, results: str) -> list[str]:
     out = [f"{folder(results)}/table.md", f"{folder(results)}/curves.png"]
     if section["ablation"]["rows"]:
         out.append(f"{folder(results)}/ablation.md")
+    if section["likelihood"]["rows"]:
+        out += [f"{folder(results)}/likelihood.md", f"{folder(results)}/likelihood.png"]
     protocol = configured_protocol(section)
     for seed in section["seeds"]:
         for sigma_variant in section["sigma_variants"]:
@@ -357,4 +415,6 @@ def claims_files(section: dict, results: str) -> list[str]:
     files = [f"{folder(results)}/claims.csv"]
     if section["ablation"]["rows"]:
         files.append(f"{folder(results)}/ablation_claims.csv")
+    if section["likelihood"]["rows"]:
+        files.append(f"{folder(results)}/likelihood_claims.csv")
     return files
