@@ -140,3 +140,11 @@ def test_a_non_finite_log_density_stops_naming_the_image_and_the_step():
     z0[3] = 4.0
     with pytest.raises(NonFiniteLossError, match=r"image 1 \(chain 3\) at step 0 of 3"):
         ais(z0, sigmoid_schedule(3), bad, 2, 0.1, chains=2)
+
+
+def test_a_long_run_reports_its_progress_at_every_tenth():
+    lines = []
+    ll = lambda zz: -0.5 * (zz * zz).sum(-1)  # noqa: E731
+    ais(torch.zeros(4, 2, dtype=torch.float64), sigmoid_schedule(50), ll, 1, 0.1, what="forward AIS",
+        report=lines.append)
+    assert lines == [f"forward AIS: step {t}/50" for t in range(5, 50, 5)]

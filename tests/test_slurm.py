@@ -50,10 +50,11 @@ PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 # Rules of the paper preset's DAG. Training and FID: at least these ask for a GPU.
 GPU_RULES = {"pretrain_gmm_encoder", "train_gmm_joint", "train_semhash", "train_gan", "choose_generator",
              "pretrain_images_encoder", "train_images_joint", "generate_samples", "compute_fid",
-             "evaluate_images_heldout"}
+             "evaluate_images_heldout", "evaluate_images_likelihood"}
 CPU_RULES = {"sample_gmm", "plot_gmm_regions", "plot_gmm_curves", "plot_images_curves", "tabulate_gmm", "collect_claims", "prepare_corpus", "evaluate_retrieval",
              "tabulate_semhash", "download_celeba", "prepare_celeba", "download_inception",
-             "tabulate_images", "tabulate_images_ablation", "plot_images_grids"}  # never these
+             "tabulate_images", "tabulate_images_ablation", "tabulate_images_likelihood",
+             "plot_images_grids"}  # never these
 REQUIRED = os.environ.get("VAE_APPROX_REQUIRE_SLURM") == "1"
 HUNG_JOB = ("train_gmm_joint", "seed0/factorized")  # the job whose first attempt hits its time limit (rule, folder)
 
@@ -260,7 +261,7 @@ def tables(workdir: Path) -> dict[str, bytes]:
     out = workdir / "results" / "smoke"
     files = [out / "claims.csv", *sorted(out.glob("gmm/*/table.csv")), *sorted(out.glob("gmm/seed*/*/*_metrics.csv")),
              out / "semhash" / "results.csv", out / "images" / "table.csv", out / "images" / "ablation.csv",
-             *sorted(out.glob("images/seed*/**/fd_digits.csv")), *sorted(out.glob("images/seed*/**/heldout.csv"))]
+             out / "images" / "likelihood.csv", *sorted(out.glob("images/seed*/**/fd_digits.csv")), *sorted(out.glob("images/seed*/**/heldout.csv"))]
     return {str(f.relative_to(out)): f.read_bytes() for f in files}
 
 

@@ -334,7 +334,7 @@ rule evaluate_images_likelihood:
     resources:
         gpu_slots=gpu_whole,
         mem_mb=2000,
-        runtime=120,
+        runtime=480,
     params:
         settings=settings_json(IM, images_settings.STAGE_KEYS["likelihood"]),
         run=run_json,

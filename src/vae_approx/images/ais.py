@@ -119,14 +119,16 @@ def hmc(state: State, beta: float, log_likelihood: LogLikelihood, step: torch.Te
 
 def ais(z0: torch.Tensor, betas: torch.Tensor, log_likelihood: LogLikelihood, leapfrog: int,
         steps: torch.Tensor | float, generator: torch.Generator | None = None, what: str = "AIS",
-        chains: int = 1, adapt: bool = False) -> tuple[torch.Tensor, float, torch.Tensor]:
+        chains: int = 1, adapt: bool = False, report: Callable[[str], None] | None = None,
+        ) -> tuple[torch.Tensor, float, torch.Tensor]:
     """AIS along `betas` from chains z0 [C, nz] distributed as p_{betas[0]}: the log-weights
     sum_t (beta_t - beta_{t-1}) log p(x | z_{t-1}) [C], with an HMC transition at each beta_t (the
     last omitted: it changes no weight) of step steps[t] ([T + 1, C], or one number for all).
     Forward: betas rising from 0, z0 from the prior; reverse: falling from 1, z0 exact posterior
     samples. `adapt` (the pilot only, tune_steps): each chain's step adapts after each transition,
-    starting from steps[0]. Returns the log-weights, HMC's mean acceptance probability and the log
-    step used at each beta [T + 1, C]. Raises NonFiniteLossError naming the image (chain // `chains`,
+    starting from steps[0]. `report`, if given, receives a progress line at every tenth of the schedule.
+    Returns the log-weights, HMC's mean acceptance probability and the log step used at each beta
+    [T + 1, C]. Raises NonFiniteLossError naming the image (chain // `chains`,
     the chains per image) and the first step at which its log p(x|z) was not finite (tracked on the
     device: no host sync per step)."""
     T, C = len(betas) - 1, len(z0)
@@ -143,6 +145,8 @@ def ais(z0: torch.Tensor, betas: torch.Tensor, log_likelihood: LogLikelihood, le
             if adapt:
                 steps[t + 1] = steps[t] * torch.exp(ADAPT_RATE * (alpha - TARGET_ACCEPTANCE))
             accepted += alpha.float().mean()
+        if report is not None and t % max(1, T // 10) == 0 and t < T:
+            report(f"{what}: step {t}/{T}")
     bad = (first_bad >= 0).nonzero()
     if len(bad) or not bool(torch.isfinite(log_w).all()):
         chain = int(bad[0, 0]) if len(bad) else int((~torch.isfinite(log_w)).nonzero()[0, 0])
@@ -197,11 +201,13 @@ def from_proposal(log_likelihood: LogLikelihood, mu: torch.Tensor, log_s: torch.
 
 def sandwich(x: torch.Tensor, z_true: torch.Tensor | None, mean, log_sigma, nz: int, T: int, leapfrog: int,
              chains: int, step_size: float, generator: torch.Generator | None = None,
-             proposal: tuple[torch.Tensor, torch.Tensor] | None = None) -> Sandwich:
+             proposal: tuple[torch.Tensor, torch.Tensor] | None = None,
+             report: Callable[[str], None] | None = None) -> Sandwich:
     """Both AIS bounds on log p(x) of images x [N, ...] under the decoder (mean g, log_sigma), M =
     `chains` per image: forward from the prior (or from `proposal` (mu, log_s) [N, nz], the
     encoder's q(z|x) of each image: from_proposal), and reverse from z_true [N, nz] (exact
-    posterior samples: the images were simulated from this decoder with those z), if given."""
+    posterior samples: the images were simulated from this decoder with those z), if given. `report`
+    receives progress lines (ais)."""
     N = len(x)
 
     def target(reps: int):
@@ -218,12 +224,12 @@ def sandwich(x: torch.Tensor, z_true: torch.Tensor | None, mean, log_sigma, nz: 
     pilot = torch.randn((N, nz), generator=generator, device=x.device, dtype=x.dtype)
     steps = tune_steps(pilot, betas, target(1)[0], leapfrog, step_size, generator)
     steps = steps.repeat_interleave(chains, dim=1)  # [T + 1, N M]
-    log_w, acc_f, _ = ais(u0, betas, ll, leapfrog, steps, generator, "forward AIS", chains)
+    log_w, acc_f, _ = ais(u0, betas, ll, leapfrog, steps, generator, "forward AIS", chains, report=report)
     lower = log_mean_exp(log_w, chains)
     upper, acceptance = torch.full_like(lower, math.nan), acc_f
     if z_true is not None:
         log_w, acc_r, _ = ais(to_u(z_true.repeat_interleave(chains, dim=0)), betas.flip(0), ll, leapfrog,
-                              steps.flip(0), generator, "reverse AIS", chains)
+                              steps.flip(0), generator, "reverse AIS", chains, report=report)
         upper, acceptance = -log_mean_exp(log_w, chains), (acc_f + acc_r) / 2
     return Sandwich(lower, upper, float(acceptance))
 

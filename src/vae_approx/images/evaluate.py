@@ -575,6 +575,7 @@ def choose_generator(files: dict, epoch, images: np.ndarray, extractor: FeatureE
 # The ground truth's held-out images come with the z they were drawn from (exact posterior samples
 # under the ground truth: its sandwich); the joint decoder has no such samples for them, only its
 # forward bound, whose precision BDMC states on images simulated from the joint decoder itself.
+LONG_SCHEDULE = 1000  # AIS runs this long report their progress, a line at every tenth of the schedule
 LIKELIHOOD_CASES = (("truth", "truth", True), ("joint", "truth", False), ("joint", "joint", True))
 
 
@@ -616,6 +617,10 @@ def likelihood(models: Models, settings, seed: int, device: torch.device, progre
                 "pixels": pixels, "acceptance": acceptance, "seconds": seconds}
 
     rows = []
+
+    def report(line: str) -> None:
+        progress.message(f"T {T}: {decoder} decoder on {images}'s images: {line}")
+
     for i, T in enumerate(settings.steps):
         for decoder, images, sandwiched in LIKELIHOOD_CASES:
             x, z = data[images]
@@ -626,7 +631,8 @@ def likelihood(models: Models, settings, seed: int, device: torch.device, progre
             tic = time.perf_counter()
             s = sandwich(x, z if sandwiched else None, decoders[decoder], decoders[decoder].log_sigma.detach(), nz,
                          T, settings.leapfrog, settings.chains, settings.step_size,
-                         torch.Generator(device).manual_seed(seed + 1000 * (i + 1)), proposal)
+                         torch.Generator(device).manual_seed(seed + 1000 * (i + 1)), proposal,
+                         report if T >= LONG_SCHEDULE else None)
             seconds = time.perf_counter() - tic
             rows.append(row(decoder, images, "ais_lower", T, settings.chains, s.lower, s.acceptance, seconds))
             if sandwiched:
