@@ -105,6 +105,17 @@ BAD = [
     (("gmm", "variance"), float("inf"), ["config key 'gmm.variance': inf is not a finite number"]),
     (("images", "fd_tolerance"), float("inf"), ["config key 'images.fd_tolerance': inf"]),
     (("semhash", "synthetic", "mean_length"), float("-inf"), ["semhash.synthetic.mean_length", "-inf"]),
+    # an integer with a decimal point would reach paths (seed1.0/) and command lines (--steps 100.0) as written
+    (("gmm", "pretrain", "steps"), 100.0, ["config key 'gmm.pretrain.steps': 100.0 is not an integer", "(100)"]),
+    (("gmm", "seeds"), [1.0], ["config key 'gmm.seeds[0]': 1.0 is not an integer"]),
+    (("semhash", "bits"), [8.0], ["config key 'semhash.bits[0]': 8.0 is not an integer"]),
+    (("images", "image_size"), 32.0, ["config key 'images.image_size': 32.0 is not an integer"]),
+    (("images", "likelihood", "steps"), [25, 100.0], ["images.likelihood.steps[1]", "not an integer"]),
+    # seeds every library accepts: 0 to 2^32 - 1
+    (("images", "seeds"), [0, 2**32], ["images.seeds[1]", "4294967296 is greater than the maximum of 4294967295"]),
+    (("images", "gan", "seed"), 2**40, ["images.gan.seed", "maximum of 4294967295"]),
+    (("images", "likelihood", "start"), "posterior", ["images.likelihood.start", "allowed values: prior, encoder"]),
+    (("images", "likelihood", "rows"), ["sampling"], ["images.likelihood.rows[0]", "allowed values"]),
 ]
 
 
@@ -160,6 +171,7 @@ def test_inputs_are_checked_against_the_files_before_any_job(tmp_path):
         (("published_results",), "reference/missing.csv", "'published_results': 'reference/missing.csv' is not a file"),
         (("semhash", "precision_k"), 100000, "'semhash.precision_k': 100000 is more than the 2000 training documents"),
         (("semhash", "exact", "ml_max_bits"), 20, "'semhash.exact.ml_max_bits': 20 is more than 'semhash.exact.max_bits' (16)"),
+        (("semhash", "vocab_size"), 5000, "'semhash.vocab_size': 5000 is more than the synthetic corpus's 4000 words"),
     ]
     for path, value, message in cases:
         with pytest.raises(ConfigError, match=re.escape(message)):

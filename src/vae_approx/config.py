@@ -22,8 +22,23 @@ def key_name(path) -> str:
     return out or "<top level>"
 
 
+def _integer(checker, instance) -> bool:
+    """An integer is an int (YAML's 100), not a float with an integral value (100.0, which JSON Schema counts as
+    one): such a value would reach paths (seed1.0/) and command lines (--steps 100.0) as written."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# Draft 2020-12 with that stricter integer.
+Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer))
+
+
 def describe(error: jsonschema.ValidationError) -> str:
     key = key_name(error.absolute_path)
+    if error.validator == "type" and isinstance(error.instance, float) and error.instance.is_integer():
+        return (f"config key '{key}': {error.instance!r} is not an integer; write it without the decimal point "
+                f"({int(error.instance)})")
     if error.validator == "enum":
         return f"config key '{key}': {error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
     if error.validator == "additionalProperties":
@@ -61,7 +76,7 @@ def validate_config(config: dict, schema_path) -> None:
     """Raise ConfigError listing every violation of the schema, and every NaN or infinity, one
     line each."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     refuse(non_finite(config) + [describe(e) for e in errors])
 
@@ -72,7 +87,8 @@ RESOURCES = "resources"  # where every download lands
 def check_inputs(config: dict, basedir) -> None:
     """What the schema cannot know, checked before any job starts: where the downloads land,
     that input files are files, that precision@k can be computed on the corpus the config
-    describes, and that the likelihood control is trained only where it can be enumerated.
+    describes, that the synthetic corpus has the words its vocabulary is chosen from, and that the
+    likelihood control is trained only where it can be enumerated.
     Raises ConfigError naming the key."""
     base = Path(basedir)
     problems = []
@@ -95,6 +111,10 @@ def check_inputs(config: dict, basedir) -> None:
     if documents and sh["precision_k"] > documents:
         problems.append(f"config key 'semhash.precision_k': {sh['precision_k']} is more than the {documents} training "
                         "documents searched (the retrieval database); use at most that")
+    if sh["source"] == "synthetic" and sh["vocab_size"] > sh["synthetic"]["raw_vocab_size"]:
+        problems.append(f"config key 'semhash.vocab_size': {sh['vocab_size']} is more than the synthetic corpus's "
+                        f"{sh['synthetic']['raw_vocab_size']} words ('semhash.synthetic.raw_vocab_size'); the "
+                        "vocabulary is chosen among them (prepare_corpus also refuses more than the words present)")
     exact = sh["exact"]
     if exact["ml_max_bits"] > exact["max_bits"]:
         problems.append(f"config key 'semhash.exact.ml_max_bits': {exact['ml_max_bits']} is more than "
