@@ -21,6 +21,14 @@ include: "workflow/rules/images.smk"
 include: "workflow/rules/tables.smk"
 
 
+# Downloads run where Snakemake itself runs (on a cluster: the login node), never as cluster
+# jobs: compute nodes often have no internet.
+localrules:
+    download_20newsgroups,
+    download_celeba,
+    download_inception,
+
+
 rule all:
     input:
         all_targets(),

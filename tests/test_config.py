@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vae_approx.config import ConfigError, check_inputs, validate_config
+from vae_approx.config import ConfigError, check_inputs, plan_notes, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -83,6 +83,7 @@ BAD = [
     (("images", "inception_unverified_ok"), "yes", ["images.inception_unverified_ok", "not of type 'boolean'"]),
     (("images", "inception_unverified_ok"), DELETE, ["'inception_unverified_ok' is a required property"]),
     (("images", "celeba", "zip"), "faces.tar", ["images.celeba.zip"]),
+    (("images", "celeba", "md5"), "00D2C5BC", ["images.celeba.md5", "32 lowercase hex digits"]),
     (("images", "channels_last"), "yes", ["images.channels_last", "not of type 'boolean'"]),
     (("images", "threads"), DELETE, ["'threads' is a required property"]),
     (("images", "protocol", "sampling"), "train", ["images.protocol.sampling", "allowed values: eval, train_batch1"]),
@@ -282,3 +283,26 @@ def test_the_default_faces_protocol_is_the_corrected_one():
     from vae_approx.images.settings import corrected
 
     assert merged()["images"]["protocol"] == corrected()
+
+
+def test_the_plan_names_missing_inputs_and_the_disk_it_will_take(tmp_path):
+    """The paper preset on a clone without data: each input to download or place by hand, with its rule, and the
+    image sets' disk; the quick preset needs nothing and little disk. A dry run prints the same lines."""
+    assert plan_notes(merged(), tmp_path) == []
+    notes = plan_notes(merged("paper.yaml"), tmp_path)
+    for path, rule in (("resources/20news-bydate-matlab.tgz", "download_20newsgroups"),
+                       ("resources/celeba/img_align_celeba.zip", "download_celeba"),
+                       ("pt_inception-2015-12-05-6726825d.pth", "download_inception")):
+        assert any(path in note and f"rule {rule} downloads it" in note and "by hand" in note for note in notes)
+    # 200,000 images x 3 x 64 x 64 bytes, five sets, 3 seeds x 5 sampled protocols
+    assert any("about 184 GB" in note and "keep_samples: false" in note for note in notes)
+    paper = merged("paper.yaml")
+    for note in notes[:3]:
+        placed = tmp_path / note.split(" at ")[1].split(";")[0]
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        placed.write_bytes(b"x")
+    paper["images"]["evaluate"]["keep_samples"] = False
+    assert plan_notes(paper, tmp_path) == []
+    dry = subprocess.run(["snakemake", "-n", "--configfile", "presets/paper.yaml"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert dry.returncode == 0 and "[vae-approx] disk: the faces' image sets take about 184 GB" in dry.stderr

@@ -1,5 +1,7 @@
 """Faces experiment data: the uint8 array format, CelebA's zip, downloads, offline Inception."""
 
+import hashlib
+import json
 import socket
 import urllib.request
 import zipfile
@@ -79,8 +81,17 @@ def test_prepare_celeba_rejects_a_wrong_count_and_a_corrupt_member(celeba_zip, t
     out = tmp_path / "celeba.npy"
     with pytest.raises(SystemExit, match="12 images img_align_celeba/NNNNNN.jpg, expected 202599"):
         main(["prepare-celeba", "--zip", str(celeba_zip), "--settings",
-              '{"image_size": 64, "celeba": {"expected_count": 202599}}', "--out", str(out)])
+              '{"image_size": 64, "celeba": {"expected_count": 202599, "md5": ""}}', "--out", str(out)])
     assert list(tmp_path.iterdir()) == []
+    # a digest pinned (config.yaml: torchvision's of the real zip): this zip is not it
+    with pytest.raises(SystemExit, match="MD5 [0-9a-f]{32}, expected 00d2c5bc6d35e252742224ab0c1e8fcb .*'images.celeba.md5'"):
+        main(["prepare-celeba", "--zip", str(celeba_zip), "--settings", json.dumps(
+              {"image_size": 64, "celeba": {"expected_count": 12, "md5": "00d2c5bc6d35e252742224ab0c1e8fcb"}}),
+              "--out", str(out)])
+    assert list(tmp_path.iterdir()) == []
+    digest = hashlib.md5(celeba_zip.read_bytes()).hexdigest()
+    assert D.prepare_celeba(celeba_zip, out, 64, 12, md5=digest) == 12
+    out.unlink()
 
     broken = tmp_path / "broken.zip"
     with zipfile.ZipFile(celeba_zip) as src, zipfile.ZipFile(broken, "w") as dst:
@@ -145,7 +156,7 @@ def test_inception_loads_offline_from_torch_home(tmp_path, no_network):
     weights = D.inception_weights_path(home)
     assert str(weights) == S.inception_weights({"torch_home": str(home)})  # where the rules expect the file
     assert D.torch_home_of(weights) == home
-    with pytest.raises(InputError, match="pt_inception-2015-12-05-6726825d.pth.*fetch_inception"):
+    with pytest.raises(InputError, match="pt_inception-2015-12-05-6726825d.pth.*rule download_inception"):
         make_extractor("inception", torch.device("cpu"), weights, 1, "", False)
     with pytest.raises(InputError, match="expected a file <torch_home>/hub/checkpoints/"):
         make_extractor("inception", torch.device("cpu"), home / "weights.pth", 1, "", False)

@@ -253,7 +253,7 @@ def test_the_paper_path_celeba_zip_and_inception_features(tmp_path):
 
     d = tmp_path
     section = config_section("images", "paper.yaml")
-    section.update(celeba={"zip": "unused", "expected_count": 12}, inception_unverified_ok=True, generator_epoch=1,
+    section.update(celeba={"zip": "unused", "expected_count": 12, "md5": ""}, inception_unverified_ok=True, generator_epoch=1,
                    gan={**section["gan"], "nz": 4, "ngf": 4, "ndf": 4, "epochs": 1, "batch_size": 6},
                    choose={"n_samples": 4, "seed": 0}, evaluate={**section["evaluate"], "batch_size": 4})
     assert section["features"] == "inception" and section["image_size"] == 64

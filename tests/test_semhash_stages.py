@@ -99,6 +99,13 @@ def test_the_stage_chain_writes_history_and_retrieval_with_the_run_as_columns(co
     # a model is evaluated as the run it was trained for
     proc = stage(*retrieval_args(corpus, tmp_path, run=run_json(seed=2)))
     assert proc.returncode != 0 and "not of the run" in proc.stderr and "Traceback" not in proc.stderr
+    # a model of another experiment (a faces generator file) is named for what it is
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save({"kind": "dcgan generator", "spec": {}, "state": {}}, other / "m.pt")
+    proc = stage(*retrieval_args(corpus, other))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "not a semantic-hashing model" in proc.stderr and "of kind 'dcgan generator'" in proc.stderr
 
 
 def test_a_stage_reads_exactly_its_keys_and_the_run(corpus, tmp_path):

@@ -123,6 +123,37 @@ def check_inputs(config: dict, basedir) -> None:
     refuse(problems)
 
 
+def plan_notes(config: dict, basedir) -> list[str]:
+    """What a user should know before the run starts, printed with its plan (a dry run shows it): each input
+    the run needs that is not there yet, with the rule that downloads it and where a copy obtained by hand
+    goes, and the disk the kept image sets will take when over a gigabyte."""
+    from .images.settings import inception_weights, kept_image_bytes
+
+    base, notes = Path(basedir), []
+    inputs = []
+    if "semhash" in config["experiments"] and config["semhash"]["source"] != "synthetic":
+        sh = config["semhash"]
+        inputs.append(("the 20 Newsgroups archive", sh["archive"], "download_20newsgroups", sh["url"]))
+    if "images" in config["experiments"]:
+        im = config["images"]
+        if im["source"] == "celeba":
+            inputs.append(("CelebA's img_align_celeba.zip", im["celeba"]["zip"], "download_celeba",
+                           "Google Drive, as torchvision's CelebA loader fetches it"))
+        if im["features"] == "inception":
+            inputs.append(("pytorch-fid's Inception weights", inception_weights(im), "download_inception",
+                           "pytorch-fid's release on GitHub"))
+    for what, path, rule, source in inputs:
+        if not (base / path).is_file():
+            notes.append(f"missing input: {what} at {path}; rule {rule} downloads it from {source}, or place a "
+                         "copy obtained by hand there")
+    if "images" in config["experiments"]:
+        kept = kept_image_bytes(config["images"])
+        if kept > 1e9:
+            notes.append(f"disk: the faces' image sets take about {kept / 1e9:,.0f} GB under results/{config['run']}/"
+                         "images/ (images.evaluate.keep_samples: false deletes each once it is scored)")
+    return notes
+
+
 # ---------------------------------------------------------------- what a stage reads of the config
 
 # The experiments, in the order their claims are stacked (the schema's `experiments` enum).

@@ -18,6 +18,7 @@ from vae_approx.config import (
     EXPERIMENTS,
     ConfigError,
     check_inputs,
+    plan_notes,
     stage_json,
     validate_config,
 )
@@ -27,6 +28,9 @@ validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml
 check_inputs(
     config, os.getcwd()
 )  # relative paths are relative to the working directory
+# Missing inputs and the disk the run will take, with the plan (a dry run shows them too).
+for note in plan_notes(config, os.getcwd()):
+    print(f"[vae-approx] {note}", file=sys.stderr)
 
 ENV = "../../envs/vae-approx.yaml"
 RUN = config["run"]

@@ -78,7 +78,8 @@ def cmd_fetch_celeba(args) -> None:
 @stage("prepare-celeba", "the zip's JPEGs, resized and centre-cropped, as a uint8 array", "zip out", takes="settings")
 def cmd_prepare_celeba(args) -> None:
     progress, size = Progress("images prepare-celeba", 0, 1), args.section["image_size"]
-    n = D.prepare_celeba(args.zip, args.out, size, args.section["celeba"]["expected_count"], progress)
+    celeba = args.section["celeba"]
+    n = D.prepare_celeba(args.zip, args.out, size, celeba["expected_count"], progress, md5=celeba["md5"])
     progress.message(f"{n} images of {size}x{size}x3 -> {args.out}")
 
 

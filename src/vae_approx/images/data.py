@@ -16,6 +16,7 @@ Sources:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -144,16 +145,27 @@ def load_face(data: bytes, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def prepare_celeba(zip_path, out, size: int, expected_count: int, progress=None) -> int:
+def prepare_celeba(zip_path, out, size: int, expected_count: int, progress=None, md5: str = "") -> int:
     """Stream the zip's JPEGs into out (uint8 [N, 3, size, size]); returns N.
 
-    The count is checked before any decoding, every member is checked as it is decoded, and
-    the array is written into a temporary memory-mapped file that takes its name only when
-    complete: an error leaves no output behind.
+    The zip's MD5 is checked first (`md5`, images.celeba.md5: torchvision's digest of the real
+    file; "" skips it), the count before any decoding, every member as it is decoded, and the
+    array is written into a temporary memory-mapped file that takes its name only when complete:
+    an error leaves no output behind. (A zip's own CRCs cannot catch a member replaced or
+    altered before the zip was written; the digest of the whole file does.)
     """
     zip_path = Path(zip_path)
     if not zip_path.is_file():
         raise InputError(f"CelebA zip not found: {zip_path}")
+    if md5:
+        digest = hashlib.md5()
+        with open(zip_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        if digest.hexdigest() != md5:
+            raise InputError(f"{zip_path}: MD5 {digest.hexdigest()}, expected {md5} (config key "
+                             "'images.celeba.md5', torchvision's digest of img_align_celeba.zip); replace the file "
+                             "with the real one, or set the key to \"\" to use this zip as it is")
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:

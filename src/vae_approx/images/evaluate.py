@@ -167,7 +167,7 @@ def load_inception(torch_home, device: torch.device | str, sha256: str, unverifi
     """pytorch-fid's InceptionV3 (FID weights, 2048 pool3 features), offline, after a SHA-256 check.
 
     The weights must already be at <torch_home>/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth
-    (rule fetch_inception, `python -m vae_approx.images fetch-inception`, or placed by hand);
+    (rule download_inception, `python -m vae_approx.images fetch-inception`, or placed by hand);
     TORCH_HOME and the torch.hub directory point there, so pytorch-fid finds the file and never
     downloads. Before loading, the file's SHA-256 must start with 6726825d and equal `sha256`
     when one is pinned (`data.check_inception_weights`; an InputError otherwise). With
@@ -180,7 +180,7 @@ def load_inception(torch_home, device: torch.device | str, sha256: str, unverifi
 
     weights = inception_weights_path(torch_home)
     if not weights.is_file():
-        raise InputError(f"Inception weights not found: {weights}; fetch them with rule fetch_inception "
+        raise InputError(f"Inception weights not found: {weights}; fetch them with rule download_inception "
                          f"(python -m vae_approx.images fetch-inception --torch-home {torch_home}) or place the "
                          "file there by hand")
     verified = check_inception_weights(weights, sha256, unverified_ok)

@@ -94,7 +94,7 @@ LIKELIHOOD_COLUMNS = ("decoder", "images", "estimate", "steps", "samples", "valu
 # set). The protocol's factors come with the run's identity (--run), not from here.
 STAGE_KEYS = {
     "prepare-digits": ("image_size",),
-    "prepare-celeba": ("image_size", "celeba.expected_count"),
+    "prepare-celeba": ("image_size", "celeba.expected_count", "celeba.md5"),
     "fetch-inception": ("inception_sha256",),
     "train-classifier": ("classifier",),
     "train-gan": ("gan", "log_every"),
@@ -357,6 +357,27 @@ def likelihood_runs(section: dict) -> list[dict]:
 def likelihood_files(section: dict, results: str) -> list[str]:
     """The likelihood.csv of every run likelihood_runs names (rule tabulate_images_likelihood)."""
     return [path(results, "likelihood").format(**run) for run in likelihood_runs(section)]
+
+
+def sampled_runs(section: dict) -> list[dict]:
+    """Every sampled run the config plans (SAMPLED_RUN identities), each once: the main protocol with every
+    sigma variant, and each ablation row with the fixed sigma, per seed."""
+    plans = [(configured_protocol(section), sigma) for sigma in section["sigma_variants"]]
+    plans += [(ablation_protocol(row), SIGMA_VARIANTS[0]) for row in section["ablation"]["rows"]]
+    runs = []
+    for seed in section["seeds"]:
+        for protocol, sigma in plans:
+            run = identity(seed, protocol, sigma)
+            if run not in runs:
+                runs.append(run)
+    return runs
+
+
+def kept_image_bytes(section: dict) -> int:
+    """The disk the kept image sets take (evaluate.keep_samples): uint8, five sets per sampled run."""
+    channels = 3 if section["source"] == "celeba" else 1
+    per_set = section["evaluate"]["n_samples"] * channels * section["image_size"] ** 2
+    return len(IMAGE_SETS) * per_set * len(sampled_runs(section)) if section["evaluate"]["keep_samples"] else 0
 
 
 def curve_files(section: dict, results: str) -> dict[str, list[str]]:

@@ -53,6 +53,11 @@ def load_models(path, n_words: int, run: dict):
     from .train import restore
 
     saved = load_torch(path, "semantic-hashing model")
+    if not isinstance(saved, dict) or not {"decoder", "settings", "n_words"} <= set(saved):
+        got = (f"a file of kind '{saved['kind']}'" if isinstance(saved, dict) and "kind" in saved else
+               f"a dict of {', '.join(sorted(map(str, saved)))}" if isinstance(saved, dict) else type(saved).__name__)
+        raise InputError(f"{path}: not a semantic-hashing model (a VAE's model.pt or a likelihood control's "
+                         f"decoder.pt, with decoder, settings and n_words); got {got}")
     encoder, decoder, identity = restore(saved)
     if {key: identity[key] for key in run} != run:
         raise InputError(f"{path}: the model of {identity}, not of the run {run}")
