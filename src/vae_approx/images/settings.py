@@ -266,7 +266,7 @@ class LikelihoodSettings:
     """The AIS likelihood stage's settings (config.yaml's images.likelihood, which says what each is)."""
 
     images: int             # N held-out ground-truth images per run, drawn with their true z
-    steps: tuple[int, ...]  # AIS lengths T, one run each (the figure); the last is the table's and the claims'
+    steps: tuple[int, ...]  # AIS lengths T, one run each (the figure); the largest is the table's and the claims'
     leapfrog: int           # L leapfrog steps per HMC transition
     chains: int             # M chains per image
     start: str              # STARTS: the prior, or each decoder's own encoder q(z|x)
