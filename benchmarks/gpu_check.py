@@ -229,7 +229,8 @@ def check_leapfrog(report: Report, g, device: torch.device, tiny: bool) -> float
     nz = g.nz
     z = torch.randn(batch, nz, device=device)
     with torch.no_grad():
-        x = g(z) + 0.05 * torch.randn_like(g(z))
+        mean = g(z)
+        x = mean + 0.05 * torch.randn_like(mean)
     ll = gaussian_likelihood(g, x, math.log(0.05))
     seconds = []
     for _ in range(5 if tiny else 30):

@@ -177,6 +177,14 @@ def plot_seeds(ax, curves, colour: str, label: str) -> None:
             label=f"{label} ({len(curves)} seeds, mean)" if len(curves) > 1 else label)
 
 
+def check_sha256(path, pinned: str, what: str) -> None:
+    """No-op without a pinned digest; otherwise the file must have it (an InputError naming `what`)."""
+    if pinned:
+        actual = sha256(path)
+        if actual != pinned.lower():
+            raise InputError(f"{what}: SHA-256 {actual} does not match the pinned {pinned}")
+
+
 def load_torch(path: str | os.PathLike, what: str) -> Any:
     """torch.load with an error that names the file and what it was supposed to be."""
     path = Path(path)
@@ -271,3 +279,64 @@ def run_stage(parser, argv: list[str] | None = None) -> None:
         args.func(args)
     except (InputError, NonFiniteLossError, ConfigError) as exc:
         sys.exit(f"error: {exc}")
+
+
+# ---------------------------------------------------------------- an experiment's command line
+
+
+class StageTable:
+    """The command line of an experiment's file-to-file stages (python -m vae_approx.<experiment> <stage>),
+    declared stage by stage with @table.stage beside each function: what it does; its required options
+    ("name" a path, "name:int" a number, "name:+" several paths); which of --settings (the stage's keys of
+    the config section, `stage_keys`), --run (its identity, `runs`) and --threads/--device it takes; an
+    option whose default is no config value."""
+
+    KINDS = {"": {}, "int": {"type": int}, "+": {"nargs": "+"}}  # a path, a number, several paths
+
+    def __init__(self, experiment: str, stage_keys: dict, runs: dict):
+        self.experiment, self.stage_keys, self.runs = experiment, stage_keys, runs
+        self.stages: dict = {}
+
+    def stage(self, name: str, help: str, options: str, takes: str = "", optional: tuple | None = None):
+        def register(command):
+            self.stages[name] = dict(command=command, help=help, options=options.split(), takes=takes.split(),
+                                     optional=optional)
+            return command
+        return register
+
+    def prepared(self, args):
+        """args with --settings as `section`, --run as `identity` and --threads and --device applied (the device
+        as `on`); a wrong key, value or text is a ConfigError (run_stage exits with its message)."""
+        from .config import run_identity, stage_section
+
+        what = f"{self.experiment} {args.stage}"
+        if args.stage in self.stage_keys:
+            args.section = stage_section(args.settings, self.stage_keys[args.stage], what)
+        if args.stage in self.runs:
+            args.identity = run_identity(args.run, self.runs[args.stage], what)
+        if hasattr(args, "threads"):
+            set_threads(args.threads)
+            args.on = select_device(args.device)
+        return args
+
+    def main(self, prog: str, description: str, argv: list[str] | None = None) -> None:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog=prog, description=description,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = parser.add_subparsers(dest="command", required=True)
+        for name, s in self.stages.items():
+            p = sub.add_parser(name, help=s["help"])
+            for option in s["options"]:
+                flag, _, kind = option.partition(":")
+                p.add_argument(f"--{flag}", required=True, **self.KINDS[kind])
+            for flag, what in (("settings", self.stage_keys), ("run", self.runs)):
+                if flag in s["takes"]:
+                    p.add_argument(f"--{flag}", required=True, help="JSON: " + ", ".join(what[name]))
+            if "device" in s["takes"]:
+                p.add_argument("--threads", type=int, required=True, help="CPU threads (the rule's threads)")
+                p.add_argument("--device", required=True, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+            if s["optional"]:
+                p.add_argument(s["optional"][0], **s["optional"][1])
+            p.set_defaults(func=lambda args, command=s["command"]: command(self.prepared(args)), stage=name)
+        run_stage(parser, argv)

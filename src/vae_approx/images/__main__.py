@@ -7,16 +7,13 @@ digits classifier or the Inception weights (<torch_home>/hub/checkpoints/...), a
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from ..common import (Progress, resume_path, run_stage, save_csv, save_text, save_torch, select_device,
-                      set_threads, stage_seed, with_run)
-from ..config import run_identity, stage_section
+from ..common import Progress, StageTable, resume_path, save_csv, save_text, save_torch, stage_seed, with_run
 from ..tables import load_published, markdown, read_records, write_claims, write_table
 from . import data as D
 from . import results as R
@@ -29,30 +26,9 @@ from .plots import likelihood_figure, training_curves
 from .train import joint, pretrain, train_classifier, train_gan_into
 
 
-def prepared(args):
-    """args with --settings as `section`, --run as `identity` and --threads and --device applied (the device as
-    `on`); a wrong key, value or text is a ConfigError (run_stage exits with its message)."""
-    if args.stage in S.STAGE_KEYS:
-        args.section = stage_section(args.settings, S.STAGE_KEYS[args.stage], f"images {args.stage}")
-    if args.stage in S.RUNS:
-        args.identity = run_identity(args.run, S.RUNS[args.stage], f"images {args.stage}")
-    if hasattr(args, "threads"):
-        set_threads(args.threads)
-        args.on = select_device(args.device)
-    return args
-
-
-# The command line, stage by stage (@stage beside each function): what it does; its required options ("name" a
-# path, "name:int" a number, "name:+" several paths); which of --settings, --run and --threads/--device it takes;
-# an option whose default is no config value.
-STAGES: dict = {}
-
-
-def stage(name: str, help: str, options: str, takes: str = "", optional: tuple | None = None):
-    def register(command):
-        STAGES[name] = dict(command=command, help=help, options=options.split(), takes=takes.split(), optional=optional)
-        return command
-    return register
+# The command line, stage by stage (@stage beside each function): common.StageTable.
+TABLE = StageTable("images", S.STAGE_KEYS, S.RUNS)
+STAGES, stage = TABLE.stages, TABLE.stage
 
 
 @stage("prepare-digits", "scikit-learn's digits as a uint8 image array + labels", "out labels", takes="settings")
@@ -247,25 +223,7 @@ def cmd_tabulate_likelihood(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vae_approx.images", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    kinds = {"": {}, "int": {"type": int}, "+": {"nargs": "+"}}  # a path, a number, several paths
-    for name, s in STAGES.items():
-        p = sub.add_parser(name, help=s["help"])
-        for option in s["options"]:
-            flag, _, kind = option.partition(":")
-            p.add_argument(f"--{flag}", required=True, **kinds[kind])
-        for flag, what in (("settings", S.STAGE_KEYS), ("run", S.RUNS)):
-            if flag in s["takes"]:
-                p.add_argument(f"--{flag}", required=True, help="JSON: " + ", ".join(what[name]))
-        if "device" in s["takes"]:
-            p.add_argument("--threads", type=int, required=True, help="CPU threads (the rule's threads)")
-            p.add_argument("--device", required=True, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-        if s["optional"]:
-            p.add_argument(s["optional"][0], **s["optional"][1])
-        p.set_defaults(func=lambda args, command=s["command"]: command(prepared(args)), stage=name)
-    run_stage(parser, argv)
+    TABLE.main("python -m vae_approx.images", __doc__, argv)
 
 
 if __name__ == "__main__":

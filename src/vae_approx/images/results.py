@@ -426,9 +426,8 @@ def likelihood_table(records: pd.DataFrame, setting: str) -> tuple[Table, list[d
         b["expected"] = "increase, with (a) holding"
         claims += [a, b]
     frame = pd.DataFrame(table, columns=list(LIKELIHOOD_TABLE_COLUMNS))
-    n_seeds = sorted({k for key in runs for k in [key[0]]})
     first = frame.iloc[0]
-    note = (f"{seeds_text(n_seeds)}. Nats per image of {int(records.n.iloc[0])} held-out ground-truth images per "
+    note = (f"{seeds_text(sorted({key[0] for key in runs}))}. Nats per image of {int(records.n.iloc[0])} held-out ground-truth images per "
             f"seed (drawn with their true z), and per pixel ({int(records.pixels.iloc[0])} pixels); higher is a "
             f"better fit. AIS: T {int(first.steps)} intermediate distributions on a sigmoid schedule, HMC "
             f"transitions ({int(records.loc[records.estimate == 'ais_lower', 'samples'].iloc[0])} chains per image); "

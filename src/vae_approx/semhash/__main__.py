@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ..common import (InputError, Progress, atomic_path, load_torch, resume_path, run_stage, save_csv, save_torch,
-                      select_device, set_threads, sha256, with_run)
+from ..common import (InputError, Progress, atomic_path, check_sha256, resume_path, run_stage, save_csv, save_torch,
+                      select_device, set_threads, with_run)
 from ..config import run_identity, stage_section
 from ..tables import load_published, read_records, read_tidy, write_claims, write_table
 from .settings import (CLAIMS_CELLS, EXACT_SETS, GAPS_CELLS, ML_RUN, RUN, STAGE_KEYS, ExactSettings,
@@ -45,33 +45,6 @@ def settings_of(args, stage: str) -> dict:
 def run_of(args, stage: str, identity: dict = RUN) -> dict:
     """The job's identity (settings.RUN: seed, encoder, depth, bits; the control's ML_RUN), from --run."""
     return run_identity(args.run, identity, f"semhash {stage}")
-
-
-def load_models(path, n_words: int, run: dict):
-    """(encoder or None, decoder, identity, settings dict) of a saved VAE or control, which must be the run's
-    and the corpus's."""
-    from .train import restore
-
-    saved = load_torch(path, "semantic-hashing model")
-    if not isinstance(saved, dict) or not {"decoder", "settings", "n_words"} <= set(saved):
-        got = (f"a file of kind '{saved['kind']}'" if isinstance(saved, dict) and "kind" in saved else
-               f"a dict of {', '.join(sorted(map(str, saved)))}" if isinstance(saved, dict) else type(saved).__name__)
-        raise InputError(f"{path}: not a semantic-hashing model (a VAE's model.pt or a likelihood control's "
-                         f"decoder.pt, with decoder, settings and n_words); got {got}")
-    encoder, decoder, identity = restore(saved)
-    if {key: identity[key] for key in run} != run:
-        raise InputError(f"{path}: the model of {identity}, not of the run {run}")
-    if saved["n_words"] != n_words:
-        raise InputError(f"{path}: a model of {saved['n_words']} words, the corpus has {n_words}")
-    return encoder, decoder, identity, saved["settings"]
-
-
-def check_sha256(path, pinned: str, what: str) -> None:
-    """No-op without a pinned digest; otherwise the file must match it."""
-    if pinned:
-        actual = sha256(path)
-        if actual != pinned.lower():
-            raise InputError(f"{what}: SHA-256 {actual} does not match the pinned {pinned}")
 
 
 def cmd_synthesize(args) -> None:
@@ -154,6 +127,7 @@ def cmd_train(args) -> None:
 def cmd_retrieval(args) -> None:
     from .data import SparseCounts, load_prepared
     from .evaluate import binary_codes, precision_at_k
+    from .train import load_model
 
     k, run = settings_of(args, "retrieval")["precision_k"], run_of(args, "retrieval")
     set_threads(args.threads)
@@ -163,7 +137,7 @@ def cmd_retrieval(args) -> None:
     if k > corpus.train.shape[0]:
         raise InputError(f"config key 'semhash.precision_k': {k} is more than the {corpus.train.shape[0]} "
                          f"training documents searched in {args.corpus}; use at most that")
-    encoder, _, _, trained = load_models(args.model, corpus.n_words, run)
+    encoder, _, _, trained = load_model(args.model, corpus.n_words, run)
     smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32)
     database = binary_codes(encoder, SparseCounts(corpus.train), smoothing, trained["eval_batch_size"])
     queries = binary_codes(encoder, SparseCounts(corpus.test), smoothing, trained["eval_batch_size"])
@@ -194,13 +168,14 @@ def cmd_train_ml(args) -> None:
 def cmd_exact(args) -> None:
     from .data import SparseCounts, load_prepared
     from .evaluate import exact_rows, train_subset
+    from .train import load_model
 
     section = settings_of(args, "exact")
     exact = ExactSettings.from_section(section["exact"])
     set_threads(args.threads)
     device = select_device(args.device)
     corpus = load_prepared(args.corpus)
-    encoder, decoder, run, _ = load_models(args.model, corpus.n_words, run_of(args, "exact", RUN if args.encoder else ML_RUN))
+    encoder, decoder, run, _ = load_model(args.model, corpus.n_words, run_of(args, "exact", RUN if args.encoder else ML_RUN))
     encoder, decoder = (m.to(device) if m is not None else None for m in (encoder, decoder))
     smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32, device=device)
     subsets = {"test": corpus.test, "train": corpus.train[train_subset(corpus.train.shape[0], exact.train_documents)]}

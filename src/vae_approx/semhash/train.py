@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..common import Progress, check_finite, checkpoint, load_resume, save_torch
+from ..common import InputError, Progress, check_finite, checkpoint, load_resume, load_torch, save_torch
 from .data import PreparedCorpus, SparseBatch, SparseCounts
 from .estimators import surrogate_loss
 from .evaluate import evaluate_nelbo, reported_mean
@@ -305,3 +305,20 @@ def restore(saved: dict) -> tuple[Encoder | None, Decoder, dict]:
         identity = ml_identity(saved["settings"])
     decoder.load_state_dict(saved["decoder"])
     return encoder, decoder, identity
+
+
+def load_model(path, n_words: int, run: dict):
+    """(encoder or None, decoder, identity, settings dict) of a saved VAE or control, which must be the run's
+    and the corpus's."""
+    saved = load_torch(path, "semantic-hashing model")
+    if not isinstance(saved, dict) or not {"decoder", "settings", "n_words"} <= set(saved):
+        got = (f"a file of kind '{saved['kind']}'" if isinstance(saved, dict) and "kind" in saved else
+               f"a dict of {', '.join(sorted(map(str, saved)))}" if isinstance(saved, dict) else type(saved).__name__)
+        raise InputError(f"{path}: not a semantic-hashing model (a VAE's model.pt or a likelihood control's "
+                         f"decoder.pt, with decoder, settings and n_words); got {got}")
+    encoder, decoder, identity = restore(saved)
+    if {key: identity[key] for key in run} != run:
+        raise InputError(f"{path}: the model of {identity}, not of the run {run}")
+    if saved["n_words"] != n_words:
+        raise InputError(f"{path}: a model of {saved['n_words']} words, the corpus has {n_words}")
+    return encoder, decoder, identity, saved["settings"]
