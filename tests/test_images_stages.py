@@ -229,7 +229,7 @@ def test_the_stage_chain_on_digits(tmp_path):
           "--claims", d / "l_claims.csv", "--figure", d / "l.png")
     assert list(dict.fromkeys(pd.read_csv(d / "l.csv").protocol)) == ["corrected", "reference"]
     assert len(pd.read_csv(d / "l_claims.csv")) == 4 and (d / "l.png").read_bytes()[:4] == b"\x89PNG"
-    assert "reference, sigma fixed: nats/image" in (d / "l.md").read_text()
+    assert "| reference, sigma fixed |" in (d / "l.md").read_text() and (d / "l.html").is_file()
     # the two protocols: other distances and other training, from the same draws
     corrected, reference = (pd.read_csv(files[name]["fd_digits"]).value for name in ("corrected", "reference"))
     assert not corrected.equals(reference)

@@ -62,7 +62,7 @@ def test_tables_are_the_means_over_seeds_of_the_records():
     note = tables["test_nelbo_best"].note
     assert "Mean (standard deviation) over 3 seeds (1, 2, 3;" in note and "Kyrylov et al. 2023: 285.7" in note
     assert tables["precision"].note.startswith(f"precision@{K} of Hamming ranking")
-    assert tables["precision"].title == "Semantic hashing: precision"
+    assert tables["precision"].title == f"Semantic hashing: precision@{K} of Hamming ranking, higher is better"
     one_seed = grid_results(*records(seeds=(1,)), K)
     assert "One seed (1), no spread." in grid_tables(one_seed, K, published())[1].note
 

@@ -1,5 +1,7 @@
 """The shared table helpers: tidy metrics in, one row per stage with published numbers, claims out."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,9 +67,12 @@ def test_mean_std_and_its_text_over_seeds():
     assert text.columns.tolist() == ["stage", "seeds", "v"] and text.v.tolist() == ["2.333 (1.5)", "5"]
 
 
+SHORT = {"name": "a short name", "unit": "nats"}  # every claim has both
+
+
 def test_written_claims_read_back(tmp_path):
-    rows = [seeds_claim("x", "s", "rises", "elbo", {0: 2.0}, "increase", "before"),
-            seeds_claim("x", "s", "rises by more than 5", "fid", {0: 1.0}, "increase", "before", tolerance=5.0)]
+    rows = [seeds_claim("x", "s", "rises", "elbo", {0: 2.0}, "increase", "before", **SHORT),
+            seeds_claim("x", "s", "rises by more than 5", "fid", {0: 1.0}, "increase", "before", tolerance=5.0, **SHORT)]
     write_claims(rows, tmp_path / "c.csv")
     claims = read_claims(tmp_path / "c.csv")
     assert claims.columns.tolist() == CLAIM_COLUMNS and claims.verdict.tolist() == [HOLDS, FAILS]
@@ -80,7 +85,7 @@ def test_cells_claim_holds_in_every_cell_fails_in_any_and_is_otherwise_inconclus
     unclear = {0: -1.0, 1: 0.5, 2: -0.2}     # straddles 0
     wrong = {0: 1.0, 1: 1.1, 2: 0.9}         # wholly above 0
     def claim(cells):
-        return cells_claim("x", "grid", "lower", "nelbo", cells, "decrease", "other encoder", "cells.csv")
+        return cells_claim("x", "grid", "lower", "nelbo", cells, "decrease", "other encoder", "cells.csv", **SHORT)
     row, cells = claim({"c1": clear, "c2": clear})
     assert row["verdict"] == HOLDS and [c["verdict"] for c in cells] == [HOLDS, HOLDS]
     assert [c["setting"] for c in cells] == ["c1", "c2"] and row["per_seed"] == "per cell: cells.csv"
@@ -135,7 +140,7 @@ def test_paired_verdict_rejects_nothing_and_fails_on_non_finite():
 
 
 def test_seeds_claim_rows_carry_interval_seeds_control_and_by_construction():
-    row = seeds_claim("x", "s", "moves", "d", {2: 0.40, 0: 0.45, 1: 0.38}, "increase", "control fit")
+    row = seeds_claim("x", "s", "moves", "d", {2: 0.40, 0: 0.45, 1: 0.38}, "increase", "control fit", **SHORT)
     v = paired_verdict([0.45, 0.38, 0.40], "increase")
     assert row["verdict"] == HOLDS and row["seeds"] == 3 and row["in_direction"] == "3/3"
     assert (row["low"], row["high"]) == (pytest.approx(v.low), pytest.approx(v.high))
@@ -143,10 +148,10 @@ def test_seeds_claim_rows_carry_interval_seeds_control_and_by_construction():
     assert row["measured"] == v.summary() and not row["by_construction"]
     # "no change beyond the control": holds while the interval reaches the control's side
     assert seeds_claim("x", "s", "stays", "d", {0: 1e-6, 1: -2e-6, 2: 3e-6}, "increase", "c",
-                       expect_change=False)["verdict"] == HOLDS
+                       expect_change=False, **SHORT)["verdict"] == HOLDS
     assert seeds_claim("x", "s", "stays", "d", {0: 0.4, 1: 0.45, 2: 0.38}, "increase", "c",
-                       expect_change=False)["verdict"] == FAILS
-    assert seeds_claim("x", "s", "rises", "e", {0: 0.1}, "increase", "c", by_construction=True)["by_construction"]
+                       expect_change=False, **SHORT)["verdict"] == FAILS
+    assert seeds_claim("x", "s", "rises", "e", {0: 0.1}, "increase", "c", by_construction=True, **SHORT)["by_construction"]
 
 
 def test_record_writes_a_runs_tables_into_the_page_from_its_mark_on(tmp_path):
@@ -167,3 +172,55 @@ def test_record_writes_a_runs_tables_into_the_page_from_its_mark_on(tmp_path):
     (run / "claims.md").unlink()
     with pytest.raises(InputError, match="no claims.md"):
         write_record(run, page)
+
+
+# ---------------------------------------------------------------- how tables are shown
+
+
+def test_a_shown_table_has_short_rows_units_dashes_and_numbered_notes():
+    from vae_approx.tables import DASH, DIRECTION_NOTE, Shown, html, markdown
+
+    df = pd.DataFrame({"stage": ["encoder pretrained (decoder frozen)", "maximum-likelihood fit (control)"],
+                       "elbo": [-3.3771234, np.nan], "elbo published (Kyrylov et al. 2023)": [-3.37, np.nan]})
+    shown = Shown(transpose=("stage",), labels={"elbo": "ELBO, nats/point ↑"},
+                  values={"encoder pretrained (decoder frozen)": "pretrained", "maximum-likelihood fit (control)": "ML"},
+                  notes=("a dash: no ELBO",))
+    text = markdown(df, "T", "over 2 seeds", shown=shown)
+    lines = text.splitlines()
+    assert lines[2:6] == ["| quantity | pretrained | ML |", "|:--|--:|--:|",
+                          f"| ELBO, nats/point ↑ | -3.377 | {DASH} |",
+                          f"| ELBO, nats/point, published (Kyrylov et al. 2023) | -3.37 | {DASH} |"]
+    assert "nan" not in text and lines[-3:] == ["1. over 2 seeds", "2. a dash: no ELBO", f"3. {DIRECTION_NOTE}"]
+    page = html(df, "T", "over 2 seeds", shown=shown)
+    assert page.count("<tr>") == 3 and "<th>pretrained</th>" in page and "nan" not in page  # a header and two rows
+    plain = markdown(pd.DataFrame({"a|b": ["x|y"], "n": [2]}))
+    assert plain.splitlines()[:3] == ["| a\\|b | n |", "|:--|--:|", "| x\\|y | 2 |"]  # a pipe never ends a cell
+
+
+def test_the_claims_table_is_one_short_row_per_claim_with_its_note(tmp_path):
+    from vae_approx.tables import collect_claims
+
+    long_setting = "digits 32x32 DCGAN, sigma 0.05, reference protocol, sigma learned"
+    rows = [seeds_claim("images", long_setting, "joint training raises the Frechet distance of the reconstructions "
+                        "beyond the floor, as published (FID rise 70.54) " * 2, "fd", {0: 1.2, 1: 1.3, 2: 1.25},
+                        "increase", "the same seed's pretrained reconstructions " * 3, name="FD of reconstructions rises",
+                        unit="FD, digits features"),
+            seeds_claim("gmm", "consistent encoder", "centres move no further", "d", {0: 1e-6, 1: -2e-6, 2: 3e-6},
+                        "increase", "ML fit", expect_change=False, name="centres no further", unit="data units"),
+            seeds_claim("gmm", "factorized encoder", "ELBO rises", "elbo", {0: 0.1, 1: 0.12, 2: 0.11}, "increase", "before",
+                        by_construction=True, name="ELBO rises", unit="nats/point")]
+    write_claims(rows, tmp_path / "a.csv")
+    collect_claims([tmp_path / "a.csv"], tmp_path / "claims.csv", tmp_path / "claims.md", header="PROVENANCE\n\n")
+    md = (tmp_path / "claims.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rows) and max(map(len, table)) <= 160, max(map(len, table))
+    assert md.startswith("PROVENANCE") and "Of 2 claims that could fail: 2 hold, 0 fail, 0 inconclusive; 1 more" in md
+    assert table[2].startswith("| 1 | images | FD of reconstructions rises | +1.25 [") and "| FD, digits features | 3/3 | holds |" in table[2]
+    assert table[4].endswith("| holds, by construction |")
+    notes = {int(line.split(".")[0]): line for line in md.splitlines() if re.match(r"^\d+\. ", line)}
+    assert long_setting in notes[1] and "the same seed's pretrained reconstructions" in notes[1]
+    assert "no-change claim holds unless the whole interval" in notes[2] and "By construction" in notes[3]
+    page = (tmp_path / "claims.html").read_text()
+    assert page.count('<tr class="holds">') == 3 and "PROVENANCE" not in page
+    with pytest.raises(ValueError, match="short name and the unit"):
+        seeds_claim("gmm", "s", "a claim", "elbo", {0: 0.1}, "increase", "before", name="", unit="nats")

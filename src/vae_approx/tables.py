@@ -17,6 +17,7 @@ import argparse
 import math
 import re
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -27,25 +28,177 @@ from .common import InputError, save_csv, save_text
 # measured: the change over seeds as "+0.053 [+0.049, +0.057], 3/3 seeds" (mean, 95% t-interval,
 # seeds in the expected direction); control: what each seed's value is compared with;
 # by_construction: the claim cannot fail by the way it is trained (no evidence for the paper)
-CLAIM_COLUMNS = ["experiment", "setting", "claim", "metric", "expected", "measured", "tolerance", "control", "seeds",
-                 "per_seed", "mean_change", "low", "high", "in_direction", "by_construction", "verdict"]
+# name: the claim in a few words (the claims table's row), unit: the change's unit
+CLAIM_COLUMNS = ["experiment", "setting", "name", "claim", "metric", "unit", "expected", "measured", "tolerance",
+                 "control", "seeds", "per_seed", "mean_change", "low", "high", "in_direction", "by_construction",
+                 "verdict"]
 PUBLISHED_COLUMNS = ["experiment", "setting", "metric", "stage", "value", "source"]
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
 
 
-def markdown(df: pd.DataFrame, title: str | None = None, note: str | None = None, floatfmt: str = ".4g") -> str:
-    parts = [f"## {title}\n"] if title else []
-    parts.append(df.to_markdown(index=False, floatfmt=floatfmt))
-    if note:
-        parts.append(f"\n{note}")
+DASH = "–"  # a cell with no value; every table's notes say what a dash means there
+BETTER = {"higher": "↑", "lower": "↓"}
+DIRECTION_NOTE = "↑: higher is better; ↓: lower is better; no arrow: a change or a setting, not a score."
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How a table is shown to a reader, in Markdown and in the report's HTML (its CSV stays tidy):
+
+    labels: column -> header with its unit and direction (BETTER), e.g. "ELBO, nats/point ↑";
+    transpose: the columns that name a row; when given, the shown table has one row per other
+    column (a quantity, its label first) and one column per row (headed by those columns' values
+    joined by ", "): a table of many quantities over a few stages stays narrow;
+    drop: columns left out of the shown table (kept in the CSV);
+    values: cell text -> its short form (a stage's long name, which the notes spell out);
+    notes: numbered notes under the table, the prose that cells must not hold.
+    A published column '<metric> published (<source>)' takes the metric's label, without its arrow.
+    """
+
+    labels: dict = field(default_factory=dict)
+    transpose: tuple = ()
+    drop: tuple = ()
+    values: dict = field(default_factory=dict)
+    notes: tuple = ()
+
+    def label(self, column: str) -> str:
+        if column in self.labels:
+            return self.labels[column]
+        metric, published, source = column.partition(" published ")
+        if published and metric in self.labels:
+            return f"{self.labels[metric].rstrip(' ↑↓')}, published {source}"
+        return column
+
+
+def cell_text(value, floatfmt: str = ".4g") -> str:
+    """A cell as a reader sees it: numbers formatted, a missing value as a dash."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return DASH
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    if isinstance(value, (float, np.floating)):
+        return format(float(value), floatfmt)
+    text = str(value).strip()
+    return text if text and text.lower() != "nan" else DASH
+
+
+NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)(e[-+]?\d+)?( \(.*\)| \[.*\])?$")
+
+
+def looks_numeric(text: str) -> bool:
+    """A cell that reads as a number ('1.5', '-3.3 (0.03)', '+0.05 [+0.04, +0.06]'): aligned right."""
+    return bool(NUMBER.match(text))
+
+
+def shown_frame(df: pd.DataFrame, shown: Shown | None = None, floatfmt: str = ".4g") -> pd.DataFrame:
+    """The table a reader sees, all text: `shown`'s columns dropped, headers labelled, transposed."""
+    shown = shown or Shown()
+    df = df.drop(columns=[c for c in shown.drop if c in df.columns])
+    text = pd.DataFrame({column: [shown.values.get(t, t) for t in (cell_text(v, floatfmt) for v in df[column])]
+                         for column in df.columns})
+    if shown.transpose:
+        heads = [", ".join(row) for row in text[list(shown.transpose)].itertuples(index=False)]
+        quantities = [c for c in df.columns if c not in shown.transpose]
+        rows = [[shown.label(q), *text[q]] for q in quantities]
+        return pd.DataFrame(rows, columns=["quantity", *heads])
+    return text.rename(columns=shown.label)
+
+
+def table_notes(shown_df: pd.DataFrame, notes) -> list[str]:
+    """The notes of a table: its own, then the direction legend where a header or row carries an arrow."""
+    notes = [notes] if isinstance(notes, str) else list(notes or ())
+    labels = [*shown_df.columns, *(shown_df.iloc[:, 0] if len(shown_df.columns) else [])]
+    if any(arrow in str(label) for label in labels for arrow in BETTER.values()):
+        notes.append(DIRECTION_NOTE)
+    return notes
+
+
+def markdown(df: pd.DataFrame, title: str | None = None, note=None, floatfmt: str = ".4g",
+             shown: Shown | None = None) -> str:
+    """A table for people: the title, a compact pipe table (cells unpadded, so a row is as wide as
+    its contents), then its notes, numbered when there are several (`note` and shown.notes)."""
+    shown = shown or Shown()
+    text = shown_frame(df, shown, floatfmt)
+    numeric = [len(text) > 0 and all(looks_numeric(v) for v in text[c] if v != DASH) for c in text.columns]
+    lines = [f"## {title}", ""] if title else []
+    def row(cells):  # a pipe inside a cell would end it
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines.append(row(text.columns))
+    lines.append("|" + "|".join("--:" if right else ":--" for right in numeric) + "|")
+    lines += [row(cells) for cells in text.itertuples(index=False)]
+    notes = table_notes(text, [*([note] if isinstance(note, str) else note or []), *shown.notes])
+    if len(notes) == 1:
+        lines += ["", notes[0]]
+    elif notes:
+        lines += [""] + [f"{k}. {n}" for k, n in enumerate(notes, 1)]
+    return "\n".join(lines) + "\n"
+
+
+HTML_STYLE = """<style>
+.vae-table { font: 14px/1.4 system-ui, sans-serif; color: #111; margin: 0.5em 0 1.5em; }
+.vae-table table { border-collapse: collapse; margin: 0.5em 0; }
+.vae-table th, .vae-table td { border: 1px solid #ccc; padding: 3px 8px; vertical-align: top; }
+.vae-table th { background: #f3f3f3; text-align: left; }
+.vae-table td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.vae-table tr.holds td.verdict { color: #1a7f37; font-weight: 600; }
+.vae-table tr.fails td.verdict { color: #cf222e; font-weight: 600; }
+.vae-table tr.inconclusive td.verdict { color: #9a6700; font-weight: 600; }
+.vae-table ol, .vae-table p { max-width: 60em; color: #333; }
+</style>"""
+
+
+def html(df: pd.DataFrame, title: str | None = None, note=None, floatfmt: str = ".4g", shown: Shown | None = None,
+         row_classes: list[str] | None = None) -> str:
+    """The same table as an HTML fragment (a style, a heading, the table, its notes) that the report shows
+    inline: opened as a page of its own and embedded in the report's landing page alike."""
+    from html import escape
+
+    shown = shown or Shown()
+    text = shown_frame(df, shown, floatfmt)
+    parts = ['<meta charset="utf-8">', HTML_STYLE, '<div class="vae-table">']
+    if title:
+        parts.append(f"<h2>{escape(title)}</h2>")
+    parts.append("<table>")
+    parts.append("<thead><tr>" + "".join(f"<th>{escape(c)}</th>" for c in text.columns) + "</tr></thead><tbody>")
+    for k, row in enumerate(text.itertuples(index=False)):
+        css = f' class="{escape(row_classes[k])}"' if row_classes else ""
+        cells = []
+        for column, value in zip(text.columns, row):
+            kind = ["verdict"] if column == "verdict" else []
+            kind += ["num"] if looks_numeric(value) else []
+            cells.append(f'<td class="{" ".join(kind)}">{escape(value)}</td>' if kind else f"<td>{escape(value)}</td>")
+        parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    notes = table_notes(text, [*([note] if isinstance(note, str) else note or []), *shown.notes])
+    if len(notes) == 1:
+        parts.append(f"<p>{escape(notes[0])}</p>")
+    elif notes:
+        parts.append("<ol>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ol>")
+    parts.append("</div>")
     return "\n".join(parts) + "\n"
 
 
-def write_table(df: pd.DataFrame, csv_path, md_path, title: str | None = None, note: str | None = None) -> None:
-    """The same table as tidy CSV (for code) and Markdown (for people), both written atomically; in
-    the Markdown, a column with a `<column> std` beside it reads 'mean (std)' (with_spread)."""
+def html_path(md_path) -> Path:
+    """Where a table's HTML lies: beside its Markdown, same name."""
+    return Path(md_path).with_suffix(".html")
+
+
+def write_table(df: pd.DataFrame, csv_path, md_path, title: str | None = None, note=None,
+                shown: Shown | None = None) -> None:
+    """The same table as tidy CSV (for code), Markdown (for people) and HTML beside the Markdown (for the
+    report), all written atomically; in Markdown and HTML a column with a `<column> std` beside it reads
+    'mean (std)' (with_spread)."""
     save_csv(df, csv_path)
-    save_text(markdown(spread_text(df), title, note), md_path)
+    write_shown(spread_text(df), md_path, title, note, shown)
+
+
+def write_shown(df: pd.DataFrame, md_path, title: str | None = None, note=None, shown: Shown | None = None) -> None:
+    """A table for people only: its Markdown at md_path and its HTML beside it (html_path)."""
+    save_text(markdown(df, title, note, shown=shown), md_path)
+    save_text(html(df, title, note, shown=shown), html_path(md_path))
 
 
 def read_tidy(path, what: str, columns) -> pd.DataFrame:
@@ -163,11 +316,14 @@ def spread_text(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _claim(experiment: str, setting: str, claim: str, metric: str, expected: str, measured: str,
-           tolerance: float, verdict: str, *, control: str = "", seeds: int = 1, per_seed: str = "",
-           mean_change: float = float("nan"), low: float = float("nan"), high: float = float("nan"),
-           in_direction: int | str = "", by_construction: bool = False) -> dict:
+           tolerance: float, verdict: str, *, name: str, unit: str, control: str = "", seeds: int = 1,
+           per_seed: str = "", mean_change: float = float("nan"), low: float = float("nan"),
+           high: float = float("nan"), in_direction: int | str = "", by_construction: bool = False) -> dict:
     """One row of the claims table, in CLAIM_COLUMNS."""
-    return {"experiment": experiment, "setting": setting, "claim": claim, "metric": metric, "expected": expected,
+    if not name or not unit:
+        raise ValueError(f"claim {claim!r}: a short name and the unit of its change are required")
+    return {"experiment": experiment, "setting": setting, "name": name, "claim": claim, "metric": metric,
+            "unit": unit, "expected": expected,
             "measured": measured, "tolerance": tolerance, "control": control, "seeds": seeds, "per_seed": per_seed,
             "mean_change": mean_change, "low": low, "high": high, "in_direction": in_direction,
             "by_construction": bool(by_construction), "verdict": verdict}
@@ -224,7 +380,7 @@ def paired_verdict(changes, expected: str, tolerance: float = 0.0, confidence: f
 
 def seeds_claim(experiment: str, setting: str, claim: str, metric: str, changes: dict, expected: str,
                 control: str, tolerance: float = 0.0, by_construction: bool = False,
-                expect_change: bool = True) -> dict:
+                expect_change: bool = True, *, name: str, unit: str) -> dict:
     """A claim decided by paired_verdict over seeds: `changes` {seed: paired change}, each the
     seed's value minus its `control` (the same seed before training, or the control fit).
 
@@ -241,23 +397,24 @@ def seeds_claim(experiment: str, setting: str, claim: str, metric: str, changes:
         verdict = FAILS if pv.verdict == HOLDS else HOLDS
         wanted = f"no {expected} beyond {tolerance:+g}"
     per_seed = "; ".join(f"{k}: {changes[k]:+.4g}" for k in seeds)
-    return _claim(experiment, setting, claim, metric, wanted, pv.summary(), tolerance, verdict, control=control,
-                  seeds=pv.n, per_seed=per_seed, mean_change=pv.mean, low=pv.low, high=pv.high,
+    return _claim(experiment, setting, claim, metric, wanted, pv.summary(), tolerance, verdict, name=name, unit=unit,
+                  control=control, seeds=pv.n, per_seed=per_seed, mean_change=pv.mean, low=pv.low, high=pv.high,
                   in_direction=f"{pv.in_direction}/{pv.n}", by_construction=by_construction)
 
 
 def cells_claim(experiment: str, setting: str, claim: str, metric: str, cells: dict, expected: str,
-                control: str, cells_file: str, tolerance: float = 0.0) -> tuple[dict, list[dict]]:
+                control: str, cells_file: str, tolerance: float = 0.0, *, name: str,
+                unit: str) -> tuple[dict, list[dict]]:
     """A claim that must hold in every cell of a grid: `cells` {cell name: {seed: paired change}},
     each cell decided by seeds_claim. It holds when every cell holds, fails when any cell fails
     and is inconclusive otherwise (no cells: fails). The summary row names the inconclusive and
     failing cells and shows the least clear cell's interval (its end nearest the tolerance);
     `cells_file` is where the per-cell rows (the second return value) are written."""
-    rows = [seeds_claim(experiment, cell, claim, metric, changes, expected, control, tolerance)
+    rows = [seeds_claim(experiment, cell, claim, metric, changes, expected, control, tolerance, name=name, unit=unit)
             for cell, changes in cells.items()]
     if not rows:
         return _claim(experiment, setting, claim, metric, "in every cell", "no cells to compare", tolerance,
-                      FAILS, control=control, seeds=0, per_seed=cells_file), rows
+                      FAILS, name=name, unit=unit, control=control, seeds=0, per_seed=cells_file), rows
     sign = 1.0 if expected == "increase" else -1.0
     by_verdict = {v: [r["setting"] for r in rows if r["verdict"] == v] for v in (HOLDS, FAILS, INCONCLUSIVE)}
     verdict = FAILS if by_verdict[FAILS] else HOLDS if len(by_verdict[HOLDS]) == len(rows) else INCONCLUSIVE
@@ -273,7 +430,7 @@ def cells_claim(experiment: str, setting: str, claim: str, metric: str, cells: d
     measured += f"; least clear, {least['setting']}: {least['measured']}"
     wanted = f"{expected} beyond {tolerance:+g}" if tolerance else expected
     return _claim(experiment, setting, claim, metric, f"{wanted} in every cell", measured, tolerance, verdict,
-                  control=control, seeds=least["seeds"], per_seed=f"per cell: {cells_file}",
+                  name=name, unit=unit, control=control, seeds=least["seeds"], per_seed=f"per cell: {cells_file}",
                   mean_change=least["mean_change"], low=least["low"], high=least["high"],
                   in_direction=least["in_direction"]), rows
 
@@ -302,20 +459,76 @@ def read_claims(path) -> pd.DataFrame:
     return df
 
 
-def collect_claims(inputs: list, csv_path, md_path) -> pd.DataFrame:
-    df = pd.concat([read_claims(p) for p in inputs], ignore_index=True)
+def change_text(row) -> str:
+    """A claim's change as a cell: '+0.0541 [+0.0511, +0.0572]' (mean, 95% interval), or the mean alone."""
+    if not math.isfinite(row.mean_change):
+        return DASH
+    if math.isfinite(row.low) and math.isfinite(row.high):
+        return f"{row.mean_change:+.4g} [{row.low:+.4g}, {row.high:+.4g}]"
+    return f"{row.mean_change:+.4g}"
+
+
+def claim_note(row) -> str:
+    """The claim's long text, numbered like its row: setting, claim, what was expected against which control."""
+    parts = [f"{row.experiment}, {row.setting}: {row.claim}.", f"Expected: {row.expected}; control: {row.control}."]
+    if str(row.per_seed).startswith("per cell"):
+        parts.append(f"Cells: {row.measured} (the row shows the least clear cell; every cell in {row.per_seed.split(': ', 1)[-1]}).")
+    if str(row.expected).startswith("no "):
+        parts.append("A no-change claim holds unless the whole interval lies beyond the tolerance; its seeds column "
+                     "counts the seeds that did change beyond it.")
+    if row.by_construction:
+        parts.append("By construction: it cannot fail by the way the model is trained, so it is no evidence.")
+    return " ".join(parts)
+
+
+CLAIMS_TITLE = "Claims of the paper, checked on this run"
+
+
+def claims_shown(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], str]:
+    """The claims table a reader sees (one short row per claim: number, experiment, name, change with its
+    interval, unit, seeds in the expected direction, verdict), its notes (one per claim, numbered like
+    the rows, then how a claim is decided) and the one-line summary of the verdicts."""
     evidence = df[~df.by_construction.astype(bool)]
     counts = {v: int((evidence.verdict == v).sum()) for v in (HOLDS, FAILS, INCONCLUSIVE)}
-    note = (f"Of {len(evidence)} claims that could fail: {counts[HOLDS]} hold, {counts[FAILS]} fail, "
-            f"{counts[INCONCLUSIVE]} inconclusive; {len(df) - len(evidence)} more cannot fail by the way "
-            "they are trained (by_construction: true) and are no evidence. A claim holds when the 95% t-interval of its change "
-            "over seeds (each seed against its control) lies beyond the tolerance in the expected direction, "
-            "fails when it lies on the other side, and is inconclusive otherwise; with one seed the point decides. "
-            "Per-seed changes: claims.csv.")
-    shown = df[["experiment", "setting", "claim", "expected", "measured", "tolerance", "control",
-                "by_construction", "verdict"]]
+    summary = (f"Of {len(evidence)} claims that could fail: {counts[HOLDS]} hold, {counts[FAILS]} fail, "
+               f"{counts[INCONCLUSIVE]} inconclusive; {len(df) - len(evidence)} more hold or fail by the way the "
+               "model is trained (by construction) and are no evidence.")
+    shown = pd.DataFrame({
+        "#": range(1, len(df) + 1), "experiment": df.experiment, "claim": df.name,
+        "change [95% interval]": [change_text(r) for r in df.itertuples()], "unit": df.unit,
+        "seeds": df.in_direction.astype(str),
+        "verdict": [f"{r.verdict}, by construction" if r.by_construction else r.verdict for r in df.itertuples()]})
+    notes = [claim_note(r) for r in df.itertuples()]
+    notes += ["How a claim is decided: each seed's change is its value minus its control's (the same seed "
+              "before training, or the control fit); the claim holds when the 95% t-interval of the mean change "
+              "over seeds lies beyond the tolerance (0 unless its note says otherwise) in the expected direction, "
+              "fails when it lies on the other side, and is inconclusive otherwise; with one seed the point "
+              "decides. seeds: how many seeds' own change lies beyond the tolerance in the expected direction. "
+              "Every seed's change: claims.csv; every claim against its tolerance: claims.png."]
+    return shown, notes, summary
+
+
+def collect_claims(inputs: list, csv_path, md_path, png_path=None, header: str = "",
+                   header_html: str = "") -> pd.DataFrame:
+    """Stack the experiments' claims into claims.csv (every column), claims.md and claims.html (the short
+    table with its notes; `header`/`header_html` go first, e.g. the run's provenance) and, given png_path,
+    claims.png (plot_claims), which claims.html then shows under its table."""
+    import base64
+
+    df = pd.concat([read_claims(p) for p in inputs], ignore_index=True)
+    shown, notes, summary = claims_shown(df)
     save_csv(df, csv_path)
-    save_text(markdown(shown, title="Claims of the paper, checked on this run", note=note), md_path)
+    text = markdown(shown, CLAIMS_TITLE, notes).replace("\n\n", f"\n\n{summary}\n\n", 1)
+    save_text(header + text, md_path)
+    page = html(shown, CLAIMS_TITLE, notes, row_classes=list(df.verdict))
+    page = page.replace("</h2>", f"</h2>\n<p>{summary}</p>", 1)
+    page = page.replace('<div class="vae-table">', '<div class="vae-table">' + header_html, 1)
+    if png_path:
+        plot_claims(df, png_path)
+        image = base64.b64encode(Path(png_path).read_bytes()).decode()
+        page = page.replace("</table>", '</table>\n<img alt="every claim against its tolerance (claims.png)" '
+                            f'style="max-width: 100%" src="data:image/png;base64,{image}">', 1)
+    save_text(page, html_path(md_path))
     return df
 
 
@@ -323,16 +536,18 @@ VERDICT_COLOURS = {HOLDS: "tab:green", FAILS: "tab:red", INCONCLUSIVE: "tab:oran
 
 
 def plot_claims(df: pd.DataFrame, path) -> None:
-    """claims.png: one panel per claim, on its own scale: the mean change (dot) with its 95%
-    interval (bar) and each seed's change (small marks, where the row lists them), the tolerance
-    (dashed) with the expected side shaded, coloured by verdict; by-construction claims greyed."""
+    """claims.png: one panel per claim, on its own scale with its unit, titled by its number in claims.md
+    and short name: the mean change (dot) with its 95% interval (bar) and each seed's change (small marks,
+    where the row lists them), the tolerance (dashed) with the expected side shaded, coloured by verdict;
+    by-construction claims greyed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .common import save_figure
-    fig, axes = plt.subplots(len(df), 1, figsize=(9, 0.85 * len(df) + 0.6), squeeze=False)
-    for ax, row in zip(axes[:, 0], df.itertuples()):
+    height = 1.05 * len(df) + 0.6
+    fig, axes = plt.subplots(len(df), 1, figsize=(9, height), squeeze=False)
+    for k, (ax, row) in enumerate(zip(axes[:, 0], df.itertuples()), 1):
         colour = VERDICT_COLOURS[row.verdict]
         per_seed = [float(v.split(":")[1]) for v in str(row.per_seed).split(";") if ":" in v and "per cell" not in v]
         ends = [x for x in (row.low, row.high, row.mean_change, row.tolerance, -row.tolerance, *per_seed)
@@ -352,13 +567,13 @@ def plot_claims(df: pd.DataFrame, path) -> None:
         ax.set_ylim(-0.6, 0.6)
         ax.set_yticks([])
         ax.tick_params(axis="x", labelsize=7)
-        label = f"{row.experiment}: {row.claim}"
-        label = label if len(label) <= 110 else label[:107] + "..."
-        ax.set_title(f"{label}  [{row.verdict}{', by construction' if row.by_construction else ''}]",
+        ax.set_xlabel(f"change, {row.unit}", fontsize=7, labelpad=1)
+        # the claim's short name, numbered as in claims.md, whose note k gives its full text
+        ax.set_title(f"{k}. {row.experiment}: {row.name}  [{row.verdict}{', by construction' if row.by_construction else ''}]",
                      fontsize=7.5, loc="left", color="0.5" if row.by_construction else "black")
     fig.suptitle("Claims: mean change over seeds with its 95% interval (bar), seeds (ticks); "
                  "expected side of the tolerance shaded", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # the suptitle keeps its own strip
     save_figure(fig, path, dpi=110)
     plt.close(fig)
 
@@ -414,9 +629,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "record":
         write_record(args.run_dir, args.page)
     elif args.command == "claims":
-        df = collect_claims(args.inputs, args.csv, args.md)
-        if args.png:
-            plot_claims(df, args.png)
+        collect_claims(args.inputs, args.csv, args.md, args.png)
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ rule plot_gmm_regions:
             GMM_PATH["regions"],
             caption="../report/gmm_regions.rst",
             category="Gaussian mixture",
-            subcategory="{encoder} encoder",
+            subcategory="decision regions",
+            labels={"encoder": "{encoder}", "seed": "{seed}"},
         ),
     log:
         f"{GMM_LOGS}/seed{{seed}}/{{encoder}}/regions.log",
@@ -151,7 +152,8 @@ rule plot_gmm_curves:
             GMM_PATH["curves"],
             caption="../report/gmm_curves.rst",
             category="Gaussian mixture",
-            subcategory="{encoder} encoder",
+            subcategory="tables and curves",
+            labels={"encoder": "{encoder}", "file": "training curves"},
         ),
     log:
         f"{GMM_LOGS}/{{encoder}}/curves.log",
@@ -178,13 +180,15 @@ rule tabulate_gmm:
         ml=gmm_settings.every_seed(GMM_CONFIG, RESULTS, "ml_fit"),
         published=config["published_results"],
     output:
-        csv=report(
-            GMM_PATH["table_csv"],
+        csv=GMM_PATH["table_csv"],
+        md=GMM_PATH["table_md"],
+        html=report(
+            GMM_PATH["table_html"],
             caption="../report/gmm_table.rst",
             category="Gaussian mixture",
-            subcategory="{encoder} encoder",
+            subcategory="tables and curves",
+            labels={"encoder": "{encoder}", "file": "table"},
         ),
-        md=GMM_PATH["table_md"],
         per_seed=GMM_PATH["table_per_seed"],
         claims=GMM_PATH["claims"],
     log:

@@ -421,7 +421,8 @@ rule plot_images_grids:
                 grid,
                 caption=f"../report/images_grid_{name}.rst",
                 category="Faces",
-                subcategory="image grids, seed {seed}, sigma {sigma_variant}",
+                subcategory="image grids",
+                labels={"seed": "{seed}", "sigma": "{sigma_variant}", "images": name},
             )
             for name, grid in zip(
                 images_settings.IMAGE_SETS, images_settings.grid_files(RESULTS)
@@ -431,7 +432,8 @@ rule plot_images_grids:
             IMG_PATH["comparison"],
             caption="../report/images_comparison.rst",
             category="Faces",
-            subcategory="image grids, seed {seed}, sigma {sigma_variant}",
+            subcategory="image grids",
+            labels={"seed": "{seed}", "sigma": "{sigma_variant}", "images": "comparison"},
         ),
     log:
         f"{IMG_LOGS}/{IMG_SAMPLED}/grids.log",
@@ -461,6 +463,8 @@ rule plot_images_curves:
             f"{IMG}/curves.png",
             caption="../report/images_curves.rst",
             category="Faces",
+            subcategory="tables and figures",
+            labels={"file": "training curves"},
         ),
     log:
         f"{IMG_LOGS}/curves.log",
@@ -484,12 +488,15 @@ rule tabulate_images:
         **images_settings.table_files(IM, RESULTS),
         published=config["published_results"],
     output:
-        csv=report(
-            f"{IMG}/table.csv",
+        csv=f"{IMG}/table.csv",
+        md=f"{IMG}/table.md",
+        html=report(
+            f"{IMG}/table.html",
             caption="../report/images_table.rst",
             category="Faces",
+            subcategory="tables and figures",
+            labels={"file": "table"},
         ),
-        md=f"{IMG}/table.md",
         per_seed=f"{IMG}/table_per_seed.csv",
         claims=f"{IMG}/claims.csv",
     log:
@@ -515,12 +522,15 @@ rule tabulate_images_ablation:
         **images_settings.ablation_files(IM, RESULTS),
         published=config["published_results"],
     output:
-        csv=report(
-            f"{IMG}/ablation.csv",
+        csv=f"{IMG}/ablation.csv",
+        md=f"{IMG}/ablation.md",
+        html=report(
+            f"{IMG}/ablation.html",
             caption="../report/images_ablation.rst",
             category="Faces",
+            subcategory="tables and figures",
+            labels={"file": "protocol ablation"},
         ),
-        md=f"{IMG}/ablation.md",
         claims=f"{IMG}/ablation_claims.csv",
     log:
         f"{IMG_LOGS}/ablation.log",
@@ -544,17 +554,22 @@ rule tabulate_images_likelihood:
     input:
         images_settings.likelihood_files(IM, RESULTS),
     output:
-        csv=report(
-            f"{IMG}/likelihood.csv",
+        csv=f"{IMG}/likelihood.csv",
+        md=f"{IMG}/likelihood.md",
+        html=report(
+            f"{IMG}/likelihood.html",
             caption="../report/images_likelihood.rst",
             category="Faces",
+            subcategory="tables and figures",
+            labels={"file": "likelihood table"},
         ),
-        md=f"{IMG}/likelihood.md",
         claims=f"{IMG}/likelihood_claims.csv",
         figure=report(
             f"{IMG}/likelihood.png",
             caption="../report/images_likelihood_png.rst",
             category="Faces",
+            subcategory="tables and figures",
+            labels={"file": "likelihood against T"},
         ),
     log:
         f"{IMG_LOGS}/likelihood.log",

@@ -5,16 +5,19 @@ rule collect_claims:
     input:
         experiment_claims(),
     output:
-        csv=report(
-            f"{RESULTS}/claims.csv",
+        csv=f"{RESULTS}/claims.csv",
+        md=f"{RESULTS}/claims.md",
+        html=report(
+            f"{RESULTS}/claims.html",
             caption="../report/claims.rst",
             category="Claims",
+            labels={"file": "claims table"},
         ),
-        md=f"{RESULTS}/claims.md",
         png=report(
             f"{RESULTS}/claims.png",
             caption="../report/claims_png.rst",
             category="Claims",
+            labels={"file": "claims figure"},
         ),
     log:
         f"{LOGS}/claims.log",

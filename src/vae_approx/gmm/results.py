@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..common import InputError
-from ..tables import mean_std, published_columns, seeds_claim, with_published
+from ..tables import Shown, mean_std, published_columns, seeds_claim, with_published
 from .model import TRUE_CENTRES
 from .settings import EXPERIMENT, ML_STAGE, PHASES, SETTINGS
 
@@ -27,6 +27,8 @@ ML_COLUMNS = ["seed", "log_likelihood", "ground_truth_log_likelihood", *CENTRE_C
 NUMERIC = ["elbo", "log_likelihood", "kl_to_posterior", "kl_to_true_posterior", "mean_centre_distance",
            "max_centre_distance", *GAP_COLUMNS]
 ML_CONTROL = "maximum-likelihood fit on the same sample (EM, no encoder)"
+# the unit of each number of the table and the claims
+UNITS = {"elbo": "nats/point", "log_likelihood": "nats/point", "mean_centre_distance": "data units"}
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,9 @@ def summary_table(per_seed: pd.DataFrame, pub: pd.DataFrame, encoder: str) -> tu
     beside), its title and its note."""
     setting = SETTINGS[encoder]
     table = with_published(mean_std(per_seed, ["encoder", "stage"], NUMERIC), pub, EXPERIMENT, ["elbo"], setting)
-    note = (f"Mean and standard deviation over {per_seed.seed.nunique()} seed(s) (each its own data sample and "
+    note = (f"Mean (standard deviation) over {per_seed.seed.nunique()} seed(s) (each its own data sample and "
             "encoder initialisation; per-seed rows in table_per_seed.csv). ELBO and log-likelihood are averages per "
-            "data point (nats); centre distances are Euclidean, in data units, from the ground-truth centres. "
+            "data point; centre distances are Euclidean, in data units, from the ground-truth centres. "
             "The maximum-likelihood fit (EM on the same sample, no encoder) is the drift sampling noise alone "
             "gives the best decoder. The KL gap kl_to_posterior = log p(x) - ELBO splits (Cremer et al. 2018) into "
             "approximation_gap = log p(x) - ELBO(q*), with q* each point's best factorized posterior (two independent "
@@ -135,6 +137,22 @@ def summary_table(per_seed: pd.DataFrame, pub: pd.DataFrame, encoder: str) -> tu
             "the encoder is better than any factorized q (the consistent encoder). Published ELBOs use the reproduction's setting (variance 1, 2000 points per "
             "component, 10,000 + 10,000 steps); Shekhovtsov et al. 2022 is quoted by Kyrylov et al. 2023.")
     return table, f"Gaussian mixture, {setting}", note
+
+
+# How the summary table is shown: one row per quantity, one column per stage.
+SHOWN = Shown(
+    transpose=("stage",), drop=("encoder",),
+    values={PHASES["pretrain"]: "pretrained", PHASES["joint"]: "joint", ML_STAGE: "ML fit (control)"},
+    labels={"elbo": "ELBO, nats/point ↑", "log_likelihood": "log p(x), nats/point ↑",
+            "kl_to_posterior": "log p(x) - ELBO, nats/point ↓",
+            "kl_to_true_posterior": "KL(q ‖ ground truth's posterior), nats/point ↓",
+            "mean_centre_distance": "mean centre distance, data units ↓",
+            "max_centre_distance": "largest centre distance, data units ↓",
+            "best_factorized_elbo": "ELBO(q*), best factorized q, nats/point ↑",
+            "approximation_gap": "approximation gap, nats/point ↓", "amortization_gap": "amortization gap, nats/point ↓"},
+    notes=("Columns: pretrained = the encoder pretrained against the ground-truth decoder, frozen; joint = after joint "
+           "training of encoder and decoder; ML fit = the control, the maximum-likelihood fit by EM on the same "
+           "sample, with no encoder (a dash: it has no ELBO).",))
 
 
 def claims(f: Finals) -> list[dict]:
@@ -153,17 +171,22 @@ def claims(f: Finals) -> list[dict]:
         return [seeds_claim(EXPERIMENT, setting, "joint training moves the centres no further from the ground truth "
                             "than the maximum-likelihood fit does", "mean_centre_distance",
                             change("mean_centre_distance", f.joint, f.ml), "increase", ML_CONTROL,
-                            expect_change=False)]
+                            expect_change=False, name=f"centres drift no further than ML fit ({f.encoder})",
+                            unit=UNITS["mean_centre_distance"])]
     return [
         seeds_claim(EXPERIMENT, setting, "joint training raises the ELBO", "elbo", change("elbo", f.joint, f.pretrain),
-                    "increase", "the same seed after pretraining", by_construction=True),
+                    "increase", "the same seed after pretraining", by_construction=True,
+                    name=f"ELBO rises ({f.encoder})", unit=UNITS["elbo"]),
         seeds_claim(EXPERIMENT, setting, "joint training lowers the true log-likelihood below the ground truth's",
                     "log_likelihood", change("log_likelihood", f.joint, f.ml, "ground_truth_log_likelihood"),
-                    "decrease", "the ground-truth decoder on the same sample"),
+                    "decrease", "the ground-truth decoder on the same sample",
+                    name=f"log p(x) falls below the truth's ({f.encoder})", unit=UNITS["log_likelihood"]),
         seeds_claim(EXPERIMENT, setting, "joint training leaves the true log-likelihood below the maximum-likelihood "
                     "fit's", "log_likelihood", change("log_likelihood", f.joint, f.ml), "decrease", ML_CONTROL,
-                    by_construction=True),
+                    by_construction=True, name=f"log p(x) below the ML fit's ({f.encoder})",
+                    unit=UNITS["log_likelihood"]),
         seeds_claim(EXPERIMENT, setting, "joint training moves the centres further from the ground truth than the "
                     "maximum-likelihood fit does", "mean_centre_distance",
-                    change("mean_centre_distance", f.joint, f.ml), "increase", ML_CONTROL),
+                    change("mean_centre_distance", f.joint, f.ml), "increase", ML_CONTROL,
+                    name=f"centres drift beyond the ML fit ({f.encoder})", unit=UNITS["mean_centre_distance"]),
     ]

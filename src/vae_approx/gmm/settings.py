@@ -55,6 +55,7 @@ PATHS = {
     "curves": "{encoder}/curves.png",
     "table_csv": "{encoder}/table.csv",
     "table_md": "{encoder}/table.md",
+    "table_html": "{encoder}/table.html",  # the table as the report shows it, written beside table.md
     "table_per_seed": "{encoder}/table_per_seed.csv",
     "claims": "{encoder}/claims.csv",
 }
@@ -98,7 +99,7 @@ def targets(section: dict, results: str) -> list[str]:
     """The experiment's final products: per encoder family its table and curves, per seed and
     family its regions plot."""
     families = [path(results, name).format(encoder=encoder)
-                for encoder in section["encoders"] for name in ("table_csv", "table_md", "curves")]
+                for encoder in section["encoders"] for name in ("table_csv", "table_md", "table_html", "curves")]
     regions = [path(results, "regions").format(seed=seed, encoder=encoder)
                for seed in section["seeds"] for encoder in section["encoders"]]
     return families + regions

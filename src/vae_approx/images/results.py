@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..common import InputError
-from ..tables import (FAILS, HOLDS, INCONCLUSIVE, mean_std, one_value, paired_verdict, published, seeds_claim, with_published,
+from ..tables import (FAILS, HOLDS, INCONCLUSIVE, Shown, mean_std, one_value, paired_verdict, published, seeds_claim, with_published,
                       with_spread)
 from .settings import (DISTANCES, EXPERIMENT, FACTORS, FLOOR, JOINT_RUN, LIKELIHOOD_COLUMNS, LIKELIHOOD_ROWS, PHASES,
                        SAMPLED_RUN, SIGMA_VARIANTS, TRAINING_FACTORS, ablation_protocol, describe, learns_sigma)
@@ -33,7 +33,34 @@ class Table(NamedTuple):
     frame: pd.DataFrame  # the table as CSV holds it
     title: str           # its Markdown title
     note: str            # the note below it
+    shown: Shown | None = None  # how Markdown and HTML show it (tables.Shown)
 
+
+UNIT = "nats/image"
+SHORT_STAGES = {"encoder pretrained (decoder frozen)": "pretrained", "joint training": "joint"}
+
+
+def distance_unit(fd: str) -> str:
+    """The unit a Frechet distance is given in: the features it is computed on."""
+    return "FID" if fd == DISTANCES["inception"] else "FD (digits features)"
+
+
+def short_distance(fd: str) -> str:
+    return "FID" if fd == DISTANCES["inception"] else "FD"
+
+
+def faces_shown(fd: str) -> Shown:
+    """The faces table as people read it: a row per quantity, a column per sigma variant and stage."""
+    return Shown(
+        transpose=("decoder_sigma", "stage"), values={**SHORT_STAGES, "fixed": "sigma fixed", "learned": "sigma learned"},
+        labels={"elbo": f"ELBO, {UNIT} ↑", f"{fd} reconstructions": f"reconstructions' {distance_unit(fd)} ↓",
+                f"{fd} prior samples": f"prior samples' {distance_unit(fd)} ↓",
+                "decoder_drift": "decoder drift, squared difference per pixel ↓",
+                "elbo_ema (reference statistic)": f"ELBO moving average (the reference's statistic), {UNIT}",
+                "sigma": "decoder sigma", "fid": "FID ↓"},
+        notes=("Columns: sigma fixed or learned in joint training; pretrained = the encoder pretrained against the "
+               "ground-truth decoder, frozen; joint = after joint training. A dash: not measured at that stage (the "
+               "reference's pretraining logs no moving average; published numbers exist for fixed sigma only).",))
 
 # ---------------------------------------------------------------- records -> runs
 
@@ -193,16 +220,20 @@ def faces_table(distances: pd.DataFrame, heldout: pd.DataFrame, curves: pd.DataF
         beyond = (f"; each seed's rise minus its floor (two independent ground-truth draws, {floor_text})"
                   if by_floor else "")
         name = setting if not learns_sigma(sigma) else f"{setting}, sigma learned"
+        variant = ", sigma learned" if learns_sigma(sigma) else ""
         claims += [
             seeds_claim(EXPERIMENT, name, "joint training raises the ELBO", "elbo", rises(run, "elbo", False),
-                        "increase", "the same seed after pretraining", by_construction=True),
+                        "increase", "the same seed after pretraining", by_construction=True,
+                        name=f"ELBO rises{variant}", unit=UNIT),
             seeds_claim(EXPERIMENT, name, f"joint training raises the {distance_name} of the reconstructions{above}",
                         f"{fd} reconstructions", rises(run, f"{fd} reconstructions", by_floor), "increase",
-                        f"the same seed's pretrained reconstructions{beyond}", tolerance),
+                        f"the same seed's pretrained reconstructions{beyond}", tolerance,
+                        name=f"reconstructions' {short_distance(fd)} rises{above}{variant}", unit=distance_unit(fd)),
             seeds_claim(EXPERIMENT, name, "joint training moves the decoder away from the ground truth: "
                         f"{distance_name} of its prior samples rises{above}",
                         f"{fd} prior samples", rises(run, f"{fd} prior samples", by_floor), "increase",
-                        f"the ground-truth decoder's samples of the same seed (the floor){beyond}", tolerance),
+                        f"the ground-truth decoder's samples of the same seed (the floor){beyond}", tolerance,
+                        name=f"prior samples' {short_distance(fd)} rises{above}{variant}", unit=distance_unit(fd)),
         ]
     per_seed = pd.DataFrame(rows)
     columns = [c for c in per_seed.columns if c not in ("seed", "decoder_sigma", "stage")]
@@ -223,7 +254,7 @@ def faces_table(distances: pd.DataFrame, heldout: pd.DataFrame, curves: pd.DataF
             f"decoder_sigma: joint training's decoder sigma, the ground truth's (fixed) or learned from it. "
             f"Published numbers are for CelebA 64x64 with sigma 0.05, fixed sigma, and the reference protocol (FID "
             f"between ground-truth samples and reconstructions), comparable only in the paper preset.")
-    return Table(summary, f"Faces experiment, {setting}", note), per_seed, claims, unverified
+    return Table(summary, f"Faces experiment, {setting}", note, faces_shown(fd)), per_seed, claims, unverified
 
 
 # ---------------------------------------------------------------- the protocol ablation
@@ -281,7 +312,8 @@ def ablation_table(distances: pd.DataFrame, heldout: pd.DataFrame, curves: pd.Da
             f"of the reconstructions{above}, as published (FID rise {published_rise:.4g})",
             f"{fd} reconstructions", changes, "increase",
             "the same seed's pretrained reconstructions, both drawn by the reference protocol"
-            + ("; each seed's rise minus its floor" if by_floor else ""), tolerance))
+            + ("; each seed's rise minus its floor" if by_floor else ""), tolerance,
+            name=f"reference protocol: reconstructions' {short_distance(fd)} rises{above}", unit=distance_unit(fd)))
     singles = [name for name in rows if name in FACTORS]
     if "corrected" in rise and singles:
         claims.append(leading_factor_claim(rise, singles, setting, fd, distance_name))
@@ -297,7 +329,21 @@ def ablation_table(distances: pd.DataFrame, heldout: pd.DataFrame, curves: pd.Da
     shown = table.drop(columns=["rise low", "rise high"]).assign(
         rise=[f"{r.rise:+.4g} [{r['rise low']:+.4g}, {r['rise high']:+.4g}]" if np.isfinite(r["rise low"])
               else f"{r.rise:+.4g}" for _, r in table.iterrows()])
-    return Table(table, f"Faces protocol ablation, {setting}", note), shown, claims
+    unit = distance_unit(fd)
+    how = Shown(drop=("factors",), labels={
+        f"{fd} reconstructions pretrained": "recon. pre", f"{fd} reconstructions joint": "recon. joint",
+        "rise": "rise [95%]", "rise beyond floor": "rise - floor", f"{fd} prior samples joint": "prior joint",
+        "prior rise": "prior - floor", "decoder_drift": "drift", "elbo pretrained": "ELBO pre",
+        "elbo joint": "ELBO joint"}, notes=(
+        f"Distances in {unit}: recon. = of the reconstructions (pre: the pretrained encoder's, joint: after joint "
+        "training), prior = of the joint decoder's prior samples; floor = the distance between two independent "
+        "ground-truth draws of the same size, what sampling alone gives; drift: the decoder's mean squared "
+        f"difference per pixel from the ground truth's means on the same z; ELBO in {UNIT}.",
+        "Why the reference protocol's rise has three numbers: 'rise' is joint minus pretrained; the claim "
+        "'reference ... beyond the floor' decides 'rise - floor' seed by seed (the claims table's number); the "
+        "leading-factor claim decides each factor's rise minus the corrected protocol's, seed by seed.",
+        *(f"{r.protocol}: {r.factors}." for r in table.itertuples())))
+    return Table(table, f"Faces protocol ablation, {setting}", note, how), shown, claims
 
 
 def leading_factor_claim(rise: dict, singles: list, setting: str, fd: str, distance_name: str) -> dict:
@@ -317,7 +363,8 @@ def leading_factor_claim(rise: dict, singles: list, setting: str, fd: str, dista
                       f"most to the rise of the reconstructions' {distance_name} ({FACTORS[top].meaning})",
                       f"{fd} reconstructions", added[top], "increase",
                       f"the corrected protocol's rise, same seed{share}"
-                      + (f"; not run alone: {', '.join(not_run)}" if not_run else ""))
+                      + (f"; not run alone: {', '.join(not_run)}" if not_run else ""),
+                      name=f"{top} adds most to the rise", unit=distance_unit(fd))
     if len(order) > 1:  # it must also add more than the runner-up, by the same rule
         second = order[1]
         lead = paired_verdict([added[top][k] - added[second].get(k, float("nan")) for k in sorted(added[top])],
@@ -412,15 +459,17 @@ def likelihood_table(records: pd.DataFrame, setting: str) -> tuple[Table, list[d
                           "mean": per_seed.mean(), "std": std, "per_pixel": per_seed.mean() / pixels,
                           "seeds": len(per_seed), "steps": T, "samples": samples})
         name = f"{setting}, {protocol} protocol" + (", sigma learned" if learns_sigma(identity["sigma_variant"]) else "")
+        short = protocol + (", sigma learned" if learns_sigma(identity["sigma_variant"]) else "")
         a = seeds_claim(EXPERIMENT, name, "the joint decoder gives the ground truth's held-out images a lower "
                         "log-likelihood than the ground truth, by more than both AIS widths",
                         "log p(x) drop less widths (nats/image)", {k: v["margin"] for k, v in values.items()},
                         "increase", f"the ground truth's own log p(x) of its images; forward AIS at T {T} for both, "
-                        "less the ground truth's sandwich width and the joint decoder's BDMC width")
+                        "less the ground truth's sandwich width and the joint decoder's BDMC width",
+                        name=f"(a) log p(x) falls beyond AIS error, {short}", unit=UNIT)
         b = seeds_claim(EXPERIMENT, name, "joint training raises the ELBO while the likelihood falls (a)",
                         "ELBO rise (nats/image)", {k: v["elbo_rise"] for k, v in values.items()}, "increase",
                         f"the pretrained encoder with the ground truth, the same images (K {samples}); "
-                        "holds only where (a) holds")
+                        "holds only where (a) holds", name=f"(b) ELBO rises while (a) holds, {short}", unit=UNIT)
         verdicts = {a["verdict"], b["verdict"]}
         b["verdict"] = FAILS if FAILS in verdicts else HOLDS if verdicts == {HOLDS} else INCONCLUSIVE
         b["expected"] = "increase, with (a) holding"
@@ -444,11 +493,10 @@ def likelihood_table(records: pd.DataFrame, setting: str) -> tuple[Table, list[d
 
 def likelihood_markdown(frame: pd.DataFrame) -> pd.DataFrame:
     """The likelihood table as people read it: a row per quantity, per protocol and sigma variant a column
-    'mean (std)' in nats per image and its mean per pixel."""
-    shown = pd.DataFrame({"quantity": list(dict.fromkeys(frame.label))})
+    'mean (std)' in nats per image (per pixel: likelihood.csv's per_pixel)."""
+    shown = pd.DataFrame({f"quantity, {UNIT}": list(dict.fromkeys(frame.label))})
     for (protocol, sigma), group in frame.groupby(["protocol", "sigma_variant"], sort=False):
         by_label = group.set_index("label")
-        head = f"{protocol}, sigma {sigma}"
-        shown[f"{head}: nats/image"] = [with_spread(by_label.loc[q, "mean"], by_label.loc[q, "std"]) for q in shown.quantity]
-        shown[f"{head}: nats/pixel"] = [f"{by_label.loc[q, 'per_pixel']:.4g}" for q in shown.quantity]
+        shown[f"{protocol}, sigma {sigma}"] = [with_spread(by_label.loc[q, "mean"], by_label.loc[q, "std"])
+                                              for q in shown.iloc[:, 0]]
     return shown

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from ..common import InputError
-from ..tables import cells_claim, mean_std, paired_verdict, published_columns
+from ..tables import Shown, cells_claim, mean_std, paired_verdict, published_columns
 from .settings import ALLOWED, ENCODER_NAMES, EXACT_SETS, EXPERIMENT, ML_ENCODER, RUN, TABLES
 
 IDENTITY = list(RUN)                    # seed, encoder, depth, bits
@@ -78,12 +78,33 @@ def grid_table(results: pd.DataFrame, value: str) -> pd.DataFrame:
     return table
 
 
+UNIT = "nats/document"  # every NELBO and -log p(x) of the tables and claims
+
+
 class Table(NamedTuple):
     name: str          # the file's name, without .csv or .md
     table: pd.DataFrame
     title: str
     note: str
+    shown: Shown | None = None  # how Markdown and HTML show it (tables.Shown)
 
+
+# The grid tables' titles: the value, its unit and which way is better.
+GRID_TITLES = {"test_nelbo_best": f"test NELBO at the best epoch, {UNIT}, lower is better",
+               "test_nelbo_last": f"test NELBO at the last epoch, {UNIT}, lower is better",
+               "train_nelbo_last": f"train NELBO in the last epoch, {UNIT}, lower is better",
+               "precision": "precision@{k} of Hamming ranking, higher is better"}
+GAPS_SHOWN = Shown(labels={"nll": "-log p(x) ↓", "nelbo": "NELBO ↓", "nelbo_q_star": "NELBO(q*) ↓",
+                           "inference_gap": "inf. gap ↓", "approximation_gap": "approx. gap ↓",
+                           "amortization_gap": "amort. gap ↓", "nll bound": "IWAE bound ↓"},
+                   notes=(f"Every number in {UNIT}; depth: the decoder's hidden layers; inf. gap = inference gap, "
+                          "approx. gap = approximation gap, amort. gap = amortization gap, IWAE bound = nll bound "
+                          "(the note above); a dash: the likelihood control (ml) has no encoder, so no NELBO and no "
+                          "gaps.",))
+IWAE_SHOWN = Shown(labels={"depth": "decoder depth", "nll": "-log p(x) ↓"},
+                   notes=(f"Every number in {UNIT}; K=n: the IWAE bound with n samples minus the exact -log p(x) "
+                          "(lower is better: 0 is exact).",))
+SPLIT_SHOWN = Shown(notes=(f"Every number in {UNIT}; negative: e1 lower (better).",))
 
 def grid_tables(results: pd.DataFrame, k: int, published: pd.DataFrame) -> list[Table]:
     """The grid table of each value of settings.TABLES, with its note: what the value is, the seeds, and
@@ -108,7 +129,8 @@ def grid_tables(results: pd.DataFrame, k: int, published: pd.DataFrame) -> list[
             if numbers:
                 note += "; published (e1, decoder depth 0, 64 bits, real 20 Newsgroups): " + ", ".join(
                     f"{key.split('(')[-1].rstrip(')')}: {v:g}" for key, v in numbers.items())
-        out.append(Table(value, grid_table(results, value), f"Semantic hashing: {value}", note + "."))
+        out.append(Table(value, grid_table(results, value), f"Semantic hashing: {GRID_TITLES[value].format(k=k)}", note + ".",
+                         Shown(labels={"depth": "decoder depth"})))
     return out
 
 
@@ -126,7 +148,7 @@ def encoder_claims(results: pd.DataFrame, cells_file: str) -> tuple[list[dict], 
             EXPERIMENT, f"encoders {counts} vs {other}, every (depth, bits) cell",
             f"a linear encoder on word counts ({counts}) reaches a lower test NELBO than {other} "
             f"({ENCODER_NAMES[other]})", "test_nelbo_best", cells, "decrease",
-            f"{other} in the same cell and seed", cells_file)
+            f"{other} in the same cell and seed", cells_file, name=f"test NELBO: {counts} below {other}", unit=UNIT)
         claims.append(claim)
         cells_rows += rows
     return claims, cells_rows
@@ -226,12 +248,13 @@ def gap_tables(exact: pd.DataFrame, max_bits: int, iwae_samples: int, curve: lis
     return [
         Table("gaps", gaps_table(exact, iwae_samples), "Semantic hashing: the approximation error",
               GAPS_NOTE.format(max_bits=max_bits, K=iwae_samples, spread=spread,
-                               published=", ".join(f"{k}: {v:g}" for k, v in pub.items()) or "none")),
+                               published=", ".join(f"{k}: {v:g}" for k, v in pub.items()) or "none"), GAPS_SHOWN),
         Table("iwae", iwae_table(exact, curve), "Semantic hashing: the IWAE bound against the exact -log p(x)",
-              f"Test set, -log p(x) exact and the IWAE bound's excess over it for each K, {spread}."),
+              f"Test set, -log p(x) exact and the IWAE bound's excess over it for each K, {spread}.", IWAE_SHOWN),
         Table("split", split_table(exact), "Semantic hashing: e1's NELBO advantage, split",
               "Test set, exact: the difference in NELBO = the difference in -log p(x) (the decoders) + the "
-              "difference in the inference gap (the bounds); mean paired differences over seeds, 95% t-intervals."),
+              "difference in the inference gap (the bounds); mean paired differences over seeds, 95% t-intervals.",
+              SPLIT_SHOWN),
     ]
 
 
@@ -265,23 +288,24 @@ def gap_claims(exact: pd.DataFrame, cells_file: str) -> tuple[list[dict], list[d
     counts, *others = ALLOWED["encoders"]
     specs = [(encoder, ML_ENCODER, "nll", "increase", f"ELBO training gives up likelihood ({encoder})",
               f"the decoder trained with encoder {encoder} has a lower test log p(x) than the decoder trained by "
-              "the exact log-likelihood", "the likelihood control of the same cell and seed")
+              "the exact log-likelihood", "the likelihood control of the same cell and seed",
+              f"-log p(x): {encoder} above the ML decoder")
              for encoder in ALLOWED["encoders"]]
     for other in others:
         specs += [(counts, other, "inference_gap", "decrease", f"inference gap, {counts} vs {other}",
                    f"{counts}'s inference gap log p(x) - ELBO is smaller than {other}'s",
-                   f"{other} in the same cell and seed"),
+                   f"{other} in the same cell and seed", f"inference gap: {counts} below {other}"),
                   (counts, other, "nll", "decrease", f"decoder likelihood, {counts} vs {other}",
                    f"{counts}'s decoder has a higher test log p(x) than {other}'s",
-                   f"{other} in the same cell and seed")]
+                   f"{other} in the same cell and seed", f"-log p(x): {counts} below {other}")]
     claims, rows = [], []
-    for a, b, value, expected, setting, claim, control in specs:
+    for a, b, value, expected, setting, claim, control, name in specs:
         cells = _paired(test, value, a, b)
         if not cells:
             continue
         metric = {"nll": "test_nll", "inference_gap": "test_inference_gap"}[value]
         summary, cell_rows = cells_claim(EXPERIMENT, setting + ", every (depth, bits) cell", claim, metric, cells,
-                                         expected, control, cells_file)
+                                         expected, control, cells_file, name=name, unit=UNIT)
         claims.append(summary)
         rows += cell_rows
     return claims, rows
