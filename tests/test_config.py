@@ -306,3 +306,23 @@ def test_the_plan_names_missing_inputs_and_the_disk_it_will_take(tmp_path):
     dry = subprocess.run(["snakemake", "-n", "--configfile", "presets/paper.yaml"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert dry.returncode == 0 and "[vae-approx] disk: the faces' image sets take about 184 GB" in dry.stderr
+
+
+def test_config_check_names_the_file_snakemake_does_not(tmp_path):
+    """Snakemake's error for a --configfile that is not YAML names no file; `python -m vae_approx.config check`
+    names it with the line, and validates the merged config as a dry run would."""
+    from vae_approx.config import check_files, main
+
+    broken = tmp_path / "mine.yaml"
+    broken.write_text("gmm:\n  seeds: [0, 1\n  joint: {lr: 0.01}\n")
+    with pytest.raises(ConfigError, match=r"config file .*mine\.yaml: not valid YAML at line 3"):
+        check_files([broken], ROOT)
+    (tmp_path / "list.yaml").write_text("- gmm\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: expected keys at the top level"):
+        check_files([tmp_path / "list.yaml"], ROOT)
+    (tmp_path / "float.yaml").write_text("gmm:\n  seeds: [1.0]\n")
+    with pytest.raises(ConfigError, match=r"'gmm\.seeds\[0\]': 1\.0 is not an integer"):
+        check_files([tmp_path / "float.yaml"], ROOT)
+    assert check_files([ROOT / "presets" / "smoke.yaml"], ROOT)["run"] == "smoke"
+    with pytest.raises(SystemExit):
+        main(["check", str(broken), "--workflow", str(ROOT)])

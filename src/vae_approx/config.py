@@ -216,3 +216,72 @@ def run_identity(text: str, allowed: dict, what: str) -> dict:
             raise ConfigError(f"{what} --run: {key} {value!r} is not one of {list(values)}")
         out[key] = value
     return {key: out[key] for key in allowed}
+
+
+# ---------------------------------------------------------------- checking config files by hand
+
+
+def read_config_file(path) -> dict:
+    """One config file (a preset, a user's overrides) as a mapping; ConfigError names the file and, for
+    YAML that does not parse, the line and column (Snakemake's own message names neither)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not a text file ({exc.reason})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected keys at the top level (key: value), got a {type(data).__name__}")
+    return data
+
+
+def merged(base: dict, update: dict) -> dict:
+    """`update` laid over `base` as Snakemake merges --configfile files: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def check_files(paths, basedir) -> dict:
+    """config.yaml with each file laid over it in turn, validated as the Snakefile does (the schema, then
+    check_inputs); returns the merged config. Every error names its file or its key."""
+    basedir = Path(basedir)
+    config = read_config_file(basedir / "config.yaml")
+    for path in paths:
+        config = merged(config, read_config_file(path))
+    validate_config(config, basedir / "workflow" / "schemas" / "config.schema.yaml")
+    check_inputs(config, basedir)
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m vae_approx.config",
+        description="Check config files as `snakemake --configfile FILE ...` would read them, naming the file or "
+                    "key at fault (Snakemake's message for a file that is not YAML does not name the file).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="config.yaml with FILE... laid over it, in order")
+    check.add_argument("files", nargs="*", help="presets or override files, as given to --configfile")
+    check.add_argument("--workflow", default=".", help="the workflow's folder (holds config.yaml); default: here")
+    args = parser.parse_args(argv)
+    try:
+        config = check_files(args.files, args.workflow)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"config ok: run '{config['run']}', experiments {', '.join(config['experiments'])}")
+
+
+if __name__ == "__main__":
+    main()
