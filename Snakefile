@@ -19,6 +19,7 @@ include: "workflow/rules/gmm.smk"
 include: "workflow/rules/semhash.smk"
 include: "workflow/rules/images.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/provenance.smk"
 
 
 # Downloads run where Snakemake itself runs (on a cluster: the login node), never as cluster

@@ -51,7 +51,7 @@ PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 GPU_RULES = {"pretrain_gmm_encoder", "train_gmm_joint", "train_semhash", "train_gan", "choose_generator",
              "pretrain_images_encoder", "train_images_joint", "generate_samples", "compute_fid",
              "evaluate_images_heldout", "evaluate_images_likelihood"}
-CPU_RULES = {"sample_gmm", "plot_gmm_regions", "plot_gmm_curves", "plot_images_curves", "tabulate_gmm", "collect_claims", "prepare_corpus", "evaluate_retrieval",
+CPU_RULES = {"sample_gmm", "plot_gmm_regions", "plot_gmm_curves", "plot_images_curves", "tabulate_gmm", "collect_claims", "record_provenance", "prepare_corpus", "evaluate_retrieval",
              "tabulate_semhash", "download_celeba", "prepare_celeba", "download_inception",
              "tabulate_images", "tabulate_images_ablation", "tabulate_images_likelihood",
              "plot_images_grids"}  # never these

@@ -556,3 +556,52 @@ def test_the_local_profile_shares_the_gpu_among_launch_bound_jobs():
                  "compute_fid", "evaluate_images_heldout"):
         assert asked[rule] == {str(slots)}, (rule, asked[rule])
     assert asked["tabulate_images"] == {None} and asked["prepare_corpus"] == {None}  # CPU jobs take no slot
+
+
+# ---------------------------------------------------------------- provenance, and two runs compared
+
+
+def test_provenance_is_recorded_and_compare_lists_what_one_setting_moved(smoke, smoke_jobs, tmp_path):
+    """provenance.json holds every field and config.yaml the effective config. The smoke run copied and re-run
+    with semhash.precision_k changed: `python -m vae_approx compare` lists that setting, the precision values it
+    moved and nothing else; the run compared with itself lists nothing."""
+    import json
+
+    from vae_approx import compare, provenance
+
+    out, config = results(smoke), merged_config(smoke, "presets/smoke.yaml")
+    prov = json.loads((out / "provenance.json").read_text())
+    assert list(prov) == list(provenance.SECTIONS)
+    assert all(list(prov[section]) == list(provenance.FIELDS[section]) for section in prov)
+    assert prov["code"]["commit"] == provenance.NOT_GIT  # a copy of the workflow (a checkout: tests/test_provenance.py)
+    assert prov["config"]["preset"] == ["config.yaml", "presets/smoke.yaml"]
+    assert yaml.safe_load((out / "config.yaml").read_text()) == config
+    assert prov["config"]["hash"] == provenance.config_hash(config)
+    trained = [job for job in smoke_jobs if re.match(r"(pre)?train", job.rule)]
+    assert prov["executor"] == {"kind": "local", "training_jobs": len(trained), "devices": ["cpu"],
+                                "threads": prov["executor"]["threads"], "hosts": prov["executor"]["hosts"]}
+    assert prov["times"]["jobs"] == len(smoke_jobs) - 1 and prov["times"]["core_seconds"] > 0  # all but its own
+    # the copy, re-run with one setting changed
+    start = time.monotonic()
+    changed = tmp_path / "changed"
+    shutil.copytree(smoke, changed, symlinks=True)
+    (changed / "precision.yaml").write_text(yaml.safe_dump({"semhash": {"precision_k": 50}}))
+    snakemake(changed, configfiles=("presets/smoke.yaml", "precision.yaml"))
+    c = compare.compare_runs(compare.load_run(out), compare.load_run(results(changed)))
+    assert c.settings == [("semhash.precision_k", 100, 50)]
+    assert [key for key, _, _, differs in c.provenance if differs] == ["config.preset", "config.hash"]
+    assert not c.claims and not c.files  # no claim reads precision@k
+    moved = {(name, column) for name, _, column, _, _ in c.values}
+    precision = {("semhash/results.csv", "precision"),
+                 *(("semhash/precision.csv", f"{bits} bits{std}") for bits in config["semhash"]["bits"]
+                   for std in ("", " std"))}
+    assert ("semhash/results.csv", "precision") in moved and moved <= precision, moved
+    proc = subprocess.run(["python", "-m", "vae_approx", "compare", str(out), str(results(changed))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "| semhash.precision_k | 100 | 50 |" in proc.stdout and "## Claims" not in proc.stdout
+    itself = subprocess.run(["python", "-m", "vae_approx", "compare", str(out), str(out)],
+                            capture_output=True, text=True)
+    assert itself.returncode == 0 and "No differences" in itself.stdout, itself.stderr
+    assert "## Settings" not in itself.stdout and "## Table values" not in itself.stdout
+    print(f"copy, re-run and compare: {time.monotonic() - start:.0f} s")

@@ -67,11 +67,14 @@ def selected_experiments():
     return [e for e in EXPERIMENTS if e in config["experiments"]]
 
 
-def all_targets():
-    """The final products of every experiment named in config['experiments']."""
+def all_targets(provenance=True):
+    """The final products of every experiment named in config['experiments'], and the
+    run's provenance unless `provenance` is False (rule record_provenance's input)."""
     targets = [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md"]
     for experiment in selected_experiments():
         targets += TARGETS[experiment]
+    if provenance:
+        targets += [f"{RESULTS}/provenance.json", f"{RESULTS}/config.yaml"]
     return targets
 
 

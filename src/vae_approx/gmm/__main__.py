@@ -26,6 +26,7 @@ import torch
 from ..common import (InputError, Progress, load_torch, resume_path, run_stage, save_csv, save_torch, seed_everything,
                       select_device, set_threads, with_run)
 from ..config import run_identity, stage_section
+from ..provenance import log_environment
 from ..tables import load_published, read_records, write_claims, write_table
 from . import results
 from . import settings as S
@@ -85,12 +86,14 @@ def cmd_train(args) -> None:
     progress = Progress(f"gmm {args.phase} {encoder_name}", settings.steps, settings.eval_every)
     progress.message(f"{len(x)} points, {settings.steps} steps, lr {settings.lr}, on {device}, "
                      f"{torch.get_num_threads()} threads")
+    environment = log_environment(f"gmm {args.phase} {encoder_name}", device)
     resume = resume_path(args.out)
     rows = train(x, encoder, decoder, torch.tensor(TRUE_CENTRES, device=device), variance, settings, resume, progress)
     encoder, decoder = encoder.cpu(), decoder.cpu()
     save_csv(with_run(run, rows), args.metrics)
     save_torch({"encoder_name": encoder_name, "hidden": hidden, "variance": variance, "phase": args.phase,
-                "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "steps": settings.steps}, args.out)
+                "encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "steps": settings.steps,
+                "environment": environment}, args.out)
     resume.unlink(missing_ok=True)
     progress.message(f"done: ELBO {rows[-1]['elbo']:.4f}, log-likelihood {rows[-1]['log_likelihood']:.4f}")
 

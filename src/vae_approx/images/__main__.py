@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..common import Progress, StageTable, resume_path, save_csv, save_text, save_torch, stage_seed, with_run
+from ..provenance import log_environment
 from ..tables import load_published, markdown, read_records, write_claims, write_table
 from . import data as D
 from . import results as R
@@ -74,16 +75,18 @@ def cmd_train_classifier(args) -> None:
     c = args.section["classifier"]
     images = D.load_images(args.images)
     labels = D.load_labels(args.labels, len(images))
+    environment = log_environment("images train-classifier", args.on)
     model, rows = train_classifier(images, labels, c["width"], c["epochs"], c["batch_size"], c["lr"], c["seed"],
                                    args.val_fraction, args.on, Progress("images train-classifier", c["epochs"], 1))
     save_csv(pd.DataFrame(rows), args.metrics)
-    save_torch(classifier_file(model), args.out)
+    save_torch({**classifier_file(model), "environment": environment}, args.out)
 
 
 @stage("train-gan", "DCGAN; the generator of every epoch into --out-dir",
        "images out-dir losses", takes="settings device")
 def cmd_train_gan(args) -> None:
     settings = S.GanSettings.from_section(args.section)
+    log_environment("images train-gan", args.on)  # the generator of every epoch records it too
     train_gan_into(D.load_images(args.images), settings, Path(args.out_dir), Path(args.losses), args.on)
 
 
@@ -106,10 +109,10 @@ def cmd_pretrain(args) -> None:
     run, (gsaved, g) = args.identity, load_generator(args.generator)
     # the stage's stream of the replicate, the same for every protocol: protocols differ by their factors, not draws
     settings = S.VaeSettings.pretrain(args.section, run, stage_seed(run["seed"], "pretrain"))
-    resume = resume_path(args.out)
+    resume, environment = resume_path(args.out), log_environment("images pretrain", args.on)
     rows, encoder = pretrain(g, settings, args.on, resume, f"generator of epoch {gsaved['epoch']}")
     save_csv(with_run(run, rows), args.metrics)
-    save_torch(pretrained_file(encoder, g, gsaved["epoch"], asdict(settings)), args.out)
+    save_torch({**pretrained_file(encoder, g, gsaved["epoch"], asdict(settings)), "environment": environment}, args.out)
     resume.unlink(missing_ok=True)
 
 
@@ -119,10 +122,10 @@ def cmd_joint(args) -> None:
     check_pretrained(esaved, args.encoder, g, args.generator, run["decoder_bn"])
     settings = S.VaeSettings.joint(args.section, run, stage_seed(run["seed"], "joint"), esaved["sigma"],
                                    esaved["encoder_spec"]["ndf"])
-    resume = resume_path(args.out)
+    resume, environment = resume_path(args.out), log_environment("images joint", args.on)
     rows, encoder, decoder = joint(g, encoder, settings, args.on, resume)
     save_csv(with_run(run, rows), args.metrics)
-    save_torch(joint_file(encoder, g, decoder, asdict(settings)), args.out)
+    save_torch({**joint_file(encoder, g, decoder, asdict(settings)), "environment": environment}, args.out)
     resume.unlink(missing_ok=True)
 
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common import Progress, check_finite, checkpoint, load_resume, resume_path, save_csv, save_torch, seed_everything
+from ..provenance import job_environment
 from .data import quantize, to_float
 from .model import (DigitsClassifier, Discriminator, Encoder, GaussianDecoder, Generator, elbo_terms, generator_spec,
                     log_q)
@@ -203,7 +204,8 @@ def train_gan(images: np.ndarray, settings: GanSettings, epoch_dir: Path, device
             k = max(sums.pop("batches"), 1)
             rows.append({"epoch": epoch, "step": step, **{key: v / k for key, v in sums.items()}})
             sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0, "batches": 0}
-            save_torch(generator_file(netG, epoch), epoch_dir / f"epoch_{epoch:03d}.pt")
+            save_torch({**generator_file(netG, epoch), "environment": job_environment(device)},
+                       epoch_dir / f"epoch_{epoch:03d}.pt")
             progress.message(f"epoch {epoch}/{s.epochs}: loss_d {rows[-1]['loss_d']:.4f} loss_g {rows[-1]['loss_g']:.4f}")
         if resume_file and step < total and (i == per_epoch - 1 or step % s.checkpoint_every == 0):
             save_torch(checkpoint(models, optimizers, step, config, rows=rows, sums=sums), resume_file)

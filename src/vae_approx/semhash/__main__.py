@@ -32,6 +32,7 @@ import torch
 from ..common import (InputError, Progress, atomic_path, check_sha256, resume_path, run_stage, save_csv, save_torch,
                       select_device, set_threads, with_run)
 from ..config import run_identity, stage_section
+from ..provenance import log_environment
 from ..tables import load_published, read_records, read_tidy, write_claims, write_table
 from .settings import (CLAIMS_CELLS, EXACT_SETS, GAPS_CELLS, ML_RUN, RUN, STAGE_KEYS, ExactSettings,
                        LikelihoodTrainSettings, TrainSettings, ml_identity, reported_samples)
@@ -116,11 +117,13 @@ def cmd_train(args) -> None:
     step_mode = "cuda_graphs" if cuda_graphs and device.type == "cuda" else "eager"
     if cuda_graphs and step_mode == "eager":
         progress.message(f"semhash.cuda_graphs: CUDA only; the steps run eagerly on {device}")
+    environment = log_environment(name, device)
     resume = resume_path(args.out)
     history, encoder, decoder = train(corpus, settings, device, resume, progress, step_mode)
     save_csv(with_run(run, history), args.history)
     save_torch({"settings": asdict(settings), "n_words": corpus.n_words,
-                "encoder": encoder.cpu().state_dict(), "decoder": decoder.cpu().state_dict()}, args.out)
+                "encoder": encoder.cpu().state_dict(), "decoder": decoder.cpu().state_dict(),
+                "environment": environment}, args.out)
     resume.unlink(missing_ok=True)
 
 
@@ -157,11 +160,12 @@ def cmd_train_ml(args) -> None:
                         f"{settings.seed}", settings.epochs, 1)
     progress.message(f"{corpus.train.shape[0]} documents, {corpus.n_words} words, {settings.epochs} epochs, "
                      f"exact log-likelihood over {2 ** settings.bits} codes, on {device}")
+    environment = log_environment("semhash likelihood control", device)
     resume = resume_path(args.out)
     history, decoder = train_likelihood(corpus, settings, device, resume, progress)
     save_csv(with_run(ml_identity(asdict(settings)), history), args.history)
-    save_torch({"settings": asdict(settings), "n_words": corpus.n_words, "decoder": decoder.cpu().state_dict()},
-               args.out)
+    save_torch({"settings": asdict(settings), "n_words": corpus.n_words, "decoder": decoder.cpu().state_dict(),
+                "environment": environment}, args.out)
     resume.unlink(missing_ok=True)
 
 
