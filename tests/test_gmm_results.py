@@ -212,6 +212,6 @@ def test_file_lists_follow_the_configs_order():
                                                             "results/x/gmm/seed1/ml_fit.csv"]
     assert S.targets(section, "results/x") == [
         "results/x/gmm/consistent/table.csv", "results/x/gmm/consistent/table.md",
-        "results/x/gmm/consistent/curves.png", "results/x/gmm/seed3/consistent/regions.png",
+        "results/x/gmm/consistent/table.html", "results/x/gmm/consistent/curves.png", "results/x/gmm/seed3/consistent/regions.png",
         "results/x/gmm/seed1/consistent/regions.png"]
     assert S.claims_files(section, "results/x") == ["results/x/gmm/consistent/claims.csv"]

@@ -12,6 +12,7 @@ The workflow is copied into a temporary directory, so the tests never touch resu
 
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -160,7 +161,7 @@ def test_every_claim_has_its_row_with_an_interval_and_a_verdict(smoke, smoke_job
     likelihood = pd.read_csv(out / "images" / "likelihood_claims.csv")
     assert len(likelihood) == 2 * len(config["images"]["likelihood"]["rows"]) * len(config["images"]["sigma_variants"])
     md = (out / "claims.md").read_text()
-    assert all(claim in md for claim in claims.claim)
+    assert all(claim in md for claim in claims.claim) and claims.name.str.len().gt(0).all() and claims.unit.str.len().gt(0).all()
     evidence = claims[~claims.by_construction]
     assert (f"Of {len(evidence)} claims that could fail: {(evidence.verdict == HOLDS).sum()} hold, "
             f"{(evidence.verdict == FAILS).sum()} fail") in md
@@ -174,6 +175,8 @@ def test_every_table_is_written_and_every_per_run_file_carries_its_run(smoke, sm
     for path in tables:
         if path.suffix == ".csv":
             assert not pd.read_csv(smoke / path).empty, path
+        elif path.suffix == ".html":  # what the report shows: the same table, as rows
+            assert html_rows((smoke / path).read_text()) > 0, path
         else:
             text = (smoke / path).read_text()
             assert text.startswith("## ") and re.search(r"^\|.*\|$", text, flags=re.M), path
@@ -195,6 +198,25 @@ def test_every_table_is_written_and_every_per_run_file_carries_its_run(smoke, sm
     assert sorted(set(pd.read_csv(out / "semhash" / "results.csv").seed)) == config["semhash"]["seeds"]
     assert sorted(set(pd.read_csv(out / "images" / "table_per_seed.csv").seed)) == config["images"]["seeds"]
     assert "not FID" in (out / "images" / "table.md").read_text()  # the digits distance is never called FID
+
+
+def html_rows(page: str) -> int:
+    """The body rows of the (one) table in a page of the report."""
+    body = page[page.index("<tbody>"):page.index("</tbody>")]
+    return body.count("<tr")
+
+
+def test_every_markdown_table_is_narrow_with_its_notes_and_no_nan(smoke):
+    """Rows of at most 160 characters (prose goes to numbered notes), a dash where there is no value."""
+    pages = sorted(results(smoke).rglob("*.md"))
+    assert len(pages) >= 10
+    for page in pages:
+        text = page.read_text()
+        rows = [line for line in text.splitlines() if line.startswith("|")]
+        assert rows and max(map(len, rows)) <= 160, (page, max(map(len, rows)))
+        assert not re.search(r"\|\s*nan\s*\|", text, flags=re.I), page
+        # its HTML beside it, for the report: the same rows
+        assert html_rows(page.with_suffix(".html").read_text()) == len(rows) - 2, page
 
 
 def test_every_job_left_its_outputs_log_and_benchmark(smoke, smoke_jobs):
@@ -251,17 +273,44 @@ def test_the_stages_do_what_their_settings_say(smoke):
     assert set(curves.step.groupby(curves.seed).max()) == {im["pretrain"]["iterations"]}
 
 
-def test_the_report_holds_every_figure_and_table(smoke, smoke_jobs):
+def report_variable(html: str, name: str):
+    """One of the JSON objects the report embeds in a <script id=name> (results, categories, workflow_desc)."""
+    found = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', html, flags=re.S)
+    if found is None:  # workflow_desc sits in a script of its own without an id
+        found = re.search(rf"var {name} = (.*?);\n", html)
+    return json.loads(found.group(1))
+
+
+def test_the_report_shows_every_table_as_rows_and_opens_on_the_claims(smoke, smoke_jobs):
+    """The built report, opened as a browser does: every table a rendered page whose rows are those of its
+    Markdown, every figure with its caption, one category per experiment with short labels for per-seed
+    files, and the landing page (the workflow description) holding the claims table and figure."""
     report = results(smoke) / "report.html"
     snakemake(smoke, "--report", str(report.relative_to(smoke)))
-    html = unescape(report.read_text(errors="replace"))
+    html = report.read_text(errors="replace")
+    shown, categories = report_variable(html, "results"), report_variable(html, "categories")
+    assert set(categories) == {"Claims", "Gaussian mixture", "Semantic hashing", "Faces"}
+    tables = {path: entry for path, entry in shown.items() if entry["mime_type"] == "text/html"}
+    written = [f for job in smoke_jobs for f in job.outputs if f.endswith(".html")]
+    assert sorted(tables) == sorted(written) and len(tables) >= 10
+    for path, entry in tables.items():
+        page = base64.b64decode(entry["data_uri"].split("base64,", 1)[1]).decode()
+        markdown_rows = [line for line in (smoke / path).with_suffix(".md").read_text().splitlines() if line.startswith("|")]
+        assert html_rows(page) == len(markdown_rows) - 2 > 0, path
+        assert entry["caption"].strip(), path
     figures = {Path(f).name for job in smoke_jobs for f in job.outputs if f.endswith(".png")}
-    for name in (*figures, "table.csv", "claims.csv", "test_nelbo_best.csv", "precision.csv", "ablation.csv",
-                 "Gaussian mixture", "Semantic hashing", "Faces"):
-        assert name in html, name
-    for caption in sorted((ROOT / "workflow" / "report").glob("*.rst")):  # every figure and table with its caption
+    assert figures <= {entry["name"] for entry in shown.values()}
+    for caption in sorted((ROOT / "workflow" / "report").glob("*.rst")):  # every caption is used
         if caption.name != "workflow.rst":  # the report escapes characters such as @ and >
-            assert caption.read_text().strip()[:60] in html, caption.name
+            assert caption.read_text().strip()[:60] in unescape(html), caption.name
+    # per-seed files are told apart by short labels, not by their paths
+    for path, entry in shown.items():
+        if "/seed" in path:
+            assert entry["labels"] and entry["labels"].get("seed") is not None, path
+    # the landing page: the claims, one row per claim, and their figure
+    landing = report_variable(html, "workflow_desc")
+    claims = pd.read_csv(results(smoke) / "claims.csv")
+    assert html_rows(landing) == len(claims) and "data:image/png;base64," in landing
 
 
 # ---------------------------------------------------------------- re-runs
@@ -318,7 +367,10 @@ def test_a_changed_key_reruns_exactly_what_depends_on_it(smoke, smoke_jobs):
         planned = [job for job in jobs_of(proc.stdout) if job.rule != "all"]
         assert {job.outputs for job in planned} == expected, change
         assert not {job.rule for job in planned} & untouched, change
-        assert bool(planned) == (change != {"images": {"evaluate": {"keep_samples": False}}}), change
+        # the two jobs that record the whole config (the claims' provenance block, provenance.json) re-run on
+        # any change; nothing else runs for a key that changes no command
+        work = [job for job in planned if job.rule not in ("collect_claims", "record_provenance")]
+        assert bool(work) == (change != {"images": {"evaluate": {"keep_samples": False}}}), change
 
 
 def incomplete_outputs(workdir: Path) -> list[str]:

@@ -14,6 +14,7 @@ claims table. Nothing here knows an experiment by name.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 from pathlib import Path
@@ -147,6 +148,8 @@ HTML_STYLE = """<style>
 .vae-table tr.fails td.verdict { color: #cf222e; font-weight: 600; }
 .vae-table tr.inconclusive td.verdict { color: #9a6700; font-weight: 600; }
 .vae-table ol, .vae-table p { max-width: 60em; color: #333; }
+.vae-table table.provenance { font-size: 12px; color: #333; }
+.vae-table table.provenance caption { text-align: left; font-weight: 600; }
 </style>"""
 
 
@@ -622,6 +625,9 @@ def main(argv: list[str] | None = None) -> None:
     claims.add_argument("--csv", required=True)
     claims.add_argument("--md", required=True)
     claims.add_argument("--png", help="claims.png: every claim's change and interval against its tolerance")
+    claims.add_argument("--run-dir", help="the run's folder, results/<run>: with --settings, the provenance block on top")
+    claims.add_argument("--settings", help="the whole effective config, as JSON (vae_approx.provenance)")
+    claims.add_argument("--preset", nargs="*", default=[], help="the config files, in the order they were merged")
     record = sub.add_parser("record", help="write a run's tables into a results page, from its generated mark on")
     record.add_argument("run_dir", help="the run's folder, results/<run>")
     record.add_argument("--page", required=True, help="the Markdown page, e.g. docs/results.md")
@@ -629,7 +635,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "record":
         write_record(args.run_dir, args.page)
     elif args.command == "claims":
-        collect_claims(args.inputs, args.csv, args.md, args.png)
+        header = header_html = ""
+        if args.settings and args.run_dir:
+            from . import provenance
+
+            prov = provenance.collect(json.loads(args.settings), args.preset, args.run_dir, with_times=False)
+            header, header_html = provenance.markdown_block(prov) + "\n", provenance.html_block(prov)
+        collect_claims(args.inputs, args.csv, args.md, args.png, header, header_html)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 import sys
+from pathlib import Path
 
 # Jobs run `python -m vae_approx...` from this checkout's src/, also inside the conda
 # environment (envs/vae-approx.yaml) and on cluster nodes.
@@ -34,6 +35,22 @@ for note in plan_notes(config, os.getcwd()):
 
 ENV = "../../envs/vae-approx.yaml"
 RUN = config["run"]
+# The run's provenance (vae_approx.provenance) as the jobs that record it get it: the whole config, and the
+# config files in the order Snakemake merged them (the Snakefile's config.yaml, then each --configfile),
+# relative to the workflow's folder when inside it. Any change to the config re-runs those jobs.
+WHOLE_CONFIG = shlex.quote(json.dumps(config))
+CONFIG_FILES = " ".join(
+    shlex.quote(
+        os.path.relpath(path, workflow.basedir)
+        if Path(path).is_relative_to(workflow.basedir)
+        else path
+    )
+    for path in map(
+        os.path.abspath,
+        [f for f in workflow.configfiles if f not in workflow.overwrite_configfiles]
+        + list(workflow.overwrite_configfiles),
+    )
+)
 RESULTS = f"results/{RUN}"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"

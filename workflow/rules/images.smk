@@ -433,7 +433,11 @@ rule plot_images_grids:
             caption="../report/images_comparison.rst",
             category="Faces",
             subcategory="image grids",
-            labels={"seed": "{seed}", "sigma": "{sigma_variant}", "images": "comparison"},
+            labels={
+                "seed": "{seed}",
+                "sigma": "{sigma_variant}",
+                "images": "comparison",
+            },
         ),
     log:
         f"{IMG_LOGS}/{IMG_SAMPLED}/grids.log",

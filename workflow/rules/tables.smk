@@ -1,4 +1,5 @@
-# Tables that span experiments: the claims table stacks every experiment's claims.
+# Tables that span experiments: the claims table stacks every experiment's claims, under the run's
+# provenance (every field but the times, which provenance.json gets after the last job).
 
 
 rule collect_claims:
@@ -29,6 +30,11 @@ rule collect_claims:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        settings=WHOLE_CONFIG,
+        presets=CONFIG_FILES,
+        run_dir=RESULTS,
     shell:
         "python -m vae_approx.tables claims --inputs {input} --csv {output.csv} --md {output.md}"
-        " --png {output.png} 2> {log}"
+        " --png {output.png} --run-dir {params.run_dir} --settings {params.settings}"
+        " --preset {params.presets} 2> {log}"

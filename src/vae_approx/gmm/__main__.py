@@ -141,7 +141,7 @@ def cmd_tabulate(args) -> None:
     per_seed = results.per_seed_table(finals, pub)
     save_csv(per_seed, args.per_seed)
     table, title, note = results.summary_table(per_seed, pub, run["encoder"])
-    write_table(table, args.csv, args.md, title=title, note=note)
+    write_table(table, args.csv, args.md, title=title, note=note, shown=results.SHOWN)
     write_claims(results.claims(finals), args.claims)
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..common import Progress, StageTable, resume_path, save_csv, save_text, save_torch, stage_seed, with_run
+from ..common import Progress, StageTable, resume_path, save_csv, save_torch, stage_seed, with_run
 from ..provenance import log_environment
-from ..tables import load_published, markdown, read_records, write_claims, write_table
+from ..tables import load_published, read_records, write_claims, write_shown, write_table
 from . import data as D
 from . import results as R
 from . import settings as S
@@ -196,7 +196,7 @@ def cmd_tabulate(args) -> None:
     table, per_seed, claims, unverified = R.faces_table(*run_records(args), load_published(args.published),
                                                         S.setting_name(s), s["fd_tolerance"])
     save_csv(per_seed, args.per_seed)
-    write_table(table.frame, args.csv, args.md, title=table.title, note=table.note)
+    write_table(table.frame, args.csv, args.md, title=table.title, note=table.note, shown=table.shown)
     if unverified:
         print(f"[images tabulate] WARNING: {args.distances} come from UNVERIFIED Inception weights: their 'fid' "
               "numbers are NOT FID, and the table and claims say so", file=sys.stderr, flush=True)
@@ -210,7 +210,7 @@ def cmd_ablate(args) -> None:
     table, shown, claims = R.ablation_table(*run_records(args), load_published(args.published), S.setting_name(s),
                                             s["fd_tolerance"], s["ablation"]["rows"])
     save_csv(table.frame, args.csv)
-    save_text(markdown(shown, table.title, table.note), args.md)
+    write_shown(shown, args.md, table.title, table.note, table.shown)
     write_claims(claims, args.claims)
 
 
@@ -220,7 +220,7 @@ def cmd_tabulate_likelihood(args) -> None:
     records = read_records(args.likelihood, "images likelihood", [*R.TRAINING, *S.LIKELIHOOD_COLUMNS])
     table, claims = R.likelihood_table(records, S.setting_name(args.section))
     save_csv(table.frame, args.csv)
-    save_text(markdown(R.likelihood_markdown(table.frame), table.title, table.note), args.md)
+    write_shown(R.likelihood_markdown(table.frame), args.md, table.title, table.note)
     write_claims(claims, args.claims)
     likelihood_figure(records, S.setting_name(args.section), args.figure)
 

@@ -199,7 +199,7 @@ def save_tables(args, tables, claims_of, cells_name: str) -> None:
     out = Path(args.out_dir)
     for table in tables:
         write_table(table.table, out / f"{table.name}.csv", out / f"{table.name}.md", title=table.title,
-                    note=table.note)
+                    note=table.note, shown=table.shown)
     cells_file = Path(args.claims).with_name(cells_name)
     claims, cells = claims_of(cells_file.name)
     write_claims(cells, cells_file)
