@@ -311,6 +311,7 @@ def test_the_report_shows_every_table_as_rows_and_opens_on_the_claims(smoke, smo
     landing = report_variable(html, "workflow_desc")
     claims = pd.read_csv(results(smoke) / "claims.csv")
     assert html_rows(landing) == len(claims) and "data:image/png;base64," in landing
+    assert 'class="provenance"' in landing and "<th>code</th>" in landing  # the run's provenance heads it
 
 
 # ---------------------------------------------------------------- re-runs
@@ -502,7 +503,8 @@ def test_the_paper_preset_runs_end_to_end_on_a_synthetic_celeba_zip(paper_synthe
     assert set(likelihood.steps) == {max(config["likelihood"]["steps"])} and (likelihood.seeds == 2).all()
     # Every FID job checks the hand-placed weights' SHA-256; the random ones pass only through the
     # opt-out, and every output says that their distances are not FID.
-    fid_jobs = [job for job in jobs if '"features": "inception"' in job.command]
+    fid_jobs = [job for job in jobs if '"features": "inception"' in job.command  # but the two that record the
+                and job.rule not in ("collect_claims", "record_provenance")]  # whole config
     assert {job.rule for job in fid_jobs} == {"choose_generator", "compute_fid"}
     assert all('"inception_sha256": "", "inception_unverified_ok": true' in job.command for job in fid_jobs)
     assert distances.inception_unverified.tolist() == [True]

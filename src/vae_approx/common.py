@@ -314,8 +314,9 @@ class StageTable:
             args.section = stage_section(args.settings, self.stage_keys[args.stage], what)
         if args.stage in self.runs:
             args.identity = run_identity(args.run, self.runs[args.stage], what)
-        if hasattr(args, "threads"):
+        if hasattr(args, "threads"):  # "device" in takes, or a stage's own threads:int (CPU only)
             set_threads(args.threads)
+        if hasattr(args, "device"):
             args.on = select_device(args.device)
         return args
 

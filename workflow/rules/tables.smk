@@ -33,7 +33,7 @@ rule collect_claims:
     params:
         settings=WHOLE_CONFIG,
         presets=CONFIG_FILES,
-        run_dir=RESULTS,
+        run_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "python -m vae_approx.tables claims --inputs {input} --csv {output.csv} --md {output.md}"
         " --png {output.png} --run-dir {params.run_dir} --settings {params.settings}"

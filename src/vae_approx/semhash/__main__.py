@@ -29,29 +29,26 @@ from pathlib import Path
 
 import torch
 
-from ..common import (InputError, Progress, atomic_path, check_sha256, resume_path, run_stage, save_csv, save_torch,
-                      select_device, set_threads, with_run)
-from ..config import run_identity, stage_section
+from ..common import (InputError, Progress, StageTable, atomic_path, check_sha256, resume_path, save_csv, save_torch,
+                      with_run)
+from ..config import run_identity
 from ..provenance import log_environment
 from ..tables import load_published, read_records, read_tidy, write_claims, write_table
 from .settings import (CLAIMS_CELLS, EXACT_SETS, GAPS_CELLS, ML_RUN, RUN, STAGE_KEYS, ExactSettings,
                        LikelihoodTrainSettings, TrainSettings, ml_identity, reported_samples)
 
 
-def settings_of(args, stage: str) -> dict:
-    """The stage's keys of the semhash section, from --settings."""
-    return stage_section(args.settings, STAGE_KEYS[stage], f"semhash {stage}")
+# The command line, stage by stage (@stage beside each function): common.StageTable. The exact stage's
+# identity is a VAE's (RUN) or the likelihood control's (ML_RUN), by --encoder: it reads --run itself.
+TABLE = StageTable("semhash", STAGE_KEYS, {"train": RUN, "retrieval": RUN, "train_ml": ML_RUN})
+STAGES, stage = TABLE.stages, TABLE.stage
 
 
-def run_of(args, stage: str, identity: dict = RUN) -> dict:
-    """The job's identity (settings.RUN: seed, encoder, depth, bits; the control's ML_RUN), from --run."""
-    return run_identity(args.run, identity, f"semhash {stage}")
-
-
+@stage("synthesize", "a seeded topic-model corpus in the 20news-bydate-matlab format", "out", takes="settings")
 def cmd_synthesize(args) -> None:
     from .data import synthetic_corpus, write_archive, write_raw_corpus
 
-    s = settings_of(args, "synthesize")["synthetic"]
+    s = args.section["synthetic"]
     corpus = synthetic_corpus(s["n_train"], s["n_test"], s["raw_vocab_size"], s["n_classes"], s["n_topics"],
                               float(s["mean_length"]), s["seed"], length_spread=float(s["length_spread"]),
                               topic_concentration=float(s["topic_concentration"]))
@@ -61,10 +58,11 @@ def cmd_synthesize(args) -> None:
     print(f"[semhash synthesize] {s['n_train']} + {s['n_test']} documents -> {args.out}", file=sys.stderr)
 
 
+@stage("fetch", "download the real archive (verified before it takes its name)", "out", takes="settings")
 def cmd_fetch(args) -> None:
     from .data import read_archive
 
-    s = settings_of(args, "fetch")
+    s = args.section
     url, out = s["url"], Path(args.out)
     manual = (f"Download {url} by hand (any way you can reach it) and place it at {out}; "
               "the workflow then uses it as is.")
@@ -81,10 +79,11 @@ def cmd_fetch(args) -> None:
         raise InputError(f"cannot download {url} ({exc}). {manual}") from exc
 
 
+@stage("prepare", "parse, choose the vocabulary, smooth; one compact file", "archive out", takes="settings")
 def cmd_prepare(args) -> None:
     from .data import prepare, read_archive, save_prepared
 
-    s = settings_of(args, "prepare")
+    s = args.section
     if s["source"] == "download":  # a pinned digest is the real archive's
         check_sha256(args.archive, s["sha256"], f"{args.archive} (remove it and fetch it again)")
     raw = read_archive(args.archive)
@@ -99,15 +98,14 @@ def cmd_prepare(args) -> None:
           f"{corpus.n_words} words -> {args.out}", file=sys.stderr)
 
 
+@stage("train", "train one grid point", "corpus out history", takes="settings run device")
 def cmd_train(args) -> None:
     from .data import load_prepared
     from .train import train
 
-    section, run = settings_of(args, "train"), run_of(args, "train")
+    section, run, device = args.section, args.identity, args.on
     cuda_graphs = section.pop("cuda_graphs")
     settings = TrainSettings(**run, **section)
-    set_threads(args.threads)
-    device = select_device(args.device)
     corpus = load_prepared(args.corpus)
     name = f"semhash {settings.encoder} depth {settings.depth} {settings.bits} bits seed {settings.seed}"
     progress = Progress(name, settings.epochs, 1)
@@ -127,13 +125,13 @@ def cmd_train(args) -> None:
     resume.unlink(missing_ok=True)
 
 
+@stage("retrieval", "precision@k of Hamming ranking", "corpus model threads:int out", takes="settings run")
 def cmd_retrieval(args) -> None:
     from .data import SparseCounts, load_prepared
     from .evaluate import binary_codes, precision_at_k
     from .train import load_model
 
-    k, run = settings_of(args, "retrieval")["precision_k"], run_of(args, "retrieval")
-    set_threads(args.threads)
+    k, run = args.section["precision_k"], args.identity
     corpus = load_prepared(args.corpus)
     if corpus.train_labels is None or corpus.test_labels is None:
         raise InputError(f"{args.corpus}: has no labels; retrieval needs them")
@@ -148,13 +146,13 @@ def cmd_retrieval(args) -> None:
     save_csv(with_run(run, [{f"precision_at_{k}": precision}]), args.out)
 
 
+@stage("train_ml", "the maximum-likelihood control: the decoder alone, by the exact log-likelihood",
+       "corpus out history", takes="settings run device")
 def cmd_train_ml(args) -> None:
     from .data import load_prepared
     from .train import train_likelihood
 
-    settings = LikelihoodTrainSettings(**run_of(args, "train_ml", ML_RUN), **settings_of(args, "train_ml"))
-    set_threads(args.threads)
-    device = select_device(args.device)
+    settings, device = LikelihoodTrainSettings(**args.identity, **args.section), args.on
     corpus = load_prepared(args.corpus)
     progress = Progress(f"semhash likelihood control depth {settings.depth} {settings.bits} bits seed "
                         f"{settings.seed}", settings.epochs, 1)
@@ -169,17 +167,20 @@ def cmd_train_ml(args) -> None:
     resume.unlink(missing_ok=True)
 
 
+@stage("exact", "log p(x), the exact ELBO and the best factorized posterior's, by enumerating every code; IWAE "
+       "bounds", "run corpus model out", takes="settings device",
+       optional=("--encoder", {"action": argparse.BooleanOptionalAction, "required": True,
+                               "help": "--encoder: a VAE's model.pt; --no-encoder: the control's decoder.pt"}))
 def cmd_exact(args) -> None:
     from .data import SparseCounts, load_prepared
     from .evaluate import exact_rows, train_subset
     from .train import load_model
 
-    section = settings_of(args, "exact")
+    section, device = args.section, args.on
     exact = ExactSettings.from_section(section["exact"])
-    set_threads(args.threads)
-    device = select_device(args.device)
     corpus = load_prepared(args.corpus)
-    encoder, decoder, run, _ = load_model(args.model, corpus.n_words, run_of(args, "exact", RUN if args.encoder else ML_RUN))
+    identity = run_identity(args.run, RUN if args.encoder else ML_RUN, "semhash exact")
+    encoder, decoder, run, _ = load_model(args.model, corpus.n_words, identity)
     encoder, decoder = (m.to(device) if m is not None else None for m in (encoder, decoder))
     smoothing = torch.as_tensor(corpus.smoothing, dtype=torch.float32, device=device)
     subsets = {"test": corpus.test, "train": corpus.train[train_subset(corpus.train.shape[0], exact.train_documents)]}
@@ -206,10 +207,12 @@ def save_tables(args, tables, claims_of, cells_name: str) -> None:
     write_claims(claims, args.claims)
 
 
+@stage("tabulate", "grid tables over seeds and the claims", "histories:+ retrievals:+ published out-dir claims",
+       takes="settings")
 def cmd_tabulate(args) -> None:
     from .results import HISTORY_COLUMNS, encoder_claims, grid_results, grid_tables, retrieval_columns
 
-    k = settings_of(args, "tabulate")["precision_k"]
+    k = args.section["precision_k"]
     histories = read_records(args.histories, "training history", HISTORY_COLUMNS)
     retrievals = read_records(args.retrievals, "retrieval", retrieval_columns(k))
     results = grid_results(histories, retrievals, k)
@@ -218,16 +221,19 @@ def cmd_tabulate(args) -> None:
                 lambda cells: encoder_claims(results, cells), CLAIMS_CELLS)
 
 
+@stage("gaps", "the approximation error's tables and claims over seeds", "exact:+ published out-dir claims",
+       takes="settings")
 def cmd_gaps(args) -> None:
     from .results import exact_columns, exact_records, gap_claims, gap_tables
 
-    s = settings_of(args, "gaps")["exact"]
+    s = args.section["exact"]
     curve = reported_samples(s["iwae_curve"], s["iwae_samples"])
     exact = exact_records(read_records(args.exact, "exact evaluation", exact_columns(curve)))
     save_tables(args, gap_tables(exact, s["max_bits"], s["iwae_samples"], curve, load_published(args.published)),
                 lambda cells: gap_claims(exact, cells), GAPS_CELLS)
 
 
+@stage("plot_gaps", "gaps.png: per cell, -log p(x) and the two gaps stacked per encoder", "table out")
 def cmd_plot_gaps(args) -> None:
     from .plots import plot_gaps
     from .results import GAPS_COLUMNS
@@ -235,6 +241,8 @@ def cmd_plot_gaps(args) -> None:
     plot_gaps(read_tidy(args.table, "gaps table", GAPS_COLUMNS), args.out)
 
 
+@stage("plot", "test NELBO per epoch, one panel per (depth, bits), one thin line per seed and the mean",
+       "histories:+ out")
 def cmd_plot(args) -> None:
     from .plots import plot_curves
 
@@ -242,50 +250,8 @@ def cmd_plot(args) -> None:
     plot_curves(read_records(args.histories, "training history", columns), args.out)
 
 
-# Each option's argparse keywords, and the options of each stage: (function, help, options).
-OPTIONS = {
-    "run": {"help": "JSON object of the job's identity: " + ", ".join(RUN) + " (the control's: " + ", ".join(ML_RUN) + ")"},
-    "encoder": {"action": argparse.BooleanOptionalAction, "help": "--encoder: a VAE's model.pt; --no-encoder: the "
-                                                                  "control's decoder.pt"},
-    "threads": {"type": int},
-    "device": {"help": "auto, cpu, cuda, ..."},
-    "histories": {"nargs": "+", "help": "history.csv of every grid point"},
-    "retrievals": {"nargs": "+", "help": "retrieval.csv of every grid point"},
-    "exact": {"nargs": "+", "help": "exact.csv of every run and control"},
-    "model": {"help": "model.pt of a VAE (exact: or decoder.pt of the control)"},
-    "claims": {"help": f"the claims file; its per-cell rows go beside it ({CLAIMS_CELLS} or {GAPS_CELLS})"},
-}
-STAGES = {
-    "synthesize": (cmd_synthesize, "a seeded topic-model corpus in the 20news-bydate-matlab format", "out"),
-    "fetch": (cmd_fetch, "download the real archive (verified before it takes its name)", "out"),
-    "prepare": (cmd_prepare, "parse, choose the vocabulary, smooth; one compact file", "archive out"),
-    "train": (cmd_train, "train one grid point", "run corpus threads device out history"),
-    "retrieval": (cmd_retrieval, "precision@k of Hamming ranking", "run corpus model threads out"),
-    "train_ml": (cmd_train_ml, "the maximum-likelihood control: the decoder alone, by the exact log-likelihood",
-                 "run corpus threads device out history"),
-    "exact": (cmd_exact, "log p(x), the exact ELBO and the best factorized posterior's, by enumerating every code; "
-                         "IWAE bounds", "run encoder corpus model threads device out"),
-    "tabulate": (cmd_tabulate, "grid tables over seeds and the claims", "histories retrievals published out-dir claims"),
-    "gaps": (cmd_gaps, "the approximation error's tables and claims over seeds", "exact published out-dir claims"),
-    "plot_gaps": (cmd_plot_gaps, "gaps.png: per cell, -log p(x) and the two gaps stacked per encoder", "table out"),
-    "plot": (cmd_plot, "test NELBO per epoch, one panel per (depth, bits), one thin line per seed and the mean",
-             "histories out"),
-}
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vae_approx.semhash", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (func, text, options) in STAGES.items():
-        p = sub.add_parser(name, help=text)
-        if name in STAGE_KEYS:
-            p.add_argument("--settings", required=True, help="JSON object of the semhash section's keys "
-                                                             + ", ".join(STAGE_KEYS[name]))
-        for option in options.split():
-            p.add_argument(f"--{option}", required=True, **OPTIONS.get(option, {}))
-        p.set_defaults(func=func)
-    run_stage(parser, argv)
+    TABLE.main("python -m vae_approx.semhash", __doc__, argv)
 
 
 if __name__ == "__main__":
