@@ -1,6 +1,7 @@
 # The run's provenance: the code, config, software and machine that made its results, and what
 # they cost (vae_approx.provenance), written once every other product of the run exists.
 
+
 rule record_provenance:
     input:
         all_targets(provenance=False),
