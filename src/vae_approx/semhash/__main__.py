@@ -20,16 +20,14 @@ become the first columns of every CSV the job writes.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
-import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..common import (InputError, Progress, StageTable, atomic_path, check_sha256, resume_path, save_csv, save_torch,
+from ..common import (InputError, Progress, StageTable, check_sha256, resume_path, save_csv, save_torch,
                       with_run)
 from ..config import run_identity
 from ..provenance import log_environment
@@ -60,23 +58,9 @@ def cmd_synthesize(args) -> None:
 
 @stage("fetch", "download the real archive (verified before it takes its name)", "out", takes="settings")
 def cmd_fetch(args) -> None:
-    from .data import read_archive
+    from .data import fetch_archive
 
-    s = args.section
-    url, out = s["url"], Path(args.out)
-    manual = (f"Download {url} by hand (any way you can reach it) and place it at {out}; "
-              "the workflow then uses it as is.")
-    try:
-        with atomic_path(out) as tmp:
-            print(f"[semhash fetch] {url} -> {out}", file=sys.stderr, flush=True)
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-                shutil.copyfileobj(response, f)
-            check_sha256(tmp, s["sha256"], url)
-            read_archive(tmp)  # members present and parseable, before the file takes its name
-    except InputError as exc:
-        raise InputError(f"{exc}. {manual}") from exc
-    except OSError as exc:
-        raise InputError(f"cannot download {url} ({exc}). {manual}") from exc
+    fetch_archive(args.section["url"], args.section["sha256"], args.out)
 
 
 @stage("prepare", "parse, choose the vocabulary, smooth; one compact file", "archive out", takes="settings")

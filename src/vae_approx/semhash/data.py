@@ -726,3 +726,27 @@ class SparseBatch(NamedTuple):
         """x as [B, V], for tests and small problems."""
         out = self.smoothing.expand(len(self), -1).clone()
         return out.index_put_((self.row, self.col), self.val, accumulate=True)
+
+
+def fetch_archive(url: str, sha256: str, out) -> None:
+    """Download the real archive to `out`, verified (digest, members parseable) before it takes its name;
+    any failure says where to put a copy obtained by hand."""
+    import shutil
+    import sys
+    import urllib.request
+
+    from ..common import InputError, atomic_path, check_sha256
+
+    out = Path(out)
+    manual = f"Download {url} by hand (any way you can reach it) and place it at {out}; the workflow then uses it as is."
+    try:
+        with atomic_path(out) as tmp:
+            print(f"[semhash fetch] {url} -> {out}", file=sys.stderr, flush=True)
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f)
+            check_sha256(tmp, sha256, url)
+            read_archive(tmp)  # members present and parseable, before the file takes its name
+    except InputError as exc:
+        raise InputError(f"{exc}. {manual}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot download {url} ({exc}). {manual}") from exc
