@@ -154,17 +154,18 @@ HTML_STYLE = """<style>
 
 
 def html(df: pd.DataFrame, title: str | None = None, note=None, floatfmt: str = ".4g", shown: Shown | None = None,
-         row_classes: list[str] | None = None) -> str:
+         row_classes: list[str] | None = None, head: str = "", before: str = "", after: str = "") -> str:
     """The same table as an HTML fragment (a style, a heading, the table, its notes) that the report shows
-    inline: opened as a page of its own and embedded in the report's landing page alike."""
+    inline: opened as a page of its own and embedded in the report's landing page alike. `head`, `before` and
+    `after` (HTML) go above the heading, between it and the table, and right under the table."""
     from html import escape
 
     shown = shown or Shown()
     text = shown_frame(df, shown, floatfmt)
-    parts = ['<meta charset="utf-8">', HTML_STYLE, '<div class="vae-table">']
+    parts = ['<meta charset="utf-8">', HTML_STYLE, '<div class="vae-table">' + head]
     if title:
         parts.append(f"<h2>{escape(title)}</h2>")
-    parts.append("<table>")
+    parts += [before, "<table>"] if before else ["<table>"]
     parts.append("<thead><tr>" + "".join(f"<th>{escape(c)}</th>" for c in text.columns) + "</tr></thead><tbody>")
     for k, row in enumerate(text.itertuples(index=False)):
         css = f' class="{escape(row_classes[k])}"' if row_classes else ""
@@ -174,7 +175,7 @@ def html(df: pd.DataFrame, title: str | None = None, note=None, floatfmt: str = 
             kind += ["num"] if looks_numeric(value) else []
             cells.append(f'<td class="{" ".join(kind)}">{escape(value)}</td>' if kind else f"<td>{escape(value)}</td>")
         parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table>" + after)
     notes = table_notes(text, [*([note] if isinstance(note, str) else note or []), *shown.notes])
     if len(notes) == 1:
         parts.append(f"<p>{escape(notes[0])}</p>")
@@ -523,14 +524,14 @@ def collect_claims(inputs: list, csv_path, md_path, png_path=None, header: str =
     save_csv(df, csv_path)
     text = markdown(shown, CLAIMS_TITLE, notes).replace("\n\n", f"\n\n{summary}\n\n", 1)
     save_text(header + text, md_path)
-    page = html(shown, CLAIMS_TITLE, notes, row_classes=list(df.verdict))
-    page = page.replace("</h2>", f"</h2>\n<p>{summary}</p>", 1)
-    page = page.replace('<div class="vae-table">', '<div class="vae-table">' + header_html, 1)
+    figure = ""
     if png_path:
         plot_claims(df, png_path)
         image = base64.b64encode(Path(png_path).read_bytes()).decode()
-        page = page.replace("</table>", '</table>\n<img alt="every claim against its tolerance (claims.png)" '
-                            f'style="max-width: 100%" src="data:image/png;base64,{image}">', 1)
+        figure = ('\n<img alt="every claim against its tolerance (claims.png)" style="max-width: 100%" '
+                  f'src="data:image/png;base64,{image}">')
+    page = html(shown, CLAIMS_TITLE, notes, row_classes=list(df.verdict), head=header_html,
+                before=f"<p>{summary}</p>", after=figure)
     save_text(page, html_path(md_path))
     return df
 
